@@ -1,0 +1,1 @@
+"""The agency desktop agent and the cipherpost command line."""

@@ -1,0 +1,504 @@
+"""The ``cipherpost`` command line: one entry point, one error handler.
+
+Exit codes (also in ``--help`` and the README):
+
+  0  ok
+  1  any other error (unreadable file, wrong passphrase, broker down, ...)
+  2  usage: a malformed argument, code, level or duration
+  3  refused: the envelope, party, request or directory failed a check
+     (bad signature, not a recipient, expired, revoked or unknown party,
+     level above a clearance, directory rollback)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from cryptography.hazmat.primitives import serialization
+
+import envelopes
+from agents.progress import ProgressReader
+from keys import agency, ca
+from keys.codes import AgencyCode
+from keys.directory import Directory, TrustState, build_directory
+from keys.errors import EXIT_ERROR, EXIT_USAGE, CipherpostError, UsageError
+from keys.keystore import read_passphrase
+from keys.levels import Level, Urgency
+
+EXIT_CODES = """exit codes:
+  0  ok
+  1  other error (unreadable file, wrong passphrase, ...)
+  2  usage error (malformed argument, agency code, level, duration)
+  3  refused: verification failed, not a recipient, expired, revoked or
+     unknown party, level above a clearance, directory rollback
+
+The passphrase of a key file comes from CIPHERPOST_PASSPHRASE or a prompt,
+never from the command line."""
+
+# Side remarks (trust on first use) are printed after the result, or folded into
+# the one error line, so a failure is always exactly one line on stderr.
+_NOTES: list[str] = []
+
+LEVELS = ", ".join(level.value for level in Level)
+URGENCIES = ", ".join(u.value for u in Urgency)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: usage error: {message} (see --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``90m``, ``12h``, ``30d``, ``2w`` -> timedelta."""
+    m = re.fullmatch(r"(\d{1,6})([mhdw])", text.strip())
+    if not m:
+        raise UsageError(f"invalid duration {text!r}: use e.g. 90m, 12h, 30d, 2w")
+    n, unit = int(m.group(1)), m.group(2)
+    return {
+        "m": dt.timedelta(minutes=n),
+        "h": dt.timedelta(hours=n),
+        "d": dt.timedelta(days=n),
+        "w": dt.timedelta(weeks=n),
+    }[unit]
+
+
+def parse_codes(text: str) -> list[AgencyCode]:
+    """``A,B,C`` -> codes, each validated."""
+    codes = [AgencyCode.parse(part.strip()) for part in text.split(",") if part.strip()]
+    if not codes:
+        raise UsageError("--to needs at least one agency code")
+    return codes
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CipherpostError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+def _load_directory(args: argparse.Namespace, trust: TrustState) -> Directory:
+    pinned = ca.load_ca_certificate(args.ca_cert) if args.ca_cert else None
+    directory = Directory.load(
+        _read_file(args.directory, "directory"), trust, now=_now(), ca_certificate=pinned
+    )
+    if trust.pinned_now and pinned is None:
+        _NOTES.append(
+            f"note: now trusting CA SHA256:{trust.pinned_now} on first use;"
+            " compare it with the cipher department's published fingerprint"
+        )
+    return directory
+
+
+# --- ca -------------------------------------------------------------------------------------
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    cert = ca.init_ca(args.dir, read_passphrase(confirm=True), _now(), args.name)
+    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    print(f"CA created in {args.dir}")
+    print(f"CA fingerprint SHA256:{fingerprint}")
+    return 0
+
+
+def cmd_ca_issue(args: argparse.Namespace) -> int:
+    request = agency.EnrollmentRequest.parse(_read_file(args.request, "enrollment request"))
+    authority = ca.open_ca(args.ca, read_passphrase())
+    paths = ca.issue(
+        authority, request, Level.parse(args.clearance), args.out, _now(), args.valid_days
+    )
+    print(f"issued {request.code} ({request.name}) cleared for {args.clearance}:")
+    for p in paths:
+        print(f"  {p}")
+    return 0
+
+
+def cmd_ca_revoke(args: argparse.Namespace) -> int:
+    code = AgencyCode.parse(args.code)
+    authority = ca.open_ca(args.ca, read_passphrase())
+    if ca.revoke(authority, code, args.reason, _now()):
+        print(f"revoked {code}; CRL updated: {args.ca / ca.CRL_FILE}")
+        print("rebuild and distribute the directory: cipherpost directory build ...")
+    else:
+        print(f"{code} was already revoked")
+    return 0
+
+
+# --- keys, directory ------------------------------------------------------------------------
+
+
+def cmd_keys_enroll(args: argparse.Namespace) -> int:
+    code = AgencyCode.parse(args.code)
+    agency.enroll(args.dir, code, args.name, read_passphrase(confirm=True), _now())
+    print(f"keys for {code} created in {args.dir}")
+    print(f"send {args.dir / agency.REQUEST_FILE} to the cipher department")
+    return 0
+
+
+def cmd_directory_build(args: argparse.Namespace) -> int:
+    authority = ca.open_ca(args.ca, read_passphrase())
+    data = build_directory(authority, args.certs, _now(), args.valid_days)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, args.out)
+    directory = Directory.load(data, TrustState(None), now=_now())
+    revoked = sum(1 for e in directory.entries.values() if e.revoked)
+    print(
+        f"directory version {directory.version}: {len(directory.entries)} agencies"
+        f" ({revoked} revoked), expires {directory.expires_at:%Y-%m-%d %H:%M}Z -> {args.out}"
+    )
+    return 0
+
+
+# --- envelopes ------------------------------------------------------------------------------
+
+
+def _agency_trust(agency_dir: Path) -> TrustState:
+    return TrustState(agency_dir / agency.TRUST_FILE)
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    level = Level.parse(args.level)
+    urgency = Urgency.parse(args.urgency)
+    to = parse_codes(args.to)
+    lifetime = parse_duration(args.expires_in)
+    if args.out.exists():
+        raise CipherpostError(f"{args.out} already exists; refusing to overwrite it")
+    keys = agency.load_agency(args.as_dir, read_passphrase())
+    directory = _load_directory(args, _agency_trust(args.as_dir))
+    try:
+        src = args.file.open("rb")
+    except OSError as e:
+        raise CipherpostError(f"cannot read {args.file}: {e.strerror}") from e
+    tmp = args.out.with_name(f".{args.out.name}.partial")
+    with src:
+        size = os.fstat(src.fileno()).st_size
+        try:
+            with tmp.open("wb") as dst:
+                sealed = envelopes.seal(
+                    ProgressReader(src, size, "sealing"),  # type: ignore[arg-type]
+                    dst,
+                    keys=keys,
+                    directory=directory,
+                    to=to,
+                    level=level,
+                    urgency=urgency,
+                    size=size,
+                    metadata=envelopes.Metadata(subject=args.subject, filename=args.file.name),
+                    lifetime=lifetime,
+                )
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, args.out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    print(sealed.envelope_id)
+    sys.stderr.write(
+        f"sealed {args.file.name} for {len(to)} recipient(s) at level {level.value}"
+        f" -> {args.out} ({sealed.envelope_bytes:,} bytes)\n"
+    )
+    return 0
+
+
+def _print_info(info: dict[str, object], extra: dict[str, object] | None = None) -> None:
+    recipients = info["recipients"]
+    assert isinstance(recipients, list)
+    lines = [
+        ("envelope", info["envelope_id"]),
+        ("sender", f"{info['sender']['code']}  {info['sender']['name']}"),  # type: ignore[index]
+        ("recipients", f"{len(recipients)}"),
+    ]
+    for r in recipients:
+        lines.append(("", f"{r['code']}  {r['name']}"))
+    level = Level(info["level"])
+    urgency = Urgency(info["urgency"])
+    lines += [
+        ("level", f"{level.value} ({level.display})"),
+        ("urgency", f"{urgency.value} ({urgency.display})"),
+        (
+            "size",
+            f"{info['payload_bytes']:,} bytes payload, {info['envelope_bytes']:,} bytes"
+            f" envelope, {info['segments']} segment(s)",
+        ),
+        ("created", info["created"]),
+        ("expires", info["expires"]),
+    ]
+    for key, value in (extra or {}).items():
+        lines.append((key, value))
+    for key, value in lines:
+        print(f"{key:<11}{value}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    directory = _load_directory(args, TrustState.default())
+    try:
+        src = args.envelope.open("rb")
+    except OSError as e:
+        raise CipherpostError(f"cannot read {args.envelope}: {e.strerror}") from e
+    with src:
+        size = os.fstat(src.fileno()).st_size
+        info = envelopes.verify(
+            ProgressReader(src, size, "verifying"),  # type: ignore[arg-type]
+            directory=directory,
+        )
+    summary = info.as_dict()
+    summary["verified"] = True
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        _print_info(summary, {"verified": "yes: signatures, parties, clearances, lifetime"})
+    return 0
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    keys = agency.load_agency(args.as_dir, read_passphrase())
+    directory = _load_directory(args, _agency_trust(args.as_dir))
+    try:
+        src = args.envelope.open("rb")
+    except OSError as e:
+        raise CipherpostError(f"cannot read {args.envelope}: {e.strerror}") from e
+    with src:
+        size = os.fstat(src.fileno()).st_size
+        opened = envelopes.open_to_path(
+            ProgressReader(src, size, "opening"),  # type: ignore[arg-type]
+            args.out,
+            keys=keys,
+            directory=directory,
+        )
+    summary = opened.info.as_dict()
+    summary.update(
+        {
+            "opened_as": keys.code.text,
+            "out": str(args.out),
+            "document_bytes": opened.document_bytes,
+            **opened.metadata.as_dict(),
+        }
+    )
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        _print_info(
+            summary.copy(),
+            {
+                "subject": opened.metadata.subject or "-",
+                "filename": opened.metadata.filename or "-",
+                "written": f"{args.out} ({opened.document_bytes:,} bytes)",
+            },
+        )
+    return 0
+
+
+def cmd_tour(args: argparse.Namespace) -> int:
+    from agents.tour import run_tour
+
+    return run_tour(args.dir)
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    p = _Parser(
+        prog="cipherpost",
+        description="Secure document exchange between agencies: signed, encrypted envelopes.",
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def add(
+        parent: argparse._SubParsersAction,  # type: ignore[type-arg]
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+        help_: str,
+    ) -> _Parser:
+        sp = parent.add_parser(
+            name, help=help_, description=help_, epilog=EXIT_CODES, formatter_class=formatter
+        )
+        sp.set_defaults(handler=handler)
+        return sp  # type: ignore[no-any-return]
+
+    def directory_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--directory",
+            required=True,
+            type=Path,
+            metavar="DIRECTORY_FILE",
+            help="the signed agency directory",
+        )
+        sp.add_argument(
+            "--ca-cert",
+            type=Path,
+            metavar="CA_CERT",
+            help="pin this CA certificate instead of the one trusted before",
+        )
+
+    ca_p = add(sub, "ca", lambda a: 0, "the cipher department CA")
+    ca_sub = ca_p.add_subparsers(
+        dest="ca_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    sp = add(ca_sub, "init", cmd_ca_init, "create the CA: Ed25519 root key and certificate")
+    sp.add_argument("--dir", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--name", default="Cipher Department CA", help="CA common name")
+    sp = add(
+        ca_sub,
+        "issue",
+        cmd_ca_issue,
+        "check an enrollment request and issue the agency's two certificates",
+    )
+    sp.add_argument("request", type=Path, metavar="REQUEST")
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--clearance", required=True, metavar="LEVEL", help=f"one of {LEVELS}")
+    sp.add_argument("--valid-days", type=int, default=365, metavar="N")
+    sp.add_argument("--out", required=True, type=Path, metavar="CERTS_DIR")
+    sp = add(ca_sub, "revoke", cmd_ca_revoke, "revoke every certificate of an agency (CRL)")
+    sp.add_argument("code", metavar="CODE")
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--reason", required=True, metavar="TEXT")
+
+    keys_p = add(sub, "keys", lambda a: 0, "an agency's own keys")
+    keys_sub = keys_p.add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    sp = add(
+        keys_sub,
+        "enroll",
+        cmd_keys_enroll,
+        "make the agency's signing and encryption keys and an enrollment request",
+    )
+    sp.add_argument("--code", required=True, metavar="CODE", help="e.g. 000.00.12.H41")
+    sp.add_argument("--name", required=True, metavar="NAME")
+    sp.add_argument("--dir", required=True, type=Path, metavar="AGENCY_DIR")
+
+    dir_p = add(sub, "directory", lambda a: 0, "the signed agency directory")
+    dir_sub = dir_p.add_subparsers(
+        dest="directory_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    sp = add(
+        dir_sub,
+        "build",
+        cmd_directory_build,
+        "sign a new directory version of every issued certificate and the CRL",
+    )
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--certs", required=True, type=Path, metavar="CERTS_DIR")
+    sp.add_argument("--out", required=True, type=Path, metavar="DIRECTORY_FILE")
+    sp.add_argument(
+        "--valid-days",
+        type=int,
+        default=7,
+        metavar="N",
+        help="days until holders refuse this version (default 7)",
+    )
+
+    sp = add(sub, "seal", cmd_seal, "sign and encrypt FILE into an envelope for agency codes")
+    sp.add_argument("file", type=Path, metavar="FILE")
+    sp.add_argument("--as", dest="as_dir", required=True, type=Path, metavar="AGENCY_DIR")
+    directory_args(sp)
+    sp.add_argument("--to", required=True, metavar="CODE[,CODE...]")
+    sp.add_argument("--level", required=True, metavar="LEVEL", help=f"one of {LEVELS}")
+    sp.add_argument("--urgency", default="thuong", metavar="U", help=f"one of {URGENCIES}")
+    sp.add_argument(
+        "--subject", default="", metavar="TEXT", help="travels encrypted, never in the header"
+    )
+    sp.add_argument(
+        "--expires-in",
+        default="30d",
+        metavar="DURATION",
+        help="e.g. 90m, 12h, 30d, 2w (default 30d, at most 366d)",
+    )
+    sp.add_argument("--out", required=True, type=Path, metavar="OUT.cpe")
+
+    sp = add(
+        sub, "verify", cmd_verify, "check an envelope with no private key, as the gateway does"
+    )
+    sp.add_argument("envelope", type=Path, metavar="ENVELOPE.cpe")
+    directory_args(sp)
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sp = add(
+        sub,
+        "open",
+        cmd_open,
+        "verify and decrypt; the document appears at PATH only after all verified",
+    )
+    sp.add_argument("envelope", type=Path, metavar="ENVELOPE.cpe")
+    sp.add_argument("--as", dest="as_dir", required=True, type=Path, metavar="AGENCY_DIR")
+    directory_args(sp)
+    sp.add_argument("--out", required=True, type=Path, metavar="PATH")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sp = add(
+        sub,
+        "tour",
+        cmd_tour,
+        "offline tour: make a CA, enroll agencies, seal, verify, open, refuse forgeries",
+    )
+    sp.add_argument(
+        "--dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the tour's files here (default: a temporary folder, removed)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return (and, as a script, exit with) a documented code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _NOTES.clear()
+    try:
+        code: int = args.handler(args)
+        for note in _NOTES:
+            sys.stderr.write(f"cipherpost: {note}\n")
+        return code
+    except CipherpostError as e:
+        _fail(str(e))
+        return e.exit_code
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        _fail(f"error:{where}: {e.strerror or e}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("cipherpost: interrupted\n")
+        return 130
+    except Exception as e:  # last resort: one line, never a traceback, unless asked
+        if os.environ.get("CIPHERPOST_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"cipherpost: internal error ({type(e).__name__}); set CIPHERPOST_DEBUG=1 for details\n"
+        )
+        return EXIT_ERROR
+
+
+def _fail(message: str) -> None:
+    notes = f" [{'; '.join(_NOTES)}]" if _NOTES else ""
+    sys.stderr.write(f"cipherpost: {' '.join(message.split())}{notes}\n")
+
+
+def entry() -> NoReturn:
+    """Console-script entry point."""
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,1 @@
+"""RabbitMQ topology, connections, confirms and provisioning (exchange issue)."""

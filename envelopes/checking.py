@@ -1,0 +1,248 @@
+"""Verify (no private key: what the gateway does) and open (a recipient).
+
+Both walk the same checks in the same order; ``open`` additionally unwraps the
+payload key and decrypts. Plaintext goes to the caller's ``dst`` only segment
+by segment as each one verified; :func:`open_to_path` adds the quarantine file
+so that nothing appears at the destination before the whole envelope verified.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from envelopes import _crypto
+from envelopes.errors import EnvelopeRefused
+from envelopes.frames import (
+    FrameReader,
+    SegmentFrame,
+    parse_header_frame,
+    parse_segment_frame,
+    segment_signed_message,
+)
+from envelopes.header import Header
+from envelopes.payload import Metadata, PayloadSplitter
+from keys.agency import AgencyKeys
+from keys.directory import Directory, DirectoryEntry
+from keys.errors import CipherpostError
+
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class CheckedHeader:
+    """A header whose signature, parties, clearances and lifetime all checked out."""
+
+    header: Header
+    sender: DirectoryEntry
+    recipients: tuple[DirectoryEntry, ...]
+
+
+@dataclass(frozen=True)
+class EnvelopeInfo:
+    """What a fully verified envelope says about itself (no plaintext)."""
+
+    checked: CheckedHeader
+    envelope_bytes: int
+
+    @property
+    def envelope_id(self) -> str:
+        """Hex envelope id."""
+        return self.checked.header.envelope_id.hex()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary."""
+        h = self.checked.header
+        return {
+            "envelope_id": self.envelope_id,
+            "sender": {"code": h.sender.text, "name": self.checked.sender.name},
+            "recipients": [{"code": r.code.text, "name": r.name} for r in self.checked.recipients],
+            "level": h.level.value,
+            "caveats": list(h.caveats),
+            "urgency": h.urgency.value,
+            "payload_bytes": h.payload_size,
+            "envelope_bytes": self.envelope_bytes,
+            "segments": h.segment_count,
+            "created": h.created.isoformat(),
+            "expires": h.expires.isoformat(),
+            "header_sha256": h.hash.hex(),
+        }
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An opened envelope: its verified description and private metadata."""
+
+    info: EnvelopeInfo
+    metadata: Metadata
+    document_bytes: int
+
+
+def check_header(
+    header_raw: bytes, signature: bytes, directory: Directory, now: dt.datetime
+) -> CheckedHeader:
+    """Every check on a header that needs no private key. :class:`EnvelopeRefused` on failure."""
+    header = Header.parse(header_raw)
+    sender = directory.entries.get(header.sender.text)
+    if sender is None:
+        raise EnvelopeRefused(f"sender {header.sender} is not in the directory")
+    if sender.revoked:
+        raise EnvelopeRefused(f"sender {header.sender} is revoked")
+    if not sender.sign.valid_at(now):
+        raise EnvelopeRefused(f"sender {header.sender} has no currently valid certificate")
+    if header.sender_key_id != sender.sign.key_id:
+        raise EnvelopeRefused(f"envelope is not signed with the certified key of {header.sender}")
+    if not _crypto.verify_signature(
+        sender.sign.public_key, signature, _crypto.HEADER_CONTEXT, header_raw
+    ):
+        raise EnvelopeRefused("bad header signature")
+    if now > header.expires:
+        raise EnvelopeRefused(f"envelope expired at {header.expires:%Y-%m-%d %H:%M}Z")
+    if header.created > now + CLOCK_SKEW:
+        raise EnvelopeRefused("envelope is dated in the future")
+    if header.level > sender.clearance:
+        raise EnvelopeRefused(
+            f"level {header.level.value} is above the clearance of sender {sender.code}"
+        )
+    recipients = []
+    for r in header.recipients:
+        entry = directory.entries.get(r.code.text)
+        if entry is None:
+            raise EnvelopeRefused(f"recipient {r.code} is not in the directory")
+        if entry.revoked:
+            raise EnvelopeRefused(f"recipient {r.code} is revoked")
+        if not entry.enc.valid_at(now):
+            raise EnvelopeRefused(f"recipient {r.code} has no currently valid certificate")
+        if r.key_id != entry.enc.key_id:
+            raise EnvelopeRefused(f"recipient {r.code} is addressed under a key not certified")
+        if header.level > entry.clearance:
+            raise EnvelopeRefused(
+                f"level {header.level.value} is above the clearance of recipient {r.code}"
+            )
+        recipients.append(entry)
+    return CheckedHeader(header, sender, tuple(recipients))
+
+
+def check_segment(checked: CheckedHeader, segment: SegmentFrame) -> None:
+    """Check one segment on its own: size, signature, position and finality."""
+    header = checked.header
+    if segment.index >= header.segment_count:
+        raise EnvelopeRefused("envelope has more segments than its header announces")
+    if segment.final != (segment.index == header.segment_count - 1):
+        raise EnvelopeRefused("envelope segment has the wrong final flag")
+    want = header.segment_plaintext_size(segment.index) + _crypto.STREAM_ABYTES
+    if len(segment.ciphertext) != want:
+        raise EnvelopeRefused("envelope segment has the wrong size")
+    message = segment_signed_message(header.hash, segment.index, segment.final, segment.ciphertext)
+    if not _crypto.verify_signature(
+        checked.sender.sign.public_key, segment.signature, _crypto.SEGMENT_CONTEXT, message
+    ):
+        raise EnvelopeRefused(f"bad signature on segment {segment.index}")
+
+
+def _walk(
+    src: BinaryIO,
+    directory: Directory,
+    now: dt.datetime | None,
+    on_header: Callable[[CheckedHeader], None],
+    on_segment: Callable[[SegmentFrame], None],
+) -> EnvelopeInfo:
+    now = now or dt.datetime.now(dt.UTC)
+    reader = FrameReader(src)
+    first = reader.next()
+    if first is None:
+        raise EnvelopeRefused("envelope is empty")
+    header_raw, signature = parse_header_frame(first)
+    checked = check_header(header_raw, signature, directory, now)
+    on_header(checked)
+    for index in range(checked.header.segment_count):
+        obj = reader.next()
+        if obj is None:
+            raise EnvelopeRefused("envelope is truncated: segments are missing")
+        segment = parse_segment_frame(obj)
+        if segment.index != index:
+            raise EnvelopeRefused(f"envelope segment {segment.index} is out of order")
+        check_segment(checked, segment)
+        on_segment(segment)
+    if reader.next() is not None:
+        raise EnvelopeRefused("envelope has data after its final segment")
+    return EnvelopeInfo(checked, reader.bytes_read)
+
+
+def verify(src: BinaryIO, *, directory: Directory, now: dt.datetime | None = None) -> EnvelopeInfo:
+    """Verify a whole envelope without any private key (the gateway's view)."""
+    return _walk(src, directory, now, lambda _c: None, lambda _s: None)
+
+
+def open_envelope(
+    src: BinaryIO,
+    dst: BinaryIO,
+    *,
+    keys: AgencyKeys,
+    directory: Directory,
+    now: dt.datetime | None = None,
+) -> Opened:
+    """Verify and decrypt to ``dst``; each segment is written only after it verified.
+
+    ``dst`` receives plaintext before the end of the envelope is checked: give
+    it a quarantine file (see :func:`open_to_path`) and discard it on error.
+    """
+    splitter = PayloadSplitter(dst)
+    state: dict[str, _crypto.StreamDecryptor] = {}
+
+    def on_header(checked: CheckedHeader) -> None:
+        header = checked.header
+        mine = header.recipient(keys.code)
+        if mine is None:
+            raise EnvelopeRefused(f"{keys.code} is not a recipient of this envelope")
+        if mine.key_id != keys.enc_key_id:
+            raise EnvelopeRefused(f"envelope is addressed to another key of {keys.code}")
+        info = _crypto.wrap_info(
+            header.envelope_id, header.sender_key_id, mine.key_id, mine.code.text
+        )
+        payload_key = _crypto.unwrap_key(mine.wrapped_key, keys.encryption_key, info)
+        if _crypto.key_commitment(header.envelope_id, payload_key) != header.key_commitment:
+            raise EnvelopeRefused("payload key does not match the header's key commitment")
+        state["stream"] = _crypto.StreamDecryptor(payload_key, header.stream_header, header.hash)
+
+    def on_segment(segment: SegmentFrame) -> None:
+        splitter.feed(state["stream"].pull(segment.ciphertext, segment.final))
+
+    info = _walk(src, directory, now, on_header, on_segment)
+    return Opened(info, splitter.finish(), splitter.document_bytes)
+
+
+def open_to_path(
+    src: BinaryIO,
+    path: Path,
+    *,
+    keys: AgencyKeys,
+    directory: Directory,
+    now: dt.datetime | None = None,
+) -> Opened:
+    """Open into a quarantine file beside ``path``; it becomes ``path`` only when all verified.
+
+    Never overwrites: an existing ``path`` is an error. On any failure the
+    quarantine file is removed.
+    """
+    if path.exists():
+        raise CipherpostError(f"{path} already exists; refusing to overwrite it")
+    quarantine = path.with_name(f".{path.name}.quarantine-{secrets.token_hex(4)}")
+    fd = os.open(quarantine, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            opened = open_envelope(src, dst, keys=keys, directory=directory, now=now)
+            dst.flush()
+            os.fsync(dst.fileno())
+        try:
+            os.link(quarantine, path)  # fails if path appeared meanwhile: never clobber
+        except FileExistsError:
+            raise CipherpostError(f"{path} already exists; refusing to overwrite it") from None
+        return opened
+    finally:
+        quarantine.unlink(missing_ok=True)

@@ -1,0 +1,177 @@
+"""Seal: sign and encrypt a document stream to one or many agencies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from envelopes import _crypto
+from envelopes.errors import EnvelopeRefused
+from envelopes.frames import encode_header_frame, encode_segment_frame, segment_signed_message
+from envelopes.header import (
+    DEFAULT_SEGMENT_SIZE,
+    ENVELOPE_ID_BYTES,
+    MAX_LIFETIME,
+    MAX_PAYLOAD_BYTES,
+    MAX_RECIPIENTS,
+    Header,
+    Recipient,
+)
+from envelopes.payload import Metadata
+from keys.agency import AgencyKeys
+from keys.codes import AgencyCode
+from keys.directory import Directory
+from keys.errors import CipherpostError, UsageError
+from keys.levels import Level, Urgency
+
+DEFAULT_LIFETIME = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """What was sealed: the header (id, parties, label) and the bytes written."""
+
+    header: Header
+    envelope_bytes: int
+
+    @property
+    def envelope_id(self) -> str:
+        """Hex envelope id."""
+        return self.header.envelope_id.hex()
+
+
+def seal(
+    src: BinaryIO,
+    dst: BinaryIO,
+    *,
+    keys: AgencyKeys,
+    directory: Directory,
+    to: Sequence[AgencyCode],
+    level: Level,
+    size: int,
+    urgency: Urgency = Urgency.THUONG,
+    metadata: Metadata | None = None,
+    caveats: tuple[str, ...] = (),
+    lifetime: dt.timedelta = DEFAULT_LIFETIME,
+    now: dt.datetime | None = None,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> Sealed:
+    """Read exactly ``size`` bytes from ``src`` and write one envelope to ``dst``.
+
+    Refuses (:class:`EnvelopeRefused`, exit 3) what every verifier would
+    refuse: a level above the sender's or a recipient's clearance, an
+    unknown or revoked party, keys that are not the ones the directory holds.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    if not to:
+        raise UsageError("at least one recipient is needed")
+    if len(set(to)) != len(to):
+        raise UsageError("a recipient is named twice")
+    if len(to) > MAX_RECIPIENTS:
+        raise UsageError(f"at most {MAX_RECIPIENTS} recipients per envelope")
+    if not dt.timedelta(minutes=1) <= lifetime <= MAX_LIFETIME:
+        raise UsageError("envelope lifetime must be between 1 minute and 366 days")
+    prefix = (metadata or Metadata()).encode()
+    payload_size = len(prefix) + size
+    if size < 0 or payload_size > MAX_PAYLOAD_BYTES:
+        raise UsageError("document is larger than an envelope can carry (1 TiB)")
+
+    sender = directory.get(keys.code, "sender")
+    sender.check_usable(now, "sender")
+    if sender.sign.public_key != keys.sign_public:
+        raise CipherpostError(
+            f"the keys of {keys.code} are not the ones the directory certifies"
+            " (was this enrollment issued and the directory rebuilt?)"
+        )
+    if level > sender.clearance:
+        raise EnvelopeRefused(
+            f"level {level.value} is above the clearance of sender {keys.code}"
+            f" ({sender.clearance.value})"
+        )
+    entries = []
+    for code in to:
+        entry = directory.get(code, "recipient")
+        entry.check_usable(now, "recipient")
+        if level > entry.clearance:
+            raise EnvelopeRefused(
+                f"level {level.value} is above the clearance of recipient {code}"
+                f" ({entry.clearance.value})"
+            )
+        entries.append(entry)
+
+    envelope_id = secrets.token_bytes(ENVELOPE_ID_BYTES)
+    payload_key = _crypto.new_payload_key()
+    stream = _crypto.StreamEncryptor(payload_key)
+    recipients = tuple(
+        Recipient(
+            e.code,
+            e.enc.key_id,
+            _crypto.wrap_key(
+                payload_key,
+                e.enc.public_key,
+                _crypto.wrap_info(envelope_id, keys.sign_key_id, e.enc.key_id, e.code.text),
+            ),
+        )
+        for e in entries
+    )
+    header = Header.build(
+        envelope_id=envelope_id,
+        created=now,
+        expires=now + lifetime,
+        sender=keys.code,
+        sender_key_id=keys.sign_key_id,
+        level=level,
+        caveats=caveats,
+        urgency=urgency,
+        payload_size=payload_size,
+        segment_size=segment_size,
+        recipients=recipients,
+        key_commitment=_crypto.key_commitment(envelope_id, payload_key),
+        stream_header=stream.header,
+    )
+    header_hash = header.hash
+    stream.associated_data = header_hash
+    written = dst.write(
+        encode_header_frame(
+            header.raw, _crypto.sign(keys.signing_key, _crypto.HEADER_CONTEXT, header.raw)
+        )
+    )
+    pending = prefix
+    last = header.segment_count - 1
+    for index in range(header.segment_count):
+        want = header.segment_plaintext_size(index)
+        chunk = pending + _read_exactly(src, want - len(pending))
+        pending = b""
+        if len(chunk) != want:
+            raise CipherpostError("the document is shorter than announced (did it change?)")
+        final = index == last
+        ciphertext = stream.push(chunk, final)
+        signature = _crypto.sign(
+            keys.signing_key,
+            _crypto.SEGMENT_CONTEXT,
+            segment_signed_message(header_hash, index, final, ciphertext),
+        )
+        written += dst.write(encode_segment_frame(index, final, ciphertext, signature))
+    if src.read(1):
+        raise CipherpostError("the document is longer than announced (did it change?)")
+    return Sealed(header, written)
+
+
+def _read_exactly(src: BinaryIO, n: int) -> bytes:
+    if n <= 0:
+        return b""
+    data = src.read(n)
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = src.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)

@@ -1,0 +1,1 @@
+"""The gateway: verify, apply the signed policy, forward or refuse, audit (exchange issue)."""

@@ -1,0 +1,1 @@
+"""Agency codes, the cipher department CA, agency keys, certificates and the directory."""

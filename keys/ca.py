@@ -1,0 +1,271 @@
+"""The cipher department CA: root key, certificate issuance, revocation (CRL).
+
+``CA_DIR`` holds ``ca.crt`` (PEM), ``ca.key.sec`` (the Ed25519 root seed,
+encrypted, 0600), ``state.json`` (what was issued and revoked, CRL number,
+directory version) and ``crl.der``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from keys.agency import EnrollmentRequest, raw_private
+from keys.certs import AGENCY_EXTENSION_OID, ROLE_ENCRYPT, ROLE_SIGN, encode_agency_extension
+from keys.codes import AgencyCode
+from keys.errors import CipherpostError, UsageError
+from keys.keystore import read_secret, write_private_file, write_secret
+from keys.levels import Level
+
+CA_CERT_FILE = "ca.crt"
+CA_KEY_FILE = "ca.key.sec"
+STATE_FILE = "state.json"
+CRL_FILE = "crl.der"
+CA_VALID_DAYS = 3650
+CLOCK_SKEW = dt.timedelta(minutes=5)
+MAX_VALID_DAYS = 3650
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """An opened CA: its certificate, its private key and where it lives."""
+
+    directory: Path
+    certificate: x509.Certificate
+    private_key: Ed25519PrivateKey
+
+    @property
+    def name(self) -> x509.Name:
+        """The CA's subject name."""
+        return self.certificate.subject
+
+    def load_state(self) -> dict[str, Any]:
+        """The CA bookkeeping (issued, revoked, counters)."""
+        return load_ca_state(self.directory)
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Persist the bookkeeping atomically."""
+        write_private_file(
+            self.directory / STATE_FILE, (json.dumps(state, indent=2) + "\n").encode()
+        )
+
+
+def load_ca_certificate(path: Path) -> x509.Certificate:
+    """Read a CA certificate (PEM or DER) and check it is a self-signed Ed25519 CA."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CipherpostError(f"cannot read CA certificate {path}: {e.strerror}") from e
+    try:
+        cert = (
+            x509.load_pem_x509_certificate(data)
+            if data.startswith(b"-----")
+            else x509.load_der_x509_certificate(data)
+        )
+        cert.verify_directly_issued_by(cert)
+        if not isinstance(cert.public_key(), Ed25519PublicKey):
+            raise ValueError("not Ed25519")
+    except Exception as e:  # any parse/verify failure: it is not our CA certificate
+        raise CipherpostError(f"{path}: not a cipherpost CA certificate") from e
+    return cert
+
+
+def load_ca_state(directory: Path) -> dict[str, Any]:
+    """The CA bookkeeping file as a dict."""
+    try:
+        state: dict[str, Any] = json.loads((directory / STATE_FILE).read_text())
+    except FileNotFoundError:
+        raise CipherpostError(f"{directory} is not a CA folder (run: cipherpost ca init)") from None
+    return state
+
+
+def init_ca(directory: Path, passphrase: bytes, now: dt.datetime, name: str) -> x509.Certificate:
+    """Create a new root: Ed25519 key and self-signed certificate. Never overwrites."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (directory / CA_KEY_FILE).exists():
+        raise CipherpostError(f"{directory} already holds a CA; refusing to overwrite it")
+    key = Ed25519PrivateKey.generate()
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=CA_VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, None)
+    )
+    write_secret(directory / CA_KEY_FILE, raw_private(key), passphrase)
+    (directory / CA_CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    ca = CertificateAuthority(directory, cert, key)
+    ca.save_state({"issued": {}, "revoked": [], "crl_number": 0, "directory_version": 0})
+    write_crl(ca, now)
+    return cert
+
+
+def open_ca(directory: Path, passphrase: bytes) -> CertificateAuthority:
+    """Decrypt the CA key in ``directory``."""
+    if not (directory / CA_KEY_FILE).exists():
+        raise CipherpostError(f"{directory} is not a CA folder (run: cipherpost ca init)")
+    cert = load_ca_certificate(directory / CA_CERT_FILE)
+    key = Ed25519PrivateKey.from_private_bytes(read_secret(directory / CA_KEY_FILE, passphrase))
+    if key.public_key() != cert.public_key():
+        raise CipherpostError(f"{directory}: CA key and certificate do not match")
+    return CertificateAuthority(directory, cert, key)
+
+
+def _agency_cert(
+    ca: CertificateAuthority,
+    request: EnrollmentRequest,
+    clearance: Level,
+    role: str,
+    now: dt.datetime,
+    valid_days: int,
+) -> x509.Certificate:
+    public_key: Ed25519PublicKey | X25519PublicKey
+    if role == ROLE_SIGN:
+        public_key = Ed25519PublicKey.from_public_bytes(request.sign_public)
+        usage = {"digital_signature": True, "key_agreement": False}
+    else:
+        public_key = X25519PublicKey.from_public_bytes(request.enc_public)
+        usage = {"digital_signature": False, "key_agreement": True}
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, request.name)]))
+        .issuer_name(ca.name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+                **usage,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.UnrecognizedExtension(
+                AGENCY_EXTENSION_OID, encode_agency_extension(request.code, clearance, role)
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
+            critical=False,
+        )
+        .sign(ca.private_key, None)
+    )
+
+
+def issue(
+    ca: CertificateAuthority,
+    request: EnrollmentRequest,
+    clearance: Level,
+    out_dir: Path,
+    now: dt.datetime,
+    valid_days: int = 365,
+) -> tuple[Path, Path]:
+    """Issue the signing and encryption certificates for a checked request."""
+    if not 1 <= valid_days <= MAX_VALID_DAYS:
+        raise UsageError(f"--valid-days must be 1..{MAX_VALID_DAYS}")
+    state = ca.load_state()
+    previous = state["issued"].get(request.code.text)
+    if previous is not None and previous.get("revoked"):
+        raise CipherpostError(
+            f"{request.code} was revoked; a revoked code is not re-issued (enroll a new code)"
+        )
+    sign = _agency_cert(ca, request, clearance, ROLE_SIGN, now, valid_days)
+    enc = _agency_cert(ca, request, clearance, ROLE_ENCRYPT, now, valid_days)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = (out_dir / f"{request.code}.sign.crt", out_dir / f"{request.code}.enc.crt")
+    for path, cert in zip(paths, (sign, enc), strict=True):
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    history = previous["history"] if previous else []
+    if previous:
+        history.append(previous["serials"])
+    state["issued"][request.code.text] = {
+        "name": request.name,
+        "clearance": clearance.value,
+        "serials": [str(sign.serial_number), str(enc.serial_number)],
+        "not_after": sign.not_valid_after_utc.isoformat(),
+        "history": history,
+        "revoked": False,
+    }
+    ca.save_state(state)
+    return paths
+
+
+def revoke(ca: CertificateAuthority, code: AgencyCode, reason: str, now: dt.datetime) -> bool:
+    """Revoke every certificate ever issued to ``code``; False if it already was."""
+    state = ca.load_state()
+    entry = state["issued"].get(code.text)
+    if entry is None:
+        raise CipherpostError(f"no certificate was issued to {code}")
+    if entry.get("revoked"):
+        return False
+    serials = list(entry["serials"]) + [s for pair in entry["history"] for s in pair]
+    for serial in serials:
+        state["revoked"].append(
+            {"serial": serial, "code": code.text, "reason": reason, "time": now.isoformat()}
+        )
+    entry["revoked"] = True
+    ca.save_state(state)
+    write_crl(ca, now)
+    return True
+
+
+def write_crl(ca: CertificateAuthority, now: dt.datetime) -> x509.CertificateRevocationList:
+    """Sign a fresh CRL with the next CRL number and write it to ``crl.der``."""
+    state = ca.load_state()
+    state["crl_number"] += 1
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.name)
+        .last_update(now - CLOCK_SKEW)
+        .next_update(now + dt.timedelta(days=CA_VALID_DAYS))
+        .add_extension(x509.CRLNumber(state["crl_number"]), critical=False)
+    )
+    for r in state["revoked"]:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(r["serial"]))
+            .revocation_date(dt.datetime.fromisoformat(r["time"]))
+            .build()
+        )
+    crl = builder.sign(ca.private_key, None)
+    (ca.directory / CRL_FILE).write_bytes(crl.public_bytes(serialization.Encoding.DER))
+    ca.save_state(state)
+    return crl

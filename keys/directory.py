@@ -1,0 +1,282 @@
+"""The signed agency directory: every agency's certificates and the CRL.
+
+Wire form: ``msgpack([MAGIC, body, signature])`` where ``signature`` is the
+CA's Ed25519 signature over ``CONTEXT ‖ body`` and ``body`` is
+``msgpack([version, issued_at, expires_at, ca_cert_der, crl_der,
+[[sign_cert_der, enc_cert_der], ...]])``. The signed bytes are kept as they
+came; nothing is re-encoded before checking.
+
+A holder remembers, per trusted CA, the highest version it accepted
+(:class:`TrustState`) and refuses anything older (rollback).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from keys.ca import CRL_FILE, CertificateAuthority
+from keys.certs import ROLE_ENCRYPT, ROLE_SIGN, AgencyCertificate
+from keys.codes import AgencyCode
+from keys.errors import CipherpostError, Refused, UsageError
+from keys.levels import Level
+
+MAGIC = "cipherpost.directory/1"
+CONTEXT = b"cipherpost directory v1\x00"
+MAX_DIRECTORY_BYTES = 64 * 1024 * 1024
+MAX_AGENCIES = 100_000
+STATE_DIR_ENV = "CIPHERPOST_STATE_DIR"
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    """One agency as the directory knows it."""
+
+    code: AgencyCode
+    name: str
+    clearance: Level
+    sign: AgencyCertificate
+    enc: AgencyCertificate
+    revoked: bool
+
+    def check_usable(self, now: dt.datetime, role: str) -> None:
+        """Raise :class:`Refused` if the agency may not take part now."""
+        if self.revoked:
+            raise Refused(f"{role} {self.code} is revoked")
+        if not (self.sign.valid_at(now) and self.enc.valid_at(now)):
+            raise Refused(f"{role} {self.code} has no currently valid certificate")
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A verified directory. Build with :meth:`load` or :func:`build_directory`."""
+
+    version: int
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+    ca_fingerprint: str
+    entries: Mapping[str, DirectoryEntry] = field(repr=False)
+    raw: bytes = field(repr=False)
+
+    def get(self, code: AgencyCode, role: str = "agency") -> DirectoryEntry:
+        """The entry for ``code``; :class:`Refused` if unknown."""
+        entry = self.entries.get(code.text)
+        if entry is None:
+            raise Refused(f"{role} {code} is not in the directory")
+        return entry
+
+    def by_sign_key_id(self, kid: bytes) -> DirectoryEntry | None:
+        """The entry whose signing certificate has key id ``kid``."""
+        for entry in self.entries.values():
+            if entry.sign.key_id == kid:
+                return entry
+        return None
+
+    @classmethod
+    def load(
+        cls,
+        data: bytes,
+        trust: TrustState,
+        *,
+        now: dt.datetime,
+        ca_certificate: x509.Certificate | None = None,
+    ) -> Directory:
+        """Verify ``data`` against ``trust`` and return the directory.
+
+        Refuses (exit 3) a directory that is malformed, signed by an untrusted
+        CA, expired, or older than one this holder already accepted. On
+        success the holder's highest accepted version is raised.
+        """
+        if not data:
+            raise Refused("directory file is empty")
+        if len(data) > MAX_DIRECTORY_BYTES:
+            raise Refused("directory file too large")
+        try:
+            magic, body, sig = msgpack.unpackb(data, raw=False, use_list=False)
+            if magic != MAGIC or not isinstance(body, bytes) or not isinstance(sig, bytes):
+                raise ValueError("not a directory")
+            version, issued, expires, ca_der, crl_der, pairs = msgpack.unpackb(
+                body, raw=False, use_list=False
+            )
+            for n in (version, issued, expires):
+                if not isinstance(n, int) or isinstance(n, bool):
+                    raise ValueError("bad integer field")
+            if not isinstance(ca_der, bytes) or not isinstance(crl_der, bytes):
+                raise ValueError("bad certificate field")
+            if not isinstance(pairs, tuple) or len(pairs) > MAX_AGENCIES:
+                raise ValueError("bad agency list")
+            ca = x509.load_der_x509_certificate(ca_der)
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as e:
+            raise Refused("directory file is malformed") from e
+        fingerprint = hashlib.sha256(ca_der).hexdigest()
+        if ca_certificate is not None:
+            pinned = ca_certificate.public_bytes(serialization.Encoding.DER)
+            if hashlib.sha256(pinned).hexdigest() != fingerprint:
+                raise Refused("directory is signed by a different CA than the one given")
+        elif not trust.trusts(fingerprint) and not trust.empty:
+            raise Refused(f"directory is signed by an untrusted CA (SHA256:{fingerprint[:16]}…)")
+        ca_key = ca.public_key()
+        if not isinstance(ca_key, Ed25519PublicKey):
+            raise Refused("directory CA key is not Ed25519")
+        try:
+            ca_key.verify(sig, CONTEXT + body)
+            ca.verify_directly_issued_by(ca)
+        except (InvalidSignature, ValueError, TypeError) as e:
+            raise Refused("directory signature is not valid") from e
+        issued_at = dt.datetime.fromtimestamp(issued, dt.UTC)
+        expires_at = dt.datetime.fromtimestamp(expires, dt.UTC)
+        if now > expires_at:
+            raise Refused(f"directory version {version} expired at {expires_at:%Y-%m-%d %H:%M}Z")
+        seen = trust.highest_version(fingerprint)
+        if version < seen:
+            raise Refused(
+                f"directory version {version} is older than version {seen} already trusted"
+                " (rollback refused)"
+            )
+        try:
+            crl = x509.load_der_x509_crl(crl_der)
+            if not crl.is_signature_valid(ca_key):
+                raise ValueError("CRL signature")
+        except ValueError as e:
+            raise Refused("directory CRL is not valid") from e
+        revoked = {r.serial_number for r in crl}
+        entries: dict[str, DirectoryEntry] = {}
+        for pair in pairs:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise Refused("directory file is malformed")
+            sign = AgencyCertificate.parse(pair[0], ca)
+            enc = AgencyCertificate.parse(pair[1], ca)
+            if sign.role != ROLE_SIGN or enc.role != ROLE_ENCRYPT or sign.code != enc.code:
+                raise Refused(f"directory entry for {sign.code} is inconsistent")
+            if sign.code.text in entries:
+                raise Refused(f"directory lists {sign.code} twice")
+            entries[sign.code.text] = DirectoryEntry(
+                code=sign.code,
+                name=sign.name,
+                clearance=min(sign.clearance, enc.clearance),
+                sign=sign,
+                enc=enc,
+                revoked=sign.serial in revoked or enc.serial in revoked,
+            )
+        trust.accept(fingerprint, version)
+        return cls(
+            version=version,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            ca_fingerprint=fingerprint,
+            entries=entries,
+            raw=data,
+        )
+
+
+def build_directory(
+    ca: CertificateAuthority, certs_dir: Path, now: dt.datetime, valid_days: int = 7
+) -> bytes:
+    """Sign a new directory version of every certificate pair in ``certs_dir``."""
+    if not 1 <= valid_days <= 3650:
+        raise UsageError("--valid-days must be 1..3650")
+    pairs = []
+    for sign_path in sorted(certs_dir.glob("*.sign.crt")):
+        enc_path = sign_path.with_name(sign_path.name.replace(".sign.crt", ".enc.crt"))
+        if not enc_path.exists():
+            raise CipherpostError(f"{sign_path} has no matching {enc_path.name}")
+        ders = []
+        for path in (sign_path, enc_path):
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            ders.append(cert.public_bytes(serialization.Encoding.DER))
+            try:
+                AgencyCertificate.parse(ders[-1], ca.certificate)
+            except Refused as e:
+                raise CipherpostError(f"{path}: {e}") from e
+        pairs.append(ders)
+    state = ca.load_state()
+    state["directory_version"] += 1
+    ca.save_state(state)
+    body = msgpack.packb(
+        [
+            state["directory_version"],
+            int(now.timestamp()),
+            int((now + dt.timedelta(days=valid_days)).timestamp()),
+            ca.certificate.public_bytes(serialization.Encoding.DER),
+            (ca.directory / CRL_FILE).read_bytes(),
+            pairs,
+        ],
+        use_bin_type=True,
+    )
+    sig = ca.private_key.sign(CONTEXT + body)
+    return bytes(msgpack.packb([MAGIC, body, sig], use_bin_type=True))
+
+
+class TrustState:
+    """Which CA a holder trusts and the highest directory version it accepted.
+
+    Persisted as JSON in ``path``. An empty state trusts the first CA it sees
+    (trust on first use, reported to the caller through :attr:`pinned_now`);
+    pin explicitly with a CA certificate to avoid that.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.pinned_now: str | None = None
+        self._anchors: dict[str, int] = {}
+        if path is not None and path.exists():
+            try:
+                raw = json.loads(path.read_text())
+                self._anchors = {str(k): int(v) for k, v in raw["anchors"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise CipherpostError(f"{path}: damaged trust state") from e
+
+    @classmethod
+    def default(cls, env: Mapping[str, str] | None = None) -> TrustState:
+        """The trust state of a holder with no agency folder (e.g. the gateway host)."""
+        environ = os.environ if env is None else env
+        base = environ.get(STATE_DIR_ENV) or os.path.join(
+            environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "cipherpost"
+        )
+        return cls(Path(base) / "trust.json")
+
+    @property
+    def empty(self) -> bool:
+        """True if no CA has been trusted yet."""
+        return not self._anchors
+
+    def trusts(self, fingerprint: str) -> bool:
+        """True if the CA with this certificate fingerprint is trusted."""
+        return fingerprint in self._anchors
+
+    def highest_version(self, fingerprint: str) -> int:
+        """The highest directory version accepted from this CA (0 if none)."""
+        return self._anchors.get(fingerprint, 0)
+
+    def accept(self, fingerprint: str, version: int) -> None:
+        """Record an accepted directory version and persist it."""
+        if fingerprint not in self._anchors:
+            self.pinned_now = fingerprint
+        if self._anchors.get(fingerprint, 0) >= version and fingerprint in self._anchors:
+            return
+        self._anchors[fingerprint] = version
+        self._save()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"anchors": self._anchors}, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+def entries_for(directory: Directory, codes: Iterable[AgencyCode]) -> list[DirectoryEntry]:
+    """Look up several codes, refusing unknown ones."""
+    return [directory.get(code, "recipient") for code in codes]

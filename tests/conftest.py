@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keys.levels import Level
+from tests.helpers import World, commune_code, make_world
+
+PROVINCE = "000.00.00.H41"
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A province (toi-mat), 100 communes (toi-mat) and one commune cleared only for mat."""
+    agencies = {PROVINCE: Level.TOI_MAT}
+    for i in range(100):
+        agencies[commune_code(i)] = Level.TOI_MAT
+    agencies["000.99.99.H41"] = Level.MAT
+    return make_world(tmp_path_factory.mktemp("world"), agencies)
+
+
+@pytest.fixture(scope="session")
+def directory(world: World):
+    return world.directory()
+
+
+@pytest.fixture
+def state_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Isolate the CLI's trust state and give it a passphrase."""
+    monkeypatch.setenv("CIPHERPOST_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CIPHERPOST_PASSPHRASE", "test-passphrase")
+    return tmp_path

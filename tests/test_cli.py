@@ -1,0 +1,432 @@
+"""The command line as a user runs it: subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.vectors.generate import generate
+
+A, B, C, OUT = "000.00.00.H41", "000.01.12.H41", "000.02.12.H41", "000.03.12.H41"
+
+
+def cli(
+    *args: str | Path, env: dict[str, str] | None = None, ok: bool = True, code: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("cipherpost")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "agents.cli"]
+    result = subprocess.run(
+        [*cmd, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or os.environ.copy(),
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    want = 0 if ok and code is None else code
+    if want is not None:
+        assert result.returncode == want, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A CA, four agencies and a directory made only through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    env = os.environ.copy()
+    env.update(CIPHERPOST_PASSPHRASE="cli-test-pass", CIPHERPOST_STATE_DIR=str(root / "state"))
+    cli("ca", "init", "--dir", root / "ca", env=env)
+    for code, clearance in ((A, "toi-mat"), (B, "toi-mat"), (C, "mat"), (OUT, "toi-mat")):
+        cli(
+            "keys",
+            "enroll",
+            "--code",
+            code,
+            "--name",
+            f"Agency {code}",
+            "--dir",
+            root / code,
+            env=env,
+        )
+        cli(
+            "ca",
+            "issue",
+            root / code / "enrollment.req",
+            "--ca",
+            root / "ca",
+            "--clearance",
+            clearance,
+            "--out",
+            root / "certs",
+            env=env,
+        )
+    cli(
+        "directory",
+        "build",
+        "--ca",
+        root / "ca",
+        "--certs",
+        root / "certs",
+        "--out",
+        root / "dir.cpd",
+        env=env,
+    )
+    doc = root / "doc.bin"
+    doc.write_bytes(os.urandom(3 * 1024 * 1024 + 123))
+    env_file = root / "doc.cpe"
+    r = cli(
+        "seal",
+        doc,
+        "--as",
+        root / A,
+        "--directory",
+        root / "dir.cpd",
+        "--to",
+        f"{B},{C}",
+        "--level",
+        "mat",
+        "--urgency",
+        "hoa-toc",
+        "--subject",
+        "Bí mật",
+        "--out",
+        env_file,
+        env=env,
+    )
+    return root, env, doc, env_file, r.stdout.strip()
+
+
+def test_key_files_are_private(setup):
+    root, *_ = setup
+    for path in (root / "ca" / "ca.key.sec", root / A / "keys.sec"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert b"cli-test-pass" not in (root / A / "keys.sec").read_bytes()
+
+
+def test_seal_prints_id_and_verify_json(setup):
+    root, env, doc, env_file, envelope_id = setup
+    assert len(envelope_id) == 32 and int(envelope_id, 16) >= 0
+    r = cli("verify", env_file, "--directory", root / "dir.cpd", "--json", env=env)
+    info = json.loads(r.stdout)
+    assert info["envelope_id"] == envelope_id
+    assert info["sender"]["code"] == A
+    assert [x["code"] for x in info["recipients"]] == [B, C]
+    assert (info["level"], info["urgency"]) == ("mat", "hoa-toc")
+    assert info["segments"] == 4 and info["verified"] is True
+    assert "Bí mật" not in r.stdout  # the subject is private: it is not in the header
+    human = cli("verify", env_file, "--directory", root / "dir.cpd", env=env).stdout
+    for word in (envelope_id, A, B, C, "Mật", "created", "expires"):
+        assert word in human
+
+
+def test_open_gives_exact_bytes_and_metadata(setup):
+    root, env, doc, env_file, envelope_id = setup
+    out = root / "inbox-b" / "doc.bin"
+    out.parent.mkdir()
+    r = cli(
+        "open",
+        env_file,
+        "--as",
+        root / B,
+        "--directory",
+        root / "dir.cpd",
+        "--out",
+        out,
+        "--json",
+        env=env,
+    )
+    assert out.read_bytes() == doc.read_bytes()
+    info = json.loads(r.stdout)
+    assert info["subject"] == "Bí mật" and info["filename"] == "doc.bin"
+    # never overwrites
+    r = cli(
+        "open",
+        env_file,
+        "--as",
+        root / B,
+        "--directory",
+        root / "dir.cpd",
+        "--out",
+        out,
+        env=env,
+        code=1,
+    )
+    assert "refusing to overwrite" in one_line(r)
+
+
+def test_non_recipient_cannot_open(setup):
+    root, env, doc, env_file, _ = setup
+    out = root / "stolen.bin"
+    r = cli(
+        "open",
+        env_file,
+        "--as",
+        root / OUT,
+        "--directory",
+        root / "dir.cpd",
+        "--out",
+        out,
+        env=env,
+        code=3,
+    )
+    assert "not a recipient" in one_line(r)
+    assert not out.exists()
+
+
+def test_no_plaintext_on_disk_when_the_end_is_forged(setup):
+    """The last segment is corrupted: earlier segments decrypted, yet nothing stays on disk."""
+    root, env, doc, env_file, _ = setup
+    bad = root / "bad-end.cpe"
+    data = bytearray(env_file.read_bytes())
+    data[-100] ^= 0x40
+    bad.write_bytes(bytes(data))
+    out_dir = root / "inbox-forged"
+    out_dir.mkdir()
+    r = cli(
+        "open",
+        bad,
+        "--as",
+        root / B,
+        "--directory",
+        root / "dir.cpd",
+        "--out",
+        out_dir / "doc.bin",
+        env=env,
+        code=3,
+    )
+    assert "segment 3" in one_line(r)
+    assert list(out_dir.iterdir()) == []  # neither the document nor a quarantine file
+
+
+def test_level_above_clearance_refused(setup):
+    root, env, doc, _, _ = setup
+    r = cli(
+        "seal",
+        doc,
+        "--as",
+        root / A,
+        "--directory",
+        root / "dir.cpd",
+        "--to",
+        C,
+        "--level",
+        "toi-mat",
+        "--out",
+        root / "x.cpe",
+        env=env,
+        code=3,
+    )
+    assert "above the clearance of recipient" in one_line(r)
+    assert not (root / "x.cpe").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--to", "H41", "--level", "mat"], "invalid agency code"),
+        (["--to", B, "--level", "secret"], "unknown level"),
+        (["--to", B, "--level", "mat", "--urgency", "now"], "unknown urgency"),
+        (["--to", B, "--level", "mat", "--expires-in", "forever"], "invalid duration"),
+        (["--to", f"{B},{B}", "--level", "mat"], "named twice"),
+        (["--level", "mat"], "required"),
+        (["--to", B, "--level", "mat", "--passphrase", "x"], "unrecognized arguments"),
+    ],
+)
+def test_usage_errors_exit_2(setup, args, message):
+    root, env, doc, _, _ = setup
+    r = cli(
+        "seal",
+        doc,
+        "--as",
+        root / A,
+        "--directory",
+        root / "dir.cpd",
+        "--out",
+        root / "u.cpe",
+        *args,
+        env=env,
+        code=2,
+    )
+    assert message in one_line(r)
+
+
+def test_other_errors_exit_1(setup):
+    root, env, doc, env_file, _ = setup
+    r = cli("verify", root / "missing.cpe", "--directory", root / "dir.cpd", env=env, code=1)
+    assert "missing.cpe" in one_line(r)
+    wrong = dict(env, CIPHERPOST_PASSPHRASE="wrong")
+    r = cli(
+        "seal",
+        doc,
+        "--as",
+        root / A,
+        "--directory",
+        root / "dir.cpd",
+        "--to",
+        B,
+        "--level",
+        "mat",
+        "--out",
+        root / "w.cpe",
+        env=wrong,
+        code=1,
+    )
+    assert "wrong passphrase" in one_line(r)
+    no_pass = {k: v for k, v in env.items() if k != "CIPHERPOST_PASSPHRASE"}
+    r = cli(
+        "seal",
+        doc,
+        "--as",
+        root / A,
+        "--directory",
+        root / "dir.cpd",
+        "--to",
+        B,
+        "--level",
+        "mat",
+        "--out",
+        root / "w.cpe",
+        env=no_pass,
+        code=2,
+    )
+    assert "CIPHERPOST_PASSPHRASE" in one_line(r)
+
+
+def test_rollback_and_foreign_directory_refused(setup, tmp_path):
+    root, env, *_ = setup
+    old = tmp_path / "old.cpd"
+    shutil.copy(root / "dir.cpd", old)
+    cli(
+        "directory",
+        "build",
+        "--ca",
+        root / "ca",
+        "--certs",
+        root / "certs",
+        "--out",
+        tmp_path / "new.cpd",
+        env=env,
+    )
+    env_file = root / "doc.cpe"
+    cli("verify", env_file, "--directory", tmp_path / "new.cpd", env=env)
+    r = cli("verify", env_file, "--directory", old, env=env, code=3)
+    assert "rollback refused" in one_line(r)
+    # a directory from another CA, with a pinned CA certificate
+    env2 = dict(env, CIPHERPOST_STATE_DIR=str(tmp_path / "state2"))
+    cli("ca", "init", "--dir", tmp_path / "ca2", env=env2)
+    cli(
+        "directory",
+        "build",
+        "--ca",
+        tmp_path / "ca2",
+        "--certs",
+        root / "certs",
+        "--out",
+        tmp_path / "x.cpd",
+        env=env2,
+        code=1,
+    )  # certs of another CA are not bundled
+    r = cli(
+        "verify",
+        env_file,
+        "--directory",
+        tmp_path / "new.cpd",
+        "--ca-cert",
+        tmp_path / "ca2" / "ca.crt",
+        env=env2,
+        code=3,
+    )
+    assert "different CA" in one_line(r)
+
+
+def test_revoke_then_verify_refused(setup, tmp_path):
+    root, env, doc, _, _ = setup
+    ca_copy = tmp_path / "ca"
+    shutil.copytree(root / "ca", ca_copy)
+    env = dict(env, CIPHERPOST_STATE_DIR=str(tmp_path / "state"))
+    cli("ca", "revoke", C, "--ca", ca_copy, "--reason", "test", env=env)
+    cli(
+        "directory",
+        "build",
+        "--ca",
+        ca_copy,
+        "--certs",
+        root / "certs",
+        "--out",
+        tmp_path / "d.cpd",
+        env=env,
+    )
+    r = cli("verify", root / "doc.cpe", "--directory", tmp_path / "d.cpd", env=env, code=3)
+    assert "recipient 000.02.12.H41 is revoked" in one_line(r)
+
+
+def test_enroll_never_overwrites_keys(setup):
+    root, env, *_ = setup
+    before = (root / A / "keys.sec").read_bytes()
+    r = cli("keys", "enroll", "--code", A, "--name", "x", "--dir", root / A, env=env, code=1)
+    assert "refusing to overwrite" in one_line(r)
+    assert (root / A / "keys.sec").read_bytes() == before
+
+
+def test_help_documents_exit_codes():
+    for args in ([], ["seal"], ["verify"], ["open"]):
+        out = cli(*args, "--help").stdout
+        assert "exit codes" in out and "3  refused" in out
+
+
+@pytest.fixture(scope="module")
+def fresh_vectors(tmp_path_factory):
+    """Vectors generated now, so that the CLI (which uses the real clock) can check them."""
+    import datetime as dt
+
+    root = tmp_path_factory.mktemp("vectors")
+    manifest = generate(root / "v", dt.datetime.now(dt.UTC).replace(microsecond=0))
+    for agency_dir in (root / "v" / "agencies").iterdir():
+        (agency_dir / "keys.sec").chmod(0o600)
+    env = os.environ.copy()
+    env.update(
+        CIPHERPOST_PASSPHRASE=manifest["passphrase"], CIPHERPOST_STATE_DIR=str(root / "state")
+    )
+    return root / "v", manifest, env
+
+
+def test_every_negative_vector_exits_3_with_one_line(fresh_vectors, tmp_path):
+    vdir, manifest, env = fresh_vectors
+    for name, meta in sorted(manifest["vectors"].items()):
+        envelope = vdir / f"{name}.cpe"
+        if meta["expect"] == "ok":
+            cli("verify", envelope, "--directory", vdir / "directory.cpd", env=env)
+            continue
+        if meta["stage"] == "verify":
+            r = cli("verify", envelope, "--directory", vdir / "directory.cpd", env=env, code=3)
+        else:
+            out = tmp_path / f"{name}.out"
+            r = cli(
+                "open",
+                envelope,
+                "--as",
+                vdir / "agencies" / meta["open_as"],
+                "--directory",
+                vdir / "directory.cpd",
+                "--out",
+                out,
+                env=env,
+                code=3,
+            )
+            assert not out.exists()
+        line = one_line(r)
+        assert meta["reason"] in line, (name, line)
