@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from envelopes import _crypto
+from envelopes._pipeline import prefetch
 from envelopes.errors import EnvelopeRefused
 from envelopes.frames import (
     FrameReader,
@@ -150,7 +151,7 @@ def _walk(
     directory: Directory,
     now: dt.datetime | None,
     on_header: Callable[[CheckedHeader], None],
-    on_segment: Callable[[SegmentFrame], None],
+    on_segment: Callable[[SegmentFrame], None] | None,
 ) -> EnvelopeInfo:
     now = now or dt.datetime.now(dt.UTC)
     reader = FrameReader(src)
@@ -160,23 +161,33 @@ def _walk(
     header_raw, signature = parse_header_frame(first)
     checked = check_header(header_raw, signature, directory, now)
     on_header(checked)
-    for index in range(checked.header.segment_count):
-        obj = reader.next()
-        if obj is None:
-            raise EnvelopeRefused("envelope is truncated: segments are missing")
-        segment = parse_segment_frame(obj)
-        if segment.index != index:
-            raise EnvelopeRefused(f"envelope segment {segment.index} is out of order")
-        check_segment(checked, segment)
-        on_segment(segment)
-    if reader.next() is not None:
-        raise EnvelopeRefused("envelope has data after its final segment")
+
+    def checked_segments() -> Iterator[SegmentFrame]:
+        for index in range(checked.header.segment_count):
+            obj = reader.next()
+            if obj is None:
+                raise EnvelopeRefused("envelope is truncated: segments are missing")
+            segment = parse_segment_frame(obj)
+            if segment.index != index:
+                raise EnvelopeRefused(f"envelope segment {segment.index} is out of order")
+            check_segment(checked, segment)
+            yield segment
+        if reader.next() is not None:
+            raise EnvelopeRefused("envelope has data after its final segment")
+
+    if on_segment is None:
+        for _ in checked_segments():
+            pass
+    else:
+        # Reading, hashing and signature checks run one segment ahead of decryption.
+        for segment in prefetch(checked_segments()):
+            on_segment(segment)
     return EnvelopeInfo(checked, reader.bytes_read)
 
 
 def verify(src: BinaryIO, *, directory: Directory, now: dt.datetime | None = None) -> EnvelopeInfo:
     """Verify a whole envelope without any private key (the gateway's view)."""
-    return _walk(src, directory, now, lambda _c: None, lambda _s: None)
+    return _walk(src, directory, now, lambda _c: None, None)
 
 
 def open_envelope(

@@ -12,6 +12,7 @@ their own encoding: what is signed is the header bytes and, per segment,
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -24,7 +25,6 @@ from envelopes.header import MAX_HEADER_BYTES, MAX_SEGMENT_SIZE
 
 MAX_SEGMENT_CIPHERTEXT = MAX_SEGMENT_SIZE + _crypto.STREAM_ABYTES
 MAX_FRAME_BIN = max(MAX_HEADER_BYTES, MAX_SEGMENT_CIPHERTEXT)
-READ_SIZE = 1024 * 1024
 _U64_U8 = struct.Struct(">QB")
 
 
@@ -48,9 +48,29 @@ def encode_header_frame(header_raw: bytes, signature: bytes) -> bytes:
     return bytes(msgpack.packb([header_raw, signature], use_bin_type=True))
 
 
+def segment_frame_parts(
+    index: int, final: bool, ciphertext: bytes, signature: bytes
+) -> tuple[bytes, bytes, bytes]:
+    """A segment frame as (prefix, ciphertext, suffix), to write without copying the ciphertext.
+
+    ``b"".join(parts)`` is exactly ``msgpack.packb([index, final, ciphertext, signature])``.
+    """
+    prefix = b"\x94" + msgpack.packb(index) + (b"\xc3" if final else b"\xc2")
+    prefix += _bin_header(len(ciphertext))
+    return prefix, ciphertext, _bin_header(len(signature)) + signature
+
+
 def encode_segment_frame(index: int, final: bool, ciphertext: bytes, signature: bytes) -> bytes:
     """The segment frame bytes."""
-    return bytes(msgpack.packb([index, final, ciphertext, signature], use_bin_type=True))
+    return b"".join(segment_frame_parts(index, final, ciphertext, signature))
+
+
+def _bin_header(n: int) -> bytes:
+    if n < 0x100:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
 
 
 def parse_header_frame(obj: object) -> tuple[bytes, bytes]:
@@ -87,46 +107,66 @@ def parse_segment_frame(obj: object) -> SegmentFrame:
 
 def decode_frame(data: bytes) -> object:
     """Decode exactly one frame from ``data`` (one AMQP message body)."""
-    try:
-        return msgpack.unpackb(data, **_LIMITS)
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as e:
-        raise EnvelopeRefused("envelope frame is not valid msgpack") from e
+    src = io.BytesIO(data)
+    frame = FrameReader(src).next()
+    if frame is None:
+        raise EnvelopeRefused("envelope frame is empty")
+    if src.read(1):
+        raise EnvelopeRefused("envelope frame has trailing bytes")
+    return frame
 
 
-_LIMITS: dict[str, object] = {
-    "raw": False,
-    "use_list": False,
-    "max_bin_len": MAX_FRAME_BIN,
-    "max_str_len": 0,
-    "max_array_len": 4,
-    "max_map_len": 0,
-    "max_ext_len": 0,
-}
+# The msgpack subset frames are made of: a fixarray of unsigned ints, booleans
+# and bins. Reading it by hand lets a ciphertext go from the file into one
+# bytes object with a single copy, and refuses any other type outright.
+_UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_BIN = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 
 
 class FrameReader:
-    """Reads frames one at a time from a binary stream, with bounded memory."""
+    """Reads frames one at a time from a binary stream; memory is bounded by one frame."""
 
     def __init__(self, src: BinaryIO) -> None:
-        self._unpacker = msgpack.Unpacker(
-            src, read_size=READ_SIZE, max_buffer_size=MAX_FRAME_BIN + READ_SIZE, **_LIMITS
-        )
+        self._src = src
         self.bytes_read = 0
 
-    def next(self) -> object | None:
-        """The next decoded frame, or None at a clean end of stream."""
-        try:
-            obj = self._unpacker.unpack()
-        except msgpack.OutOfData:
-            try:
-                leftover = self._unpacker.read_bytes(1)
-            except ValueError:  # msgpack: "an object is incomplete"
-                raise EnvelopeRefused("envelope ends in the middle of a frame") from None
-            if leftover:
-                raise EnvelopeRefused("envelope ends in the middle of a frame") from None
+    def _read(self, n: int) -> bytes:
+        data = self._src.read(n)
+        if len(data) != n:
+            parts = [data]
+            got = len(data)
+            while got < n and (more := self._src.read(n - got)):
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+            if len(data) != n:
+                raise EnvelopeRefused("envelope ends in the middle of a frame")
+        self.bytes_read += n
+        return data
+
+    def next(self) -> tuple[object, ...] | None:
+        """The next frame as a tuple of ints, bools and bytes; None at a clean end of stream."""
+        first = self._src.read(1)
+        if not first:
             return None
-        except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as e:
-            raise EnvelopeRefused("envelope frame is not valid msgpack") from e
-        self.bytes_read = self._unpacker.tell()
-        frame: object = obj
-        return frame
+        self.bytes_read += 1
+        marker = first[0]
+        if not 0x91 <= marker <= 0x9F:
+            raise EnvelopeRefused("envelope frame is malformed (not a msgpack array)")
+        items: list[object] = []
+        for _ in range(marker & 0x0F):
+            t = self._read(1)[0]
+            if t <= 0x7F:
+                items.append(t)
+            elif t in _UINT:
+                items.append(int.from_bytes(self._read(_UINT[t]), "big"))
+            elif t in (0xC2, 0xC3):
+                items.append(t == 0xC3)
+            elif t in _BIN:
+                n = int.from_bytes(self._read(_BIN[t]), "big")
+                if n > MAX_FRAME_BIN:
+                    raise EnvelopeRefused("envelope frame is larger than the limit")
+                items.append(self._read(n))
+            else:
+                raise EnvelopeRefused("envelope frame is malformed (unexpected msgpack type)")
+        return tuple(items)

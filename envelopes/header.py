@@ -12,6 +12,7 @@ the header hash are computed over them, never over a re-encoding.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 import msgpack
@@ -66,7 +67,7 @@ class Header:
     key_commitment: bytes
     stream_header: bytes
 
-    @property
+    @functools.cached_property
     def hash(self) -> bytes:
         """SHA-256 of the exact header bytes: binds segments and payload to this header."""
         return _crypto.sha256(self.raw)

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from envelopes import _crypto
+from envelopes._pipeline import WriteBehind
 from envelopes.errors import EnvelopeRefused
-from envelopes.frames import encode_header_frame, encode_segment_frame, segment_signed_message
+from envelopes.frames import encode_header_frame, segment_frame_parts, segment_signed_message
 from envelopes.header import (
     DEFAULT_SEGMENT_SIZE,
     ENVELOPE_ID_BYTES,
@@ -134,30 +135,36 @@ def seal(
     )
     header_hash = header.hash
     stream.associated_data = header_hash
-    written = dst.write(
-        encode_header_frame(
-            header.raw, _crypto.sign(keys.signing_key, _crypto.HEADER_CONTEXT, header.raw)
+    written = [
+        dst.write(
+            encode_header_frame(
+                header.raw, _crypto.sign(keys.signing_key, _crypto.HEADER_CONTEXT, header.raw)
+            )
         )
-    )
+    ]
+
+    def emit(item: tuple[int, bool, bytes]) -> None:
+        # Runs in the write-behind thread: hash + sign + write overlap the next encryption.
+        index, final, ciphertext = item
+        message = segment_signed_message(header_hash, index, final, ciphertext)
+        signature = _crypto.sign(keys.signing_key, _crypto.SEGMENT_CONTEXT, message)
+        for part in segment_frame_parts(index, final, ciphertext, signature):
+            written[0] += dst.write(part)
+
     pending = prefix
     last = header.segment_count - 1
-    for index in range(header.segment_count):
-        want = header.segment_plaintext_size(index)
-        chunk = pending + _read_exactly(src, want - len(pending))
-        pending = b""
-        if len(chunk) != want:
-            raise CipherpostError("the document is shorter than announced (did it change?)")
-        final = index == last
-        ciphertext = stream.push(chunk, final)
-        signature = _crypto.sign(
-            keys.signing_key,
-            _crypto.SEGMENT_CONTEXT,
-            segment_signed_message(header_hash, index, final, ciphertext),
-        )
-        written += dst.write(encode_segment_frame(index, final, ciphertext, signature))
+    with WriteBehind(emit) as writer:
+        for index in range(header.segment_count):
+            want = header.segment_plaintext_size(index)
+            chunk = pending + _read_exactly(src, want - len(pending))
+            pending = b""
+            if len(chunk) != want:
+                raise CipherpostError("the document is shorter than announced (did it change?)")
+            final = index == last
+            writer.put((index, final, stream.push(chunk, final)))
     if src.read(1):
         raise CipherpostError("the document is longer than announced (did it change?)")
-    return Sealed(header, written)
+    return Sealed(header, written[0])
 
 
 def _read_exactly(src: BinaryIO, n: int) -> bytes:

@@ -6,7 +6,12 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2>/dev/null || true
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 \
-  | grep -v -e "^WARNING: Location" -e "is ignored" || true
+log=$(mktemp)
+if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "setup-venv: pip install failed (output above)" >&2
+  rm -f "$log"; exit 1
+fi
+rm -f "$log"
 .venv/bin/python -c "import agents.cli, envelopes, keys" || {
   echo "setup-venv: cipherpost did not install" >&2; exit 1; }

@@ -314,7 +314,7 @@ def generate(out: Path, now: dt.datetime) -> dict[str, Any]:
         "malformed-msgpack",
         b"\xc1\x93\xff garbage",
         "verify",
-        "not valid msgpack",
+        "malformed",
         "bytes that are not msgpack",
     )
     refused("empty-file", b"", "verify", "empty", "a 0-byte file")
