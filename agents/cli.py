@@ -18,7 +18,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -121,7 +124,13 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
     request = agency.EnrollmentRequest.parse(_read_file(args.request, "enrollment request"))
     authority = ca.open_ca(args.ca, read_passphrase())
     paths = ca.issue(
-        authority, request, Level.parse(args.clearance), args.out, _now(), args.valid_days
+        authority,
+        request,
+        Level.parse(args.clearance),
+        args.out,
+        _now(),
+        args.valid_days,
+        replace=args.replace,
     )
     print(f"issued {request.code} ({request.name}) cleared for {args.clearance}:")
     for p in paths:
@@ -187,11 +196,15 @@ def cmd_seal(args: argparse.Namespace) -> int:
         src = args.file.open("rb")
     except OSError as e:
         raise CipherpostError(f"cannot read {args.file}: {e.strerror}") from e
-    tmp = args.out.with_name(f".{args.out.name}.partial")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{args.out.name}.", suffix=".partial", dir=args.out.parent
+    )
+    tmp = Path(tmp_name)
     with src:
         size = os.fstat(src.fileno()).st_size
         try:
-            with tmp.open("wb") as dst:
+            with os.fdopen(fd, "wb") as dst:
                 sealed = envelopes.seal(
                     ProgressReader(src, size, "sealing"),  # type: ignore[arg-type]
                     dst,
@@ -206,7 +219,12 @@ def cmd_seal(args: argparse.Namespace) -> int:
                 )
                 dst.flush()
                 os.fsync(dst.fileno())
-            os.replace(tmp, args.out)
+            try:
+                os.link(tmp, args.out)  # never clobber: a concurrent run gets "already exists"
+            except FileExistsError:
+                raise CipherpostError(
+                    f"{args.out} already exists; refusing to overwrite it"
+                ) from None
         finally:
             tmp.unlink(missing_ok=True)
     print(sealed.envelope_id)
@@ -274,6 +292,7 @@ def cmd_open(args: argparse.Namespace) -> int:
         src = args.envelope.open("rb")
     except OSError as e:
         raise CipherpostError(f"cannot read {args.envelope}: {e.strerror}") from e
+    args.out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with src:
         size = os.fstat(src.fileno()).st_size
         opened = envelopes.open_to_path(
@@ -369,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--clearance", required=True, metavar="LEVEL", help=f"one of {LEVELS}")
     sp.add_argument("--valid-days", type=int, default=365, metavar="N")
     sp.add_argument("--out", required=True, type=Path, metavar="CERTS_DIR")
+    sp.add_argument(
+        "--replace",
+        action="store_true",
+        help="re-issue for an agency that already holds certificates",
+    )
     sp = add(ca_sub, "revoke", cmd_ca_revoke, "revoke every certificate of an agency (CRL)")
     sp.add_argument("code", metavar="CODE")
     sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
@@ -466,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _NOTES.clear()
+    previous = _trap_signals()
     try:
         code: int = args.handler(args)
         for note in _NOTES:
@@ -478,9 +503,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {e.filename}" if e.filename else ""
         _fail(f"error:{where}: {e.strerror or e}")
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        sys.stderr.write("cipherpost: interrupted\n")
-        return 130
+    except (KeyboardInterrupt, Interrupted) as e:
+        # Every finally: above ran: quarantine and partial files are already removed.
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        sys.stderr.write(
+            f"cipherpost: interrupted by {signal.Signals(signum).name}; nothing kept\n"
+        )
+        return 128 + signum
     except Exception as e:  # last resort: one line, never a traceback, unless asked
         if os.environ.get("CIPHERPOST_DEBUG"):
             raise
@@ -488,6 +517,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"cipherpost: internal error ({type(e).__name__}); set CIPHERPOST_DEBUG=1 for details\n"
         )
         return EXIT_ERROR
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+class Interrupted(BaseException):  # like KeyboardInterrupt: not an error
+    """SIGTERM or SIGHUP arrived: unwind so that every clean-up runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def _trap_signals() -> dict[int, object]:
+    previous: dict[int, object] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous  # signal handlers can only be set from the main thread
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, _raise_interrupted)
+    return previous
 
 
 def _fail(message: str) -> None:

@@ -114,7 +114,7 @@ class EnrollmentRequest:
             if not isinstance(name, str) or not isinstance(created, int):
                 raise ValueError("bad field types")
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as e:
-            raise Refused(f"malformed enrollment request: {e}") from e
+            raise Refused("not an enrollment request (malformed)") from e
         try:
             code = AgencyCode.parse(code_s)
         except UsageError as e:

@@ -197,8 +197,14 @@ def issue(
     out_dir: Path,
     now: dt.datetime,
     valid_days: int = 365,
+    *,
+    replace: bool = False,
 ) -> tuple[Path, Path]:
-    """Issue the signing and encryption certificates for a checked request."""
+    """Issue the signing and encryption certificates for a checked request.
+
+    An agency that already holds certificates is only re-issued with
+    ``replace=True`` (key rotation, new clearance): never by accident.
+    """
     if not 1 <= valid_days <= MAX_VALID_DAYS:
         raise UsageError(f"--valid-days must be 1..{MAX_VALID_DAYS}")
     state = ca.load_state()
@@ -206,6 +212,10 @@ def issue(
     if previous is not None and previous.get("revoked"):
         raise CipherpostError(
             f"{request.code} was revoked; a revoked code is not re-issued (enroll a new code)"
+        )
+    if previous is not None and not replace:
+        raise CipherpostError(
+            f"{request.code} already holds certificates; use --replace to re-issue them"
         )
     sign = _agency_cert(ca, request, clearance, ROLE_SIGN, now, valid_days)
     enc = _agency_cert(ca, request, clearance, ROLE_ENCRYPT, now, valid_days)

@@ -30,6 +30,7 @@ from keys.ca import CRL_FILE, CertificateAuthority
 from keys.certs import ROLE_ENCRYPT, ROLE_SIGN, AgencyCertificate
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError, Refused, UsageError
+from keys.keystore import write_private_file
 from keys.levels import Level
 
 MAGIC = "cipherpost.directory/1"
@@ -186,6 +187,8 @@ def build_directory(
     """Sign a new directory version of every certificate pair in ``certs_dir``."""
     if not 1 <= valid_days <= 3650:
         raise UsageError("--valid-days must be 1..3650")
+    if not certs_dir.is_dir():
+        raise CipherpostError(f"certificates folder {certs_dir} does not exist")
     pairs = []
     for sign_path in sorted(certs_dir.glob("*.sign.crt")):
         enc_path = sign_path.with_name(sign_path.name.replace(".sign.crt", ".enc.crt"))
@@ -200,6 +203,9 @@ def build_directory(
             except Refused as e:
                 raise CipherpostError(f"{path}: {e}") from e
         pairs.append(ders)
+    if not pairs:
+        # An empty directory would use up a version and lock holders out of the real one.
+        raise CipherpostError(f"no agency certificates (*.sign.crt) in {certs_dir}")
     state = ca.load_state()
     state["directory_version"] += 1
     ca.save_state(state)
@@ -271,10 +277,11 @@ class TrustState:
     def _save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"anchors": self._anchors}, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # 0600 whatever the umask: whoever can rewrite this file chooses which CA we trust.
+        write_private_file(
+            self.path, (json.dumps({"anchors": self._anchors}, indent=2) + "\n").encode()
+        )
 
 
 def entries_for(directory: Directory, codes: Iterable[AgencyCode]) -> list[DirectoryEntry]:

@@ -31,6 +31,7 @@ DEFAULT_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
 MAX_OPSLIMIT = 16
 MAX_MEMLIMIT = 1 << 30
 MAX_SECRET_FILE = 64 * 1024
+MIN_NEW_PASSPHRASE = 8
 
 
 def read_passphrase(*, confirm: bool = False, env: Mapping[str, str] | None = None) -> bytes:
@@ -50,6 +51,8 @@ def read_passphrase(*, confirm: bool = False, env: Mapping[str, str] | None = No
             raise UsageError("the two passphrases differ")
     if not value:
         raise UsageError("empty passphrase refused")
+    if confirm and len(value) < MIN_NEW_PASSPHRASE:
+        raise UsageError(f"a new passphrase needs at least {MIN_NEW_PASSPHRASE} characters")
     return value.encode("utf-8")
 
 
