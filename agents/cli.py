@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ from typing import NoReturn
 from cryptography.hazmat.primitives import serialization
 
 import envelopes
+from agents.client import Client
 from agents.progress import ProgressReader
 from keys import agency, ca
 from keys.codes import AgencyCode
@@ -324,6 +326,156 @@ def cmd_open(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- exchange: agent, gateway, broker, policy, demo -------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from agents import logs
+    from agents.config import AgentConfig
+
+    logs.configure(json_lines=False, level=logging.WARNING)
+    return Client(AgentConfig.load(args.config), read_passphrase())
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    level = Level.parse(args.level)
+    urgency = Urgency.parse(args.urgency)
+    to = parse_codes(args.to)
+    for path in args.files:
+        if not path.is_file():
+            raise CipherpostError(f"cannot read {path}: not a file")
+    with _client(args) as client:
+        for path in args.files:
+            envelope_id = client.send(
+                path, to=to, level=level, urgency=urgency, subject=args.subject
+            )
+            print(envelope_id)
+            sys.stderr.write(f"sent {path.name} to {len(to)} agency(ies) at level {level.value}\n")
+    return 0
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    if args.follow:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with _client(args) as client:
+        try:
+            got = client.receive(follow=args.follow, idle=args.idle, stop=stop)
+        except KeyboardInterrupt:
+            stop.set()
+            got = client.received
+    for doc in got:
+        meta = doc.metadata
+        print(
+            f"{doc.envelope_id}  from {meta['sender']['code']}  {meta['level']}"
+            f"  {meta['subject'] or '-'}  -> {doc.path}"
+        )
+    sys.stderr.write(f"{len(got)} document(s) received\n")
+    return 0
+
+
+def cmd_reply_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.reply_status(args.envelope_id, args.code, args.note)
+    sys.stderr.write(f"status {args.code} sent for {args.envelope_id}\n")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.receive(idle=args.idle)  # pick up notices waiting in the inbox
+        report = client.status(args.envelope_id)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    print(f"envelope {report['envelope_id']}")
+    for item in report["gateway"]:
+        mark = "verified" if item["verified"] else "NOT VERIFIED"
+        print(
+            f"  gateway  {item['time']}  refused: rule {item['rule_id']} ({item['reason']})"
+            f"  [{mark}]"
+        )
+    for code, history in report["recipients"].items():
+        print(f"  {code}")
+        if not history:
+            print("    (nothing yet)")
+        for item in history:
+            mark = "verified" if item["verified"] else "NOT VERIFIED"
+            note = f"  {item['note']}" if item["note"] else ""
+            print(f"    {item['time']}  {item['status']} {item['status_name']}{note}  [{mark}]")
+    return 0
+
+
+def cmd_gateway_run(args: argparse.Namespace) -> int:
+    from agents import logs
+    from gateway.config import GatewayConfig
+    from gateway.service import Gateway, load
+
+    logs.configure(json_lines=True, level=logging.INFO)
+    config = GatewayConfig.load(args.config)
+    gateway = Gateway(config, load(config, read_passphrase()))
+    signal.signal(signal.SIGTERM, lambda *_: gateway.stop())
+    signal.signal(signal.SIGINT, lambda *_: gateway.stop())
+    gateway.run()
+    return 0
+
+
+def cmd_broker_provision(args: argparse.Namespace) -> int:
+    from broker.management import Management
+    from broker.provision import provision
+
+    trust = TrustState.default()
+    directory = _load_directory(args, trust)
+    mgmt = Management.from_url(args.admin_url)
+    result = provision(
+        mgmt,
+        args.vhost,
+        directory,
+        amqp_host=args.amqp_host,
+        amqp_port=args.amqp_port,
+        login_prefix=args.login_prefix,
+        credentials_dir=args.credentials_dir,
+    )
+    for change in result.changes:
+        print(change)
+    if not result.changes:
+        print("nothing to change: the broker matches the directory")
+    if result.new_credentials and args.credentials_dir is None:
+        # Printed once, never logged: hand each line to its agency over a trusted channel.
+        for login, config in result.new_credentials.items():
+            print(f"credentials {login} {config.password}")
+    elif result.new_credentials:
+        print(
+            f"{len(result.new_credentials)} credentials file(s) written to {args.credentials_dir}"
+            " (mode 0600): deliver each to its agency"
+        )
+    return 0
+
+
+def cmd_policy_sign(args: argparse.Namespace) -> int:
+    from gateway.policy import Policy, sign_policy
+
+    try:
+        text = args.policy.read_text()
+    except OSError as e:
+        raise CipherpostError(f"cannot read {args.policy}: {e.strerror}") from e
+    authority = ca.open_ca(args.ca, read_passphrase())
+    data = sign_policy(text, authority, _now(), args.valid_days)
+    args.out.write_bytes(data)
+    policy = Policy.parse(text)
+    print(
+        f"policy {policy.name!r} version {policy.version}: {len(policy.rules)} rule(s),"
+        f" signed for {args.valid_days} days -> {args.out}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agents.demo import main as demo_main
+
+    return demo_main(args.admin_url, args.amqp_port, args.dir)
+
+
 def cmd_tour(args: argparse.Namespace) -> int:
     from agents.tour import run_tour
 
@@ -469,6 +621,140 @@ def build_parser() -> argparse.ArgumentParser:
     directory_args(sp)
     sp.add_argument("--out", required=True, type=Path, metavar="PATH")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def config_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--config",
+            required=True,
+            type=Path,
+            metavar="AGENT.toml",
+            help="the agent's settings (keys, directory, broker, inbox)",
+        )
+
+    sp = add(
+        sub,
+        "send",
+        cmd_send,
+        "seal FILE(s) and submit them through the gateway; prints each envelope id",
+    )
+    sp.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    sp.add_argument("--to", required=True, metavar="CODE[,CODE...]")
+    sp.add_argument("--level", required=True, metavar="LEVEL", help=f"one of {LEVELS}")
+    sp.add_argument("--urgency", default="thuong", metavar="U", help=f"one of {URGENCIES}")
+    sp.add_argument("--subject", default="", metavar="TEXT", help="travels encrypted")
+    config_arg(sp)
+
+    sp = add(
+        sub,
+        "receive",
+        cmd_receive,
+        "verify and decrypt what is waiting into the inbox folder; send signed receipts",
+    )
+    mode = sp.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="until the inbox is quiet (default)")
+    mode.add_argument("--follow", action="store_true", help="until interrupted (SIGTERM/Ctrl-C)")
+    sp.add_argument(
+        "--idle",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="with --once: stop after this long without a message (default 2)",
+    )
+    config_arg(sp)
+
+    sp = add(
+        sub,
+        "reply-status",
+        cmd_reply_status,
+        "send a signed status about a received document back to its sender",
+    )
+    sp.add_argument("envelope_id", metavar="ENVELOPE_ID")
+    sp.add_argument(
+        "--code",
+        required=True,
+        metavar="CODE",
+        help="02 rejected, 03 accepted, 04 assigned, 05 processing, 06 completed",
+    )
+    sp.add_argument("--note", default="", metavar="TEXT")
+    config_arg(sp)
+
+    sp = add(
+        sub,
+        "status",
+        cmd_status,
+        "per recipient: the gateway's decisions and the signed statuses of ENVELOPE_ID",
+    )
+    sp.add_argument("envelope_id", metavar="ENVELOPE_ID")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument(
+        "--idle",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long to wait for notices still in the inbox (default 1)",
+    )
+    config_arg(sp)
+
+    gw_p = add(sub, "gateway", lambda a: 0, "the gateway service")
+    gw_sub = gw_p.add_subparsers(
+        dest="gateway_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    sp = add(
+        gw_sub,
+        "run",
+        cmd_gateway_run,
+        "verify, apply the signed policy, forward or refuse, audit; until SIGTERM",
+    )
+    sp.add_argument("--config", required=True, type=Path, metavar="GATEWAY.toml")
+
+    br_p = add(sub, "broker", lambda a: 0, "RabbitMQ provisioning")
+    br_sub = br_p.add_subparsers(
+        dest="broker_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    sp = add(
+        br_sub,
+        "provision",
+        cmd_broker_provision,
+        "create or update every agency's broker user, permissions, inbox and binding;"
+        " remove revoked agencies' access (idempotent)",
+    )
+    directory_args(sp)
+    sp.add_argument(
+        "--admin-url",
+        required=True,
+        metavar="URL",
+        help="management API, e.g. http://guest:guest@127.0.0.1:15672",
+    )
+    sp.add_argument("--vhost", default="cipherpost", metavar="VHOST")
+    sp.add_argument("--amqp-host", default="127.0.0.1", metavar="HOST")
+    sp.add_argument("--amqp-port", type=int, default=5672, metavar="PORT")
+    sp.add_argument("--login-prefix", default="", metavar="PREFIX")
+    sp.add_argument(
+        "--credentials-dir",
+        type=Path,
+        metavar="DIR",
+        help="write new credentials here (0600) instead of printing them once",
+    )
+
+    pol_p = add(sub, "policy", lambda a: 0, "the classification policy")
+    pol_sub = pol_p.add_subparsers(
+        dest="policy_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    sp = add(pol_sub, "sign", cmd_policy_sign, "check and sign a TOML policy with the CA key")
+    sp.add_argument("policy", type=Path, metavar="POLICY.toml")
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--out", required=True, type=Path, metavar="POLICY_FILE")
+    sp.add_argument("--valid-days", type=int, default=30, metavar="N")
+
+    sp = add(
+        sub,
+        "demo",
+        cmd_demo,
+        "the exchange end to end over RabbitMQ, in a throwaway vhost (removed at the end)",
+    )
+    sp.add_argument("--admin-url", default="http://guest:guest@127.0.0.1:15672", metavar="URL")
+    sp.add_argument("--amqp-port", type=int, default=5672, metavar="PORT")
+    sp.add_argument("--dir", type=Path, metavar="DIR", help="keep the demo's files here")
 
     sp = add(
         sub,

@@ -78,9 +78,14 @@ class Bench:
         start = time.perf_counter()
         with src.open("rb") as fin, dst.open("wb") as fout:
             envelopes.seal(
-                fin, fout, keys=self.world.keys[SENDER], directory=self.directory,
-                to=[AgencyCode.parse(commune_code(i)) for i in range(n)], level=Level.MAT,
-                size=src.stat().st_size, now=self.world.now,
+                fin,
+                fout,
+                keys=self.world.keys[SENDER],
+                directory=self.directory,
+                to=[AgencyCode.parse(commune_code(i)) for i in range(n)],
+                level=Level.MAT,
+                size=src.stat().st_size,
+                now=self.world.now,
             )
             fout.flush()
             os.fsync(fout.fileno())
@@ -96,8 +101,9 @@ class Bench:
         out.unlink(missing_ok=True)
         start = time.perf_counter()
         with src.open("rb") as fin:
-            envelopes.open_to_path(fin, out, keys=self.world.keys[who], directory=self.directory,
-                                   now=self.world.now)
+            envelopes.open_to_path(
+                fin, out, keys=self.world.keys[who], directory=self.directory, now=self.world.now
+            )
         return time.perf_counter() - start
 
     def header_bytes(self, envelope: Path) -> int:
@@ -130,8 +136,11 @@ def _save_world(bench: Bench, path: Path) -> None:
         for code, k in bench.world.keys.items()
         if code in (SENDER, commune_code(0))
     }
-    path.write_bytes(msgpack.packb(
-        {"directory": bench.directory_bytes, "now": bench.world.now.timestamp(), "keys": keys}))
+    path.write_bytes(
+        msgpack.packb(
+            {"directory": bench.directory_bytes, "now": bench.world.now.timestamp(), "keys": keys}
+        )
+    )
 
 
 def _rss_op(work: str, op: str) -> None:
@@ -141,24 +150,35 @@ def _rss_op(work: str, op: str) -> None:
     now = dt.datetime.fromtimestamp(saved["now"], dt.UTC)
     directory = Directory.load(saved["directory"], TrustState(None), now=now)
     keys = {
-        code: AgencyKeys(AgencyCode.parse(code), code,
-                         Ed25519PrivateKey.from_private_bytes(s),
-                         X25519PrivateKey.from_private_bytes(e))
+        code: AgencyKeys(
+            AgencyCode.parse(code),
+            code,
+            Ed25519PrivateKey.from_private_bytes(s),
+            X25519PrivateKey.from_private_bytes(e),
+        )
         for code, (s, e) in saved["keys"].items()
     }
     src, env, out = w / "rss.bin", w / "rss.cpe", w / "rss.out"
     if op == "seal":
         with src.open("rb") as fin, env.open("wb") as fout:
-            envelopes.seal(fin, fout, keys=keys[SENDER], directory=directory,
-                           to=[AgencyCode.parse(commune_code(0))], level=Level.MAT,
-                           size=src.stat().st_size, now=now)
+            envelopes.seal(
+                fin,
+                fout,
+                keys=keys[SENDER],
+                directory=directory,
+                to=[AgencyCode.parse(commune_code(0))],
+                level=Level.MAT,
+                size=src.stat().st_size,
+                now=now,
+            )
     elif op == "verify":
         with env.open("rb") as fin:
             envelopes.verify(fin, directory=directory, now=now)
     else:
         with env.open("rb") as fin:
-            envelopes.open_to_path(fin, out, keys=keys[commune_code(0)], directory=directory,
-                                   now=now)
+            envelopes.open_to_path(
+                fin, out, keys=keys[commune_code(0)], directory=directory, now=now
+            )
         out.unlink()
 
 
@@ -169,8 +189,11 @@ def main() -> int:
     parser.add_argument("--rss-mib", type=int, default=1024, help="file for peak RSS (1024)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
-        "--dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
-        help="where the files go (default /dev/shm: RAM, so the VM's disk is not measured)")
+        "--dir",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+        help="where the files go (default /dev/shm: RAM, so the VM's disk is not measured)",
+    )
     args = parser.parse_args()
 
     log = (lambda *a: None) if args.json else print
@@ -198,8 +221,10 @@ def main() -> int:
                 record(f"seal_{n}", bench.seal(src, env, n))
                 record(f"verify_{n}", bench.verify(env))
                 record(f"open_{n}", bench.open(env, work / f"out-{n}.bin", commune_code(n - 1)))
-            log(f"round {round_}/{args.repeat}: " + ", ".join(
-                f"{k} {size_mb / v:,.0f} MB/s" for k, v in best.items()))
+            log(
+                f"round {round_}/{args.repeat}: "
+                + ", ".join(f"{k} {size_mb / v:,.0f} MB/s" for k, v in best.items())
+            )
         assert (work / "out-75.bin").read_bytes() == src.read_bytes()
         header_75 = bench.header_bytes(work / "doc-75.cpe")
         for p in work.glob("*.cpe"):

@@ -89,6 +89,14 @@ def check_header(
 ) -> CheckedHeader:
     """Every check on a header that needs no private key. :class:`EnvelopeRefused` on failure."""
     header = Header.parse(header_raw)
+    sender = check_header_signature(header, signature, directory, now)
+    return check_header_rest(header, sender, directory, now)
+
+
+def check_header_signature(
+    header: Header, signature: bytes, directory: Directory, now: dt.datetime
+) -> DirectoryEntry:
+    """The sender is a valid directory entry and signed these exact header bytes."""
     sender = directory.entries.get(header.sender.text)
     if sender is None:
         raise EnvelopeRefused(f"sender {header.sender} is not in the directory")
@@ -99,9 +107,16 @@ def check_header(
     if header.sender_key_id != sender.sign.key_id:
         raise EnvelopeRefused(f"envelope is not signed with the certified key of {header.sender}")
     if not _crypto.verify_signature(
-        sender.sign.public_key, signature, _crypto.HEADER_CONTEXT, header_raw
+        sender.sign.public_key, signature, _crypto.HEADER_CONTEXT, header.raw
     ):
         raise EnvelopeRefused("bad header signature")
+    return sender
+
+
+def check_header_rest(
+    header: Header, sender: DirectoryEntry, directory: Directory, now: dt.datetime
+) -> CheckedHeader:
+    """Lifetime, clearances and recipients of a header whose signature checked out."""
     if now > header.expires:
         raise EnvelopeRefused(f"envelope expired at {header.expires:%Y-%m-%d %H:%M}Z")
     if header.created > now + CLOCK_SKEW:

@@ -1,0 +1,476 @@
+"""The agency desktop agent: send, receive, reply with a status, show statuses.
+
+Sending seals to a spool file (ciphertext only), then publishes it part by
+part (one AMQP message per segment, confirms pipelined) with ``user_id`` set
+to the agency's broker login. Receiving spools each verified part to disk
+(ciphertext, fsynced) before acking it; when every part is there the envelope
+is opened through a quarantine file into the inbox folder, a JSON sidecar is
+written, and a signed receipt (status 01) goes back through the gateway.
+Duplicate deliveries are recognised by envelope id and part and never
+written twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import pika
+import structlog
+
+import envelopes
+from agents.config import AgentConfig
+from agents.progress import ProgressReader
+from agents.state import AgentState
+from broker.connection import BrokerConfig
+from broker.consumer import Consumer, Delivery
+from broker.publisher import ConfirmingPublisher
+from broker.topology import SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, inbox_queue
+from envelopes.checking import check_header, check_segment
+from envelopes.errors import EnvelopeRefused
+from envelopes.notices import (
+    KIND_RECEIPT,
+    KIND_STATUS,
+    REPLY_STATUSES,
+    STATUS_NAMES,
+    parse_notice,
+    sign_notice,
+    verify_notice,
+)
+from envelopes.parts import iter_parts, parse_part
+from gateway.service import MESSAGE_NOTICE, MESSAGE_PART
+from keys.agency import TRUST_FILE, load_agency
+from keys.ca import load_ca_certificate
+from keys.codes import AgencyCode
+from keys.directory import Directory, TrustState
+from keys.errors import CipherpostError, UsageError
+from keys.levels import Level, Urgency
+
+log = structlog.get_logger("cipherpost.agent")
+_SAFE_NAME = re.compile(r"[^\w.\- ]+")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class ReceivedDocument:
+    """A document written to the inbox, with its sidecar."""
+
+    envelope_id: str
+    path: Path
+    sidecar: Path
+    metadata: dict[str, Any]
+
+
+class Client:
+    """The agent for one agency. Construct with the config and the key passphrase."""
+
+    def __init__(self, config: AgentConfig, passphrase: bytes) -> None:
+        self.config = config
+        self.keys = load_agency(config.agency_dir, passphrase)
+        ca_cert = load_ca_certificate(config.ca_cert)
+        try:
+            data = config.directory.read_bytes()
+        except OSError as e:
+            raise CipherpostError(f"cannot read directory {config.directory}: {e.strerror}") from e
+        self.directory = Directory.load(
+            data, TrustState(config.agency_dir / TRUST_FILE), now=_now(), ca_certificate=ca_cert
+        )
+        self.broker = BrokerConfig.load(config.broker_credentials)
+        self.state = AgentState(config.state_db)
+        self.spool = config.agency_dir / "spool"
+        self._publisher: ConfirmingPublisher | None = None
+        self.received: list[ReceivedDocument] = []
+
+    def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+        self.state.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def publisher(self) -> ConfirmingPublisher:
+        if self._publisher is None:
+            self._publisher = ConfirmingPublisher(self.broker)
+        return self._publisher
+
+    # --- send --------------------------------------------------------------------------------
+
+    def send(
+        self,
+        path: Path,
+        *,
+        to: list[AgencyCode],
+        level: Level,
+        urgency: Urgency = Urgency.THUONG,
+        subject: str = "",
+        fields: dict[str, str] | None = None,
+        progress: bool | None = None,
+    ) -> str:
+        """Seal ``path`` and submit it; returns the envelope id once the broker confirmed it all."""
+        try:
+            src = path.open("rb")
+        except OSError as e:
+            raise CipherpostError(f"cannot read {path}: {e.strerror}") from e
+        outbox = self.config.agency_dir / "outbox"
+        outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, spool_name = tempfile.mkstemp(dir=outbox, suffix=".cpe")
+        spool = Path(spool_name)
+        try:
+            with src, os.fdopen(fd, "w+b") as env_file:
+                size = os.fstat(src.fileno()).st_size
+                sealed = envelopes.seal(
+                    ProgressReader(src, size, f"sealing {path.name}", enabled=progress),  # type: ignore[arg-type]
+                    env_file,
+                    keys=self.keys,
+                    directory=self.directory,
+                    to=to,
+                    level=level,
+                    size=size,
+                    urgency=urgency,
+                    metadata=envelopes.Metadata(
+                        subject=subject, filename=path.name, fields=fields or {}
+                    ),
+                )
+                env_file.seek(0)
+                self._submit(env_file, sealed.envelope_id, sealed.envelope_bytes, progress)
+            self.state.record_sent(
+                sealed.envelope_id,
+                [c.text for c in to],
+                level.value,
+                urgency.value,
+                subject,
+                path.name,
+                size,
+            )
+            log.info("sent", envelope=sealed.envelope_id, recipients=len(to), level=level.value)
+            return sealed.envelope_id
+        finally:
+            spool.unlink(missing_ok=True)
+
+    def _submit(
+        self, env_file: BinaryIO, envelope_id: str, total: int, progress: bool | None
+    ) -> None:
+        futures: list[Future[None]] = []
+        reader = ProgressReader(env_file, total, "submitting", enabled=progress)
+        for index, count, body in iter_parts(reader):  # type: ignore[arg-type]
+            props = pika.BasicProperties(
+                type=MESSAGE_PART,
+                user_id=self.broker.login,
+                content_type="application/x-cipherpost-part",
+                headers={"x-cp-envelope-id": envelope_id, "x-cp-part": index, "x-cp-parts": count},
+            )
+            futures.append(self.publisher.publish(SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, body, props))
+            futures = [f for f in futures if not f.done() or f.exception() is not None]
+            for f in futures:
+                if f.done() and f.exception() is not None:
+                    raise CipherpostError(f"submission failed: {f.exception()}")
+        for f in futures:
+            error = f.exception(timeout=120)
+            if error is not None:
+                raise CipherpostError(f"submission failed: {error}")
+
+    # --- receive -----------------------------------------------------------------------------
+
+    def receive(
+        self, *, follow: bool = False, idle: float = 2.0, stop: threading.Event | None = None
+    ) -> list[ReceivedDocument]:
+        """Consume the inbox: once (until ``idle`` seconds pass quietly) or until stopped."""
+        self.received = []
+        consumer = Consumer(self.broker, inbox_queue(self.keys.code), self._handle, prefetch=32)
+        if stop is not None:
+
+            def watch() -> None:
+                stop.wait()
+                consumer.stop()
+
+            threading.Thread(target=watch, daemon=True).start()
+        consumer.run(until_idle=None if follow else idle, drain=self._flush)
+        return self.received
+
+    def _flush(self) -> None:
+        if self._publisher is not None:
+            self._publisher.flush(timeout=60)
+
+    def _handle(self, d: Delivery) -> None:
+        try:
+            if d.kind == MESSAGE_NOTICE:
+                self._on_notice(d)
+            else:
+                self._on_part(d)
+        except EnvelopeRefused as e:
+            log.warning("inbox_message_refused", reason=str(e))
+            d.ack()  # recorded; a forged message must not block the inbox
+        except Exception as e:
+            log.error("inbox_internal_error", error=type(e).__name__, detail=str(e)[:200])
+            d.reject(requeue=True)
+
+    def _on_notice(self, d: Delivery) -> None:
+        now = _now()
+        try:
+            notice = verify_notice(d.body, self.directory, now)
+            verified = True
+        except EnvelopeRefused:
+            notice, _ = parse_notice(d.body)
+            verified = False
+        if notice.addressee != self.keys.code:
+            raise EnvelopeRefused("notice addressed to another agency")
+        if self.state.record_status(notice, verified):
+            log.info(
+                "status_received",
+                envelope=notice.envelope_id.hex(),
+                kind=notice.kind,
+                signer=notice.signer.text,
+                status=notice.status,
+                verified=verified,
+            )
+        d.ack()
+
+    def _on_part(self, d: Delivery) -> None:
+        now = _now()
+        part = parse_part(d.body)
+        eid = part.header.envelope_id.hex()
+        if self.state.received(eid) is not None or self.state.has_part(eid, part.segment.index):
+            d.ack()  # a duplicate delivery: already handled
+            return
+        checked = check_header(part.header.raw, part.header_signature, self.directory, now)
+        if part.header.recipient(self.keys.code) is None:
+            raise EnvelopeRefused(f"{self.keys.code} is not a recipient of {eid}")
+        check_segment(checked, part.segment)
+        folder = self.spool / eid
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_durably(folder / "header", part.header_frame)
+        _write_durably(folder / f"{part.segment.index:08d}.seg", part.segment_frame)
+        have = self.state.add_part(eid, part.segment.index)
+        if have < part.header.segment_count:
+            d.ack()
+            return
+        self._assemble(eid, folder, part.header.segment_count, part.header.hash, now)
+        d.ack()
+
+    def _assemble(
+        self, eid: str, folder: Path, count: int, header_hash: bytes, now: dt.datetime
+    ) -> None:
+        self.config.inbox.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stream = _ChainReader([folder / "header"] + [folder / f"{i:08d}.seg" for i in range(count)])
+        target = self.config.inbox / f"{eid}.part"  # renamed below once the file name is known
+        try:
+            opened = envelopes.open_to_path(
+                cast(BinaryIO, stream),
+                target,
+                keys=self.keys,
+                directory=self.directory,
+                now=now,
+            )
+        except EnvelopeRefused as e:
+            self.state.record_received(eid, "", header_hash.hex(), "", "refused", str(e))
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            stream.close()
+        name = _safe_filename(opened.metadata.filename) or "document"
+        final = _unique(self.config.inbox / f"{eid[:12]}-{name}")
+        os.replace(target, final)
+        info = opened.info.as_dict()
+        sidecar_data = {
+            "envelope_id": eid,
+            "sender": info["sender"],
+            "level": info["level"],
+            "level_display": Level(info["level"]).display,
+            "urgency": info["urgency"],
+            "urgency_display": Urgency(info["urgency"]).display,
+            "subject": opened.metadata.subject,
+            "filename": opened.metadata.filename,
+            "fields": dict(opened.metadata.fields),
+            "received": now.isoformat(),
+            "document": final.name,
+            "bytes": opened.document_bytes,
+            "recipients": [r["code"] for r in info["recipients"]],
+        }
+        sidecar = final.with_name(final.name + ".json")
+        _write_durably(
+            sidecar, (json.dumps(sidecar_data, ensure_ascii=False, indent=2) + "\n").encode()
+        )
+        self.state.record_received(eid, info["sender"]["code"], header_hash.hex(), str(final), "ok")
+        shutil.rmtree(folder, ignore_errors=True)
+        self.received.append(ReceivedDocument(eid, final, sidecar, sidecar_data))
+        log.info("received", envelope=eid, sender=info["sender"]["code"], level=info["level"])
+        self._send_notice(
+            KIND_RECEIPT,
+            bytes.fromhex(eid),
+            header_hash,
+            AgencyCode.parse(info["sender"]["code"]),
+            "01",
+            "",
+        )
+
+    # --- statuses ----------------------------------------------------------------------------
+
+    def _send_notice(
+        self,
+        kind: str,
+        envelope_id: bytes,
+        header_hash: bytes,
+        addressee: AgencyCode,
+        status: str,
+        note: str,
+    ) -> Future[None]:
+        notice = sign_notice(
+            self.keys.signing_key,
+            kind=kind,
+            envelope_id=envelope_id,
+            header_hash=header_hash,
+            signer=self.keys.code,
+            addressee=addressee,
+            status=status,
+            now=_now(),
+            note=note,
+        )
+        self.state.record_status(notice, True)
+        props = pika.BasicProperties(
+            type=MESSAGE_NOTICE,
+            user_id=self.broker.login,
+            content_type="application/x-cipherpost-notice",
+        )
+        return self.publisher.publish(SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, notice.raw, props)
+
+    def reply_status(self, envelope_id: str, status: str, note: str = "") -> None:
+        """Send a signed status (02..06) about a received envelope back to its sender."""
+        if status not in REPLY_STATUSES:
+            raise UsageError(
+                f"--code must be one of {', '.join(REPLY_STATUSES)} "
+                f"({', '.join(STATUS_NAMES[s] for s in REPLY_STATUSES)})"
+            )
+        got = self.state.received(envelope_id)
+        if got is None or got["outcome"] != "ok":
+            raise CipherpostError(f"no received envelope {envelope_id} in this agent's inbox")
+        future = self._send_notice(
+            KIND_STATUS,
+            bytes.fromhex(envelope_id),
+            bytes.fromhex(got["header_hash"]),
+            AgencyCode.parse(got["sender"]),
+            status,
+            note,
+        )
+        error = future.exception(timeout=60)
+        if error is not None:
+            raise CipherpostError(f"status not delivered to the broker: {error}")
+
+    def status(self, envelope_id: str) -> dict[str, Any]:
+        """Per recipient, the gateway's decisions and the signed statuses, each re-verified."""
+        sent = self.state.sent(envelope_id)
+        received = self.state.received(envelope_id)
+        rows = self.state.statuses(envelope_id)
+        if sent is None and received is None and not rows:
+            raise CipherpostError(f"this agent knows nothing of envelope {envelope_id}")
+        history: dict[str, list[dict[str, Any]]] = {
+            c: [] for c in (sent or {}).get("recipients", [])
+        }
+        gateway: list[dict[str, Any]] = []
+        for row in rows:
+            try:
+                verify_notice(row["raw"], self.directory, _now())
+                verified = True
+            except EnvelopeRefused:
+                verified = False
+            item = {
+                k: row[k] for k in ("time", "kind", "signer", "status", "rule_id", "reason", "note")
+            }
+            item["status_name"] = STATUS_NAMES.get(row["status"], row["status"])
+            item["verified"] = verified
+            if row["kind"] == "rejection":
+                gateway.append(item)
+            else:
+                history.setdefault(row["signer"], []).append(item)
+        return {
+            "envelope_id": envelope_id,
+            "sent": sent,
+            "received": received,
+            "gateway": gateway,
+            "recipients": history,
+        }
+
+
+class _ChainReader(io.RawIOBase):
+    """The spooled header and segment files read back as one ``.cpe`` stream."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._paths: Iterator[Path] = iter(paths)
+        self._current: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        out = bytearray()
+        while n < 0 or len(out) < n:
+            if self._current is None:
+                nxt = next(self._paths, None)
+                if nxt is None:
+                    break
+                self._current = nxt.open("rb")
+            chunk = self._current.read(-1 if n < 0 else n - len(out))
+            if not chunk:
+                self._current.close()
+                self._current = None
+                continue
+            out += chunk
+        return bytes(out)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+        super().close()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _safe_filename(name: str) -> str:
+    """A sender-chosen file name, made harmless: no folders, no control characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _SAFE_NAME.sub("_", base).strip(". ")
+    return base[:120]
+
+
+def _unique(path: Path) -> Path:
+    if not path.exists():
+        return path
+    for i in range(1, 10_000):
+        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise CipherpostError(f"too many files named like {path.name}")
+
+
+def print_progress_line(text: str) -> None:
+    """One status line on stderr (agents' human output)."""
+    sys.stderr.write(text + "\n")

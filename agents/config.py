@@ -1,0 +1,64 @@
+"""AGENT.toml: the desktop agent's settings; every agent command takes ``--config``.
+
+```toml
+agency_dir = "keys"              # from `cipherpost keys enroll`
+directory = "directory.cpd"      # the signed directory from the cipher department
+ca_cert = "ca.crt"               # the cipher department's CA certificate (pinned)
+inbox = "inbox"                  # received documents and their .json sidecars
+# state_db = "keys/agent.db"     # default: inside agency_dir
+
+[broker]
+credentials = "000.01.12.H41.broker.json"   # from provisioning, mode 0600
+```
+
+Relative paths are relative to the config file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from keys.errors import CipherpostError
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agency_dir: Path
+    directory: Path
+    ca_cert: Path
+    inbox: Path
+    state_db: Path
+    broker_credentials: Path
+
+    @classmethod
+    def load(cls, path: Path) -> AgentConfig:
+        """Read and check an AGENT.toml."""
+        try:
+            doc = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise CipherpostError(f"cannot read agent config {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise CipherpostError(f"{path}: not valid TOML: {e}") from e
+        base = path.parent
+        try:
+            agency_dir = base / doc["agency_dir"]
+            return cls(
+                agency_dir=agency_dir,
+                directory=base / doc["directory"],
+                ca_cert=base / doc["ca_cert"],
+                inbox=base / doc["inbox"],
+                state_db=base / doc["state_db"] if "state_db" in doc else agency_dir / "agent.db",
+                broker_credentials=base / doc["broker"]["credentials"],
+            )
+        except (KeyError, TypeError) as e:
+            raise CipherpostError(f"{path}: missing setting {e}") from e
+
+    def to_toml(self) -> str:
+        """The config as TOML (absolute paths), for tools that write one."""
+        return (
+            f'agency_dir = "{self.agency_dir}"\ndirectory = "{self.directory}"\n'
+            f'ca_cert = "{self.ca_cert}"\ninbox = "{self.inbox}"\nstate_db = "{self.state_db}"\n\n'
+            f'[broker]\ncredentials = "{self.broker_credentials}"\n'
+        )

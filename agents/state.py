@@ -1,0 +1,182 @@
+"""The agent's local state in SQLite: what it sent, received, and every status seen."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from envelopes.notices import Notice
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sent (
+    envelope_id TEXT PRIMARY KEY, time TEXT NOT NULL, recipients TEXT NOT NULL,
+    level TEXT NOT NULL, urgency TEXT NOT NULL, subject TEXT NOT NULL, filename TEXT NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS received (
+    envelope_id TEXT PRIMARY KEY, time TEXT NOT NULL, sender TEXT NOT NULL,
+    header_hash TEXT NOT NULL, path TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parts (
+    envelope_id TEXT NOT NULL, part INTEGER NOT NULL, PRIMARY KEY (envelope_id, part)
+);
+CREATE TABLE IF NOT EXISTS statuses (
+    digest TEXT PRIMARY KEY, envelope_id TEXT NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL,
+    signer TEXT NOT NULL, addressee TEXT NOT NULL, status TEXT NOT NULL, rule_id TEXT NOT NULL,
+    reason TEXT NOT NULL, note TEXT NOT NULL, verified INTEGER NOT NULL, raw BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS statuses_envelope ON statuses(envelope_id);
+"""
+
+
+class AgentState:
+    """Thread-safe; every write is committed before it returns."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def record_sent(
+        self,
+        envelope_id: str,
+        recipients: list[str],
+        level: str,
+        urgency: str,
+        subject: str,
+        filename: str,
+        size: int,
+    ) -> None:
+        self._exec(
+            "INSERT OR IGNORE INTO sent VALUES (?,?,?,?,?,?,?,?)",
+            (envelope_id, _now(), json.dumps(recipients), level, urgency, subject, filename, size),
+        )
+
+    def sent(self, envelope_id: str) -> dict[str, Any] | None:
+        rows = self._exec(
+            "SELECT recipients, level, urgency, subject, filename, size, time"
+            " FROM sent WHERE envelope_id=?",
+            (envelope_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return {
+            "recipients": json.loads(r[0]),
+            "level": r[1],
+            "urgency": r[2],
+            "subject": r[3],
+            "filename": r[4],
+            "size": r[5],
+            "time": r[6],
+        }
+
+    def received(self, envelope_id: str) -> dict[str, Any] | None:
+        rows = self._exec(
+            "SELECT sender, header_hash, path, outcome, reason, time FROM received"
+            " WHERE envelope_id=?",
+            (envelope_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return {
+            "sender": r[0],
+            "header_hash": r[1],
+            "path": r[2],
+            "outcome": r[3],
+            "reason": r[4],
+            "time": r[5],
+        }
+
+    def record_received(
+        self,
+        envelope_id: str,
+        sender: str,
+        header_hash: str,
+        path: str,
+        outcome: str,
+        reason: str = "",
+    ) -> None:
+        self._exec(
+            "INSERT OR IGNORE INTO received VALUES (?,?,?,?,?,?,?)",
+            (envelope_id, _now(), sender, header_hash, path, outcome, reason),
+        )
+
+    def add_part(self, envelope_id: str, part: int) -> int:
+        """Record a spooled part; returns how many parts of the envelope are spooled."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO parts VALUES (?,?)", (envelope_id, part))
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM parts WHERE envelope_id=?", (envelope_id,)
+                ).fetchone()[0]
+            )
+
+    def has_part(self, envelope_id: str, part: int) -> bool:
+        return bool(
+            self._exec("SELECT 1 FROM parts WHERE envelope_id=? AND part=?", (envelope_id, part))
+        )
+
+    def record_status(self, notice: Notice, verified: bool) -> bool:
+        """Store a notice once (by digest); False if it was already there."""
+        digest = hashlib.sha256(notice.raw).hexdigest()
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO statuses VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    digest,
+                    notice.envelope_id.hex(),
+                    notice.time.isoformat(),
+                    notice.kind,
+                    notice.signer.text,
+                    notice.addressee.text,
+                    notice.status,
+                    notice.rule_id,
+                    notice.reason,
+                    notice.note,
+                    int(verified),
+                    notice.raw,
+                ),
+            )
+            return cur.rowcount == 1
+
+    def statuses(self, envelope_id: str) -> list[dict[str, Any]]:
+        rows = self._exec(
+            "SELECT time, kind, signer, addressee, status, rule_id, reason, note,"
+            " verified, raw FROM statuses WHERE envelope_id=? ORDER BY time, rowid",
+            (envelope_id,),
+        )
+        keys = (
+            "time",
+            "kind",
+            "signer",
+            "addressee",
+            "status",
+            "rule_id",
+            "reason",
+            "note",
+            "verified",
+            "raw",
+        )
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()

@@ -1,0 +1,168 @@
+"""A throwaway exchange in its own vhost: CA, agencies, gateway, policy, provisioning.
+
+Used by ``cipherpost demo`` and by the tests: the same commands an operator
+runs, as library calls, in a temporary folder; :meth:`World.cleanup` removes
+the vhost and every broker user it created.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agents.client import Client
+from agents.config import AgentConfig
+from broker.management import Management
+from broker.provision import GATEWAY_LOGIN, delete_vhost, provision
+from gateway.config import GatewayConfig
+from gateway.policy import sign_policy
+from gateway.service import Gateway, load
+from keys import agency, ca
+from keys.codes import AgencyCode
+from keys.directory import Directory, TrustState, build_directory
+from keys.levels import Level
+
+PASSPHRASE = b"throwaway-world-passphrase"
+GATEWAY_CODE = "000.00.99.G99"  # the cipher department's gateway, an entry of the directory
+DEFAULT_POLICY = """
+[policy]
+name = "Province H41 (demo)"
+version = 1
+
+[[rule]]
+id = "no-tuyet-mat-online"
+action = "deny"
+reason = "Tuyệt mật documents never travel over this network"
+level_min = "tuyet-mat"
+
+[[rule]]
+id = "h41-internal"
+action = "allow"
+reason = "exchanges inside province H41"
+sender = "*.H41"
+recipients = "*.H41"
+"""
+
+
+@dataclass
+class World:
+    root: Path
+    vhost: str
+    prefix: str
+    mgmt: Management
+    agencies: dict[str, Level]
+    gateways: list[tuple[Gateway, threading.Thread]] = field(default_factory=list)
+    directory: Directory | None = None
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def directory_path(self) -> Path:
+        return self.root / "directory.cpd"
+
+    def agent_config(self, code: str) -> Path:
+        return self.root / "agents" / code / "agent.toml"
+
+    def gateway_config(self, name: str = "gw1") -> Path:
+        return self.root / f"{name}.toml"
+
+    def client(self, code: str) -> Client:
+        return Client(AgentConfig.load(self.agent_config(code)), PASSPHRASE)
+
+    def login(self, code: str) -> str:
+        return self.prefix + code
+
+    def start_gateway(self, name: str = "gw1") -> Gateway:
+        config = GatewayConfig.load(self.gateway_config(name))
+        gw = Gateway(config, load(config, PASSPHRASE))
+        thread = threading.Thread(target=gw.run, name=f"gateway-{name}", daemon=True)
+        thread.start()
+        if not gw.ready.wait(30):
+            raise RuntimeError("gateway did not connect")
+        self.gateways.append((gw, thread))
+        return gw
+
+    def stop_gateways(self) -> None:
+        for gw, thread in self.gateways:
+            gw.stop()
+            thread.join(timeout=30)
+        self.gateways.clear()
+
+    def cleanup(self) -> None:
+        self.stop_gateways()
+        delete_vhost(
+            self.mgmt,
+            self.vhost,
+            [self.login(c) for c in [*self.agencies, GATEWAY_CODE]] + [self.prefix + GATEWAY_LOGIN],
+        )
+
+
+def build_world(
+    root: Path,
+    agencies: dict[str, tuple[str, Level]],
+    *,
+    admin_url: str = "http://guest:guest@127.0.0.1:15672",
+    amqp_port: int = 5672,
+    vhost: str | None = None,
+    policy_text: str = DEFAULT_POLICY,
+    gateways: tuple[str, ...] = ("gw1",),
+    now: dt.datetime | None = None,
+) -> World:
+    """Everything an operator would set up, in ``root``; nothing started yet."""
+    now = now or dt.datetime.now(dt.UTC)
+    tag = secrets.token_hex(4)
+    world = World(
+        root,
+        vhost or f"cp-{tag}",
+        f"cp{tag}-",
+        Management.from_url(admin_url),
+        {code: clearance for code, (_, clearance) in agencies.items()},
+    )
+    ca.init_ca(world.ca_dir, PASSPHRASE, now, "Ban Cơ yếu (throwaway)")
+    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    certs = root / "certs"
+    everyone = dict(agencies)
+    everyone[GATEWAY_CODE] = ("Cổng trao đổi của Ban Cơ yếu", Level.TUYET_MAT)
+    for code, (name, clearance) in everyone.items():
+        folder = root / "agents" / code / "keys" if code != GATEWAY_CODE else root / "gateway-keys"
+        agency.enroll(folder, AgencyCode.parse(code), name, PASSPHRASE, now)
+        request = agency.EnrollmentRequest.parse((folder / agency.REQUEST_FILE).read_bytes())
+        ca.issue(authority, request, clearance, certs, now, valid_days=30)
+    world.directory_path.write_bytes(build_directory(authority, certs, now, valid_days=7))
+    (root / "policy.cpp").write_bytes(sign_policy(policy_text, authority, now, valid_days=7))
+    world.directory = Directory.load(
+        world.directory_path.read_bytes(),
+        TrustState(None),
+        now=now,
+        ca_certificate=authority.certificate,
+    )
+    creds = root / "broker-credentials"
+    provision(
+        world.mgmt,
+        world.vhost,
+        world.directory,
+        amqp_port=amqp_port,
+        login_prefix=world.prefix,
+        credentials_dir=creds,
+    )
+    for name in gateways:
+        world.gateway_config(name).write_text(
+            f'gateway_id = "{name}"\nagency_dir = "gateway-keys"\ndirectory = "directory.cpd"\n'
+            f'ca_cert = "ca/ca.crt"\npolicy = "policy.cpp"\naudit_db = "audit.db"\n'
+            f'state_dir = "{name}-state"\n\n[broker]\n'
+            f'credentials = "broker-credentials/{world.prefix}{GATEWAY_LOGIN}.broker.json"\n'
+            f'login_prefix = "{world.prefix}"\n'
+        )
+    for code in agencies:
+        base = root / "agents" / code
+        (base / "agent.toml").write_text(
+            f'agency_dir = "keys"\ndirectory = "../../directory.cpd"\nca_cert = "../../ca/ca.crt"\n'
+            f'inbox = "inbox"\n\n[broker]\n'
+            f'credentials = "../../broker-credentials/{world.prefix}{code}.broker.json"\n'
+        )
+    return world

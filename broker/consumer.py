@@ -1,0 +1,206 @@
+"""A consumer loop with reconnect and backoff, and thread-safe acks.
+
+The handler runs on the consumer's thread and receives a :class:`Delivery`.
+It may ack or reject at once, or later from any thread (for instance when the
+publisher confirms a forward): :meth:`Delivery.ack` hands the ack to the
+connection's own thread with ``add_callback_threadsafe``. An ack for a
+delivery of a connection that has since died is dropped: the broker
+redelivers that message, and the consumer deduplicates it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pika
+import pika.adapters.blocking_connection
+import pika.spec
+import structlog
+
+from broker.connection import (
+    RECONNECT_INITIAL_S,
+    RECONNECT_MAX_S,
+    BrokerConfig,
+    BrokerError,
+    connect_blocking,
+)
+
+log = structlog.get_logger("cipherpost.broker")
+POLL_S = 0.2
+
+
+@dataclass
+class Delivery:
+    """One message as received, with ack/reject usable from any thread."""
+
+    body: bytes
+    properties: pika.BasicProperties
+    redelivered: bool
+    delivery_tag: int
+    _connection: pika.BlockingConnection
+    _channel: pika.adapters.blocking_connection.BlockingChannel
+    _settled: bool = False
+
+    @property
+    def user_id(self) -> str | None:
+        """The broker-validated publisher login, if the publisher set it."""
+        user_id: str | None = self.properties.user_id
+        return user_id
+
+    @property
+    def kind(self) -> str | None:
+        """The AMQP ``type`` property."""
+        kind: str | None = self.properties.type
+        return kind
+
+    def header(self, name: str) -> object:
+        """One application header."""
+        return (self.properties.headers or {}).get(name)
+
+    def _settle(self, action: Callable[[], None]) -> None:
+        if self._settled:
+            return
+        self._settled = True
+
+        def run() -> None:
+            if self._channel.is_open:
+                action()
+
+        try:
+            self._connection.add_callback_threadsafe(run)
+        except (pika.exceptions.ConnectionWrongStateError, AttributeError):
+            pass  # the connection is gone: the broker will redeliver
+
+    def ack(self) -> None:
+        """Acknowledge (from any thread)."""
+        self._settle(lambda: self._channel.basic_ack(self.delivery_tag))
+
+    def reject(self, requeue: bool = False) -> None:
+        """Reject; without requeue the message is dead-lettered (from any thread)."""
+        self._settle(lambda: self._channel.basic_reject(self.delivery_tag, requeue=requeue))
+
+
+class Consumer:
+    """Consume one queue until :meth:`stop`, reconnecting with backoff."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        queue: str,
+        handler: Callable[[Delivery], None],
+        *,
+        prefetch: int = 64,
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.handler = handler
+        self.prefetch = prefetch
+        self.on_connected = on_connected
+        self._stop = threading.Event()
+        self._drain: Callable[[], None] | None = None
+        self.connected = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the loop to finish after the current message."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(
+        self, *, until_idle: float | None = None, drain: Callable[[], None] | None = None
+    ) -> None:
+        """Consume until stopped (or, with ``until_idle``, until that many seconds pass quietly).
+
+        ``drain`` runs after the last message was handed out and before the
+        connection closes: work in flight (e.g. forwards awaiting confirms)
+        finishes and its acks still reach the broker.
+        """
+        self._drain = drain
+        backoff = RECONNECT_INITIAL_S
+        while not self._stop.is_set():
+            try:
+                connection = connect_blocking(self.config)
+            except BrokerError as e:
+                log.warning("consumer_connect_failed", queue=self.queue, error=str(e))
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, RECONNECT_MAX_S)
+                continue
+            backoff = RECONNECT_INITIAL_S
+            try:
+                if self._consume(connection, until_idle):
+                    return
+            except (
+                pika.exceptions.AMQPConnectionError,
+                pika.exceptions.AMQPChannelError,
+                pika.exceptions.StreamLostError,
+                pika.exceptions.ConnectionClosed,
+            ) as e:
+                self.connected.clear()
+                if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == 403:
+                    raise BrokerError(f"broker denied access to queue {self.queue}") from e
+                if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == 404:
+                    raise BrokerError(
+                        f"queue {self.queue} does not exist (not provisioned?)"
+                    ) from e
+                log.warning("consumer_connection_lost", queue=self.queue, error=type(e).__name__)
+                if self._stop.wait(backoff):
+                    return
+            finally:
+                self.connected.clear()
+                if connection.is_open:
+                    try:
+                        connection.close()
+                    except Exception:  # noqa: S110 - closing a broken connection
+                        pass
+
+    def _consume(self, connection: pika.BlockingConnection, until_idle: float | None) -> bool:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=self.prefetch)
+        last = time.monotonic()
+
+        def on_message(
+            ch: pika.adapters.blocking_connection.BlockingChannel,
+            method: pika.spec.Basic.Deliver,
+            properties: pika.BasicProperties,
+            body: bytes,
+        ) -> None:
+            nonlocal last
+            last = time.monotonic()
+            self.handler(
+                Delivery(
+                    body, properties, bool(method.redelivered), method.delivery_tag, connection, ch
+                )
+            )
+
+        consumer_tag = channel.basic_consume(self.queue, on_message)
+        self.connected.set()
+        if self.on_connected is not None:
+            self.on_connected()
+        while not self._stop.is_set():
+            connection.process_data_events(time_limit=POLL_S)
+            if until_idle is not None and time.monotonic() - last > until_idle:
+                self._stop.set()
+        # No new deliveries from here; unacked ones are requeued when the connection closes.
+        channel.basic_cancel(consumer_tag)
+        if self._drain is not None:
+            drain_done = threading.Event()
+
+            def run_drain() -> None:
+                try:
+                    self._drain()  # type: ignore[misc]
+                finally:
+                    drain_done.set()
+
+            threading.Thread(target=run_drain, daemon=True).start()
+            while not drain_done.is_set():
+                # Keep serving the connection: acks queued by the drained work go out.
+                connection.process_data_events(time_limit=POLL_S)
+        connection.process_data_events(time_limit=0)
+        return True

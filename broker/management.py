@@ -1,0 +1,91 @@
+"""A small client for the RabbitMQ management HTTP API (provisioning only).
+
+Uses the standard library's HTTP client: the calls are few and simple.
+Credentials never appear in errors or logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from keys.errors import CipherpostError
+
+TIMEOUT_S = 15.0
+
+
+class ManagementError(CipherpostError):
+    """The management API refused or could not be reached."""
+
+
+@dataclass(frozen=True)
+class Management:
+    """``base_url`` like ``http://127.0.0.1:15672``; admin credentials separately."""
+
+    base_url: str
+    username: str
+    password: str
+
+    @classmethod
+    def from_url(cls, url: str) -> Management:
+        """Parse ``http://user:pass@host:15672`` (credentials may also be absent: guest)."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ManagementError("--admin-url must look like http://USER:PASS@127.0.0.1:15672")
+        port = f":{parts.port}" if parts.port else ""
+        return cls(
+            base_url=f"{parts.scheme}://{parts.hostname}{port}",
+            username=urllib.parse.unquote(parts.username or "guest"),
+            password=urllib.parse.unquote(parts.password or "guest"),
+        )
+
+    def _request(self, method: str, path: str, body: object | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(  # noqa: S310 - the URL scheme is checked in from_url
+            self.base_url + path, data=data, method=method
+        )
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:  # noqa: S310
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            if e.code == 404 and method == "GET":
+                return None
+            detail = e.read().decode(errors="replace")[:200]
+            raise ManagementError(
+                f"management API {method} {path}: HTTP {e.code} {detail}"
+            ) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ManagementError(
+                f"RabbitMQ management API not reachable at {self.base_url} ({e}); "
+                "enable it with: rabbitmq-plugins enable rabbitmq_management"
+            ) from None
+        return json.loads(raw) if raw else None
+
+    @staticmethod
+    def q(name: str) -> str:
+        """URL-quote a path segment (vhost "/" becomes %2F)."""
+        return urllib.parse.quote(name, safe="")
+
+    def get(self, path: str) -> Any:
+        return self._request("GET", path)
+
+    def put(self, path: str, body: object) -> None:
+        self._request("PUT", path, body)
+
+    def post(self, path: str, body: object) -> None:
+        self._request("POST", path, body)
+
+    def delete(self, path: str) -> None:
+        try:
+            self._request("DELETE", path)
+        except ManagementError as e:
+            if "HTTP 404" not in str(e):
+                raise

@@ -1,0 +1,162 @@
+"""Provisioning: vhost, topology, one broker user per agency, anchored permissions.
+
+Idempotent: running it again changes nothing and says so. A revoked agency
+loses its permissions and its user (its connections close); its inbox queue
+is kept so nothing already delivered is lost. New passwords are written to
+``credentials_dir/<login>.broker.json`` (mode 0600) or returned to be printed
+once; they are never logged.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker import topology
+from broker.connection import BrokerConfig
+from broker.management import Management
+from keys.directory import Directory
+
+GATEWAY_LOGIN = "cp-gateway"
+
+
+@dataclass
+class ProvisionResult:
+    """What changed, and credentials created in this run (login -> config)."""
+
+    changes: list[str] = field(default_factory=list)
+    new_credentials: dict[str, BrokerConfig] = field(default_factory=dict)
+
+
+def declare_topology(mgmt: Management, vhost: str, result: ProvisionResult) -> None:
+    """Exchanges, the submit and dead-letter queues and their bindings."""
+    v = mgmt.q(vhost)
+    for name, kind in (
+        (topology.SUBMIT_EXCHANGE, "direct"),
+        (topology.DELIVER_EXCHANGE, "direct"),
+        (topology.DEAD_EXCHANGE, "fanout"),
+    ):
+        if mgmt.get(f"/api/exchanges/{v}/{mgmt.q(name)}") is None:
+            mgmt.put(f"/api/exchanges/{v}/{mgmt.q(name)}", {"type": kind, "durable": True})
+            result.changes.append(f"exchange {name} created")
+    _queue(mgmt, vhost, topology.DEAD_QUEUE, topology.DEAD_QUEUE_ARGUMENTS, result)
+    _bind(mgmt, vhost, topology.DEAD_EXCHANGE, topology.DEAD_QUEUE, "", result)
+    _queue(mgmt, vhost, topology.SUBMIT_QUEUE, topology.QUEUE_ARGUMENTS, result)
+    _bind(
+        mgmt,
+        vhost,
+        topology.SUBMIT_EXCHANGE,
+        topology.SUBMIT_QUEUE,
+        topology.SUBMIT_ROUTING_KEY,
+        result,
+    )
+
+
+def _queue(
+    mgmt: Management, vhost: str, name: str, arguments: dict[str, object], result: ProvisionResult
+) -> None:
+    path = f"/api/queues/{mgmt.q(vhost)}/{mgmt.q(name)}"
+    if mgmt.get(path) is None:
+        mgmt.put(path, {"durable": True, "auto_delete": False, "arguments": arguments})
+        result.changes.append(f"queue {name} created")
+
+
+def _bind(
+    mgmt: Management, vhost: str, exchange: str, queue: str, key: str, result: ProvisionResult
+) -> None:
+    base = f"/api/bindings/{mgmt.q(vhost)}/e/{mgmt.q(exchange)}/q/{mgmt.q(queue)}"
+    existing = mgmt.get(base) or []
+    if not any(b.get("routing_key") == key for b in existing):
+        mgmt.post(base, {"routing_key": key})
+        result.changes.append(f"binding {exchange} -[{key or '*'}]-> {queue} created")
+
+
+def _user(
+    mgmt: Management,
+    vhost: str,
+    login: str,
+    permissions: dict[str, str],
+    result: ProvisionResult,
+    host: str,
+    port: int,
+) -> None:
+    path = f"/api/users/{mgmt.q(login)}"
+    if mgmt.get(path) is None:
+        password = secrets.token_urlsafe(24)
+        mgmt.put(path, {"password": password, "tags": ""})
+        result.changes.append(f"user {login} created")
+        result.new_credentials[login] = BrokerConfig(login, password, host, port, vhost)
+    perm_path = f"/api/permissions/{mgmt.q(vhost)}/{mgmt.q(login)}"
+    current = mgmt.get(perm_path)
+    want = dict(permissions)
+    if current is None or any(current.get(k) != v for k, v in want.items()):
+        mgmt.put(perm_path, want)
+        result.changes.append(f"permissions of {login} set")
+
+
+def provision(
+    mgmt: Management,
+    vhost: str,
+    directory: Directory,
+    *,
+    amqp_host: str = "127.0.0.1",
+    amqp_port: int = 5672,
+    login_prefix: str = "",
+    credentials_dir: Path | None = None,
+) -> ProvisionResult:
+    """Bring the broker in line with the directory; returns what changed.
+
+    Broker users are global to the node, so a deployment (or a test run) may
+    prefix every login; the gateway strips the same prefix to find the code.
+    """
+    result = ProvisionResult()
+    if mgmt.get(f"/api/vhosts/{mgmt.q(vhost)}") is None:
+        mgmt.put(f"/api/vhosts/{mgmt.q(vhost)}", {})
+        result.changes.append(f"vhost {vhost} created")
+    # The admin needs rights in the vhost to manage it (the management API runs as that user).
+    admin_perm = f"/api/permissions/{mgmt.q(vhost)}/{mgmt.q(mgmt.username)}"
+    if mgmt.get(admin_perm) is None:
+        mgmt.put(admin_perm, {"configure": ".*", "write": ".*", "read": ".*"})
+    declare_topology(mgmt, vhost, result)
+    _user(
+        mgmt,
+        vhost,
+        login_prefix + GATEWAY_LOGIN,
+        topology.gateway_permissions(),
+        result,
+        amqp_host,
+        amqp_port,
+    )
+    for entry in sorted(directory.entries.values(), key=lambda e: e.code.text):
+        login = login_prefix + entry.code.text
+        queue = topology.inbox_queue(entry.code)
+        # The inbox is kept even for a revoked agency: what was delivered is not lost.
+        _queue(mgmt, vhost, queue, topology.QUEUE_ARGUMENTS, result)
+        _bind(mgmt, vhost, topology.DELIVER_EXCHANGE, queue, entry.code.text, result)
+        if entry.revoked:
+            if mgmt.get(f"/api/users/{mgmt.q(login)}") is not None:
+                mgmt.delete(f"/api/permissions/{mgmt.q(vhost)}/{mgmt.q(login)}")
+                mgmt.delete(f"/api/users/{mgmt.q(login)}")
+                result.changes.append(f"user {login} removed (revoked)")
+            continue
+        _user(
+            mgmt,
+            vhost,
+            login,
+            topology.agency_permissions(entry.code),
+            result,
+            amqp_host,
+            amqp_port,
+        )
+    if credentials_dir is not None:
+        for login, config in result.new_credentials.items():
+            config.save(credentials_dir / f"{login}.broker.json")
+    return result
+
+
+def delete_vhost(mgmt: Management, vhost: str, logins: list[str]) -> None:
+    """Remove a vhost and the given users (test and demo clean-up)."""
+    mgmt.delete(f"/api/vhosts/{mgmt.q(vhost)}")
+    for login in logins:
+        mgmt.delete(f"/api/users/{mgmt.q(login)}")

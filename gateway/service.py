@@ -1,0 +1,484 @@
+"""The gateway: check every submission without reading it, decide, forward or refuse, audit.
+
+Per message on ``cp.gateway.submit`` (ack order: verify -> audit record durable
+-> forwards confirmed -> ack):
+
+- a **part** (header frame + one segment frame): strict parse; the AMQP
+  ``user_id`` must be the signed sender's login; header and segment signatures;
+  parties known, valid, not revoked, cleared; not expired; the envelope's one
+  decision (policy) recorded once; accepted parts go to every recipient's inbox
+  in one publish (``CC`` header), refused ones get a signed rejection notice;
+- a **notice** (receipt or status from a recipient): signature, signer equal to
+  the publisher, recorded, forwarded to its addressee.
+
+Redeliveries (``redelivered`` flag, after a crash or a lost connection) of a
+part already forwarded are acked without a second forward; the same part
+published again (no redelivered flag) is a replay and is refused.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import pika
+import structlog
+
+from broker.connection import BrokerConfig
+from broker.consumer import Consumer, Delivery
+from broker.publisher import ConfirmingPublisher, Unroutable
+from broker.topology import DELIVER_EXCHANGE, SUBMIT_QUEUE
+from envelopes.checking import (
+    CheckedHeader,
+    check_header,
+    check_header_rest,
+    check_header_signature,
+    check_segment,
+)
+from envelopes.errors import EnvelopeRefused
+from envelopes.header import Header
+from envelopes.notices import (
+    GATEWAY_REFUSED,
+    KIND_REJECTION,
+    Notice,
+    sign_notice,
+    verify_notice,
+)
+from envelopes.parts import Part, parse_part
+from gateway.audit import ACCEPTED, REFUSED, AuditStore, Record
+from gateway.config import GatewayConfig
+from gateway.policy import Policy
+from keys.agency import AgencyKeys, load_agency
+from keys.ca import load_ca_certificate
+from keys.codes import AgencyCode
+from keys.directory import Directory, TrustState
+from keys.errors import CipherpostError, UsageError
+
+log = structlog.get_logger("cipherpost.gateway")
+
+MESSAGE_PART = "part"
+MESSAGE_NOTICE = "notice"
+NO_ENVELOPE = b"\0" * 16
+
+# Which invariant a refusal broke, for the rule id (no rule can switch these off).
+_INVARIANTS = (
+    ("clearance", "invariant:clearance"),
+    ("revoked", "invariant:revoked"),
+    ("not in the directory", "invariant:unknown-party"),
+    ("certificate", "invariant:certificate"),
+    ("expired", "invariant:expired"),
+    ("future", "invariant:clock"),
+    ("published by", "invariant:publisher"),
+    ("user_id", "invariant:publisher"),
+    ("signature", "invariant:signature"),
+    ("signed with", "invariant:signature"),
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def rule_for(reason: str) -> str:
+    """The invariant rule id for a refusal reason ("invariant:format" if none fits)."""
+    for needle, rule in _INVARIANTS:
+        if needle in reason:
+            return rule
+    return "invariant:format"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What the gateway checked before starting."""
+
+    directory: Directory
+    policy: Policy
+    keys: AgencyKeys
+    broker: BrokerConfig
+
+
+def load(config: GatewayConfig, passphrase: bytes, now: dt.datetime | None = None) -> Loaded:
+    """Load and verify everything the gateway needs; refuse to start on any doubt."""
+    now = now or _now()
+    ca_cert = load_ca_certificate(config.ca_cert)
+    trust = TrustState(config.state_dir / "trust.json")
+    try:
+        directory_bytes = config.directory.read_bytes()
+        policy_bytes = config.policy.read_bytes()
+    except OSError as e:
+        raise CipherpostError(f"cannot read {e.filename}: {e.strerror}") from e
+    directory = Directory.load(directory_bytes, trust, now=now, ca_certificate=ca_cert)
+    policy = Policy.load_signed(policy_bytes, ca_cert.public_key(), now)  # type: ignore[arg-type]
+    keys = load_agency(config.agency_dir, passphrase)
+    entry = directory.get(keys.code, "gateway")
+    if entry.sign.public_key != keys.sign_public:
+        raise CipherpostError(
+            f"gateway keys are not the ones the directory certifies for {keys.code}"
+        )
+    return Loaded(directory, policy, keys, BrokerConfig.load(config.broker_credentials))
+
+
+class Gateway:
+    """One gateway instance. ``run()`` blocks; ``stop()`` (any thread, or SIGTERM) drains."""
+
+    def __init__(self, config: GatewayConfig, loaded: Loaded) -> None:
+        self.config = config
+        self.directory = loaded.directory
+        self.policy = loaded.policy
+        self.keys = loaded.keys
+        self.broker = loaded.broker
+        self.audit = AuditStore(config.audit_db)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._publisher: ConfirmingPublisher | None = None
+        self._consumer: Consumer | None = None
+        self._stopping = threading.Event()
+        self.ready = threading.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def run(self, *, until_idle: float | None = None) -> None:
+        """Consume until stopped; in-flight work is finished and acked before returning."""
+        self._publisher = ConfirmingPublisher(self.broker)
+        self._consumer = Consumer(
+            self.broker,
+            SUBMIT_QUEUE,
+            self.handle,
+            prefetch=self.config.prefetch,
+            on_connected=self.ready.set,
+        )
+        log.info(
+            "gateway_started",
+            gateway=self.config.gateway_id,
+            policy=self.policy.name,
+            directory_version=self.directory.version,
+        )
+        try:
+            self._consumer.run(until_idle=until_idle, drain=self._publisher.flush)
+        finally:
+            self._publisher.close()
+            self.audit.close()
+            log.info("gateway_stopped", gateway=self.config.gateway_id, **dict(self.counters))
+
+    def audit_records(self) -> list[dict[str, object]]:
+        """Every audit record so far (opens the store read-side; usable after ``run``)."""
+        store = AuditStore(self.config.audit_db)
+        try:
+            return store.records()
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        """Stop taking messages; what is in flight completes."""
+        self._stopping.set()
+        if self._consumer is not None:
+            self._consumer.stop()
+
+    # --- per message -------------------------------------------------------------------------
+
+    def handle(self, d: Delivery) -> None:
+        """Entry point for every delivery (consumer thread)."""
+        if self._stopping.is_set():
+            return  # not acked: redelivered after restart or to another instance
+        try:
+            if d.kind == MESSAGE_NOTICE:
+                self._notice(d)
+            else:
+                self._part(d)
+        except Exception as e:  # an internal failure is not a verdict: retry, then dead-letter
+            self.counters["internal_error"] += 1
+            log.error("gateway_internal_error", error=type(e).__name__, detail=str(e)[:200])
+            d.reject(requeue=True)
+
+    def _publisher_code(self, d: Delivery) -> AgencyCode | None:
+        login = d.user_id
+        prefix = self.config.login_prefix
+        if not login or not login.startswith(prefix):
+            return None
+        try:
+            return AgencyCode.parse(login[len(prefix) :])
+        except UsageError:
+            return None
+
+    def _check_publisher(self, d: Delivery, sender: AgencyCode) -> None:
+        publisher = self._publisher_code(d)
+        if publisher is None:
+            raise EnvelopeRefused("submission has no valid user_id (publisher unknown)")
+        if publisher != sender:
+            raise EnvelopeRefused(f"published by {publisher} but signed by {sender}")
+
+    def _part(self, d: Delivery) -> None:
+        now = _now()
+        try:
+            part = parse_part(d.body)
+        except EnvelopeRefused as e:
+            self._refuse(d, None, "malformed", rule_for(str(e)), str(e), once_key=None, now=now)
+            return
+        h = part.header
+        eid = h.envelope_id.hex()
+        prior = self.audit.decision_for(eid)
+        if prior is not None:
+            self._known_envelope(d, part, prior[0], now)
+            return
+        try:
+            sender = check_header_signature(h, part.header_signature, self.directory, now)
+            self._check_publisher(d, h.sender)
+        except EnvelopeRefused as e:
+            # Not proven to come from the signer: recorded, but it does not decide the
+            # envelope id (else anyone could block a real envelope by sending junk first).
+            self._refuse(d, h, "submission", rule_for(str(e)), str(e), once_key=None, now=now)
+            return
+        try:
+            checked = check_header_rest(h, sender, self.directory, now)
+            check_segment(checked, part.segment)
+        except EnvelopeRefused as e:
+            self._refuse(d, h, "submission", rule_for(str(e)), str(e), once_key=eid, now=now)
+            return
+        decision = self.policy.decide(checked)
+        record = self._record(
+            h,
+            "submission",
+            ACCEPTED if decision.allow else REFUSED,
+            decision.rule_id,
+            decision.reason,
+            now,
+        )
+        _, final, rule_id, new = self.audit.append(record, once_key=eid)
+        log.info(
+            "gateway_decision",
+            envelope=eid,
+            sender=h.sender.text,
+            recipients=len(h.recipients),
+            level=h.level.value,
+            decision=final,
+            rule=rule_id,
+        )
+        if final == ACCEPTED:
+            self._forward(d, checked, part)
+        elif new:
+            self.counters["refused"] += 1
+            self._notify(d, h, rule_id, decision.reason, now)
+        else:
+            d.ack()
+
+    def _known_envelope(self, d: Delivery, part: Part, decision: str, now: dt.datetime) -> None:
+        h = part.header
+        eid = h.envelope_id.hex()
+        if decision != ACCEPTED:
+            self.counters["refused_envelope_part"] += 1
+            d.ack()  # already audited and notified once
+            return
+        if self.audit.was_forwarded(eid, part.segment.index):
+            if d.redelivered:
+                self.counters["duplicate"] += 1
+                d.ack()  # a redelivery after a crash: forwarded already, never twice
+                return
+            self._refuse(
+                d,
+                h,
+                "replay",
+                "replay",
+                "envelope already delivered (replay refused)",
+                once_key=None,
+                now=now,
+            )
+            return
+        try:
+            checked = check_header(h.raw, part.header_signature, self.directory, now)
+            self._check_publisher(d, h.sender)
+            check_segment(checked, part.segment)
+        except EnvelopeRefused as e:
+            self._refuse(d, h, "part-refused", rule_for(str(e)), str(e), once_key=None, now=now)
+            return
+        self._forward(d, checked, part)
+
+    def _forward(self, d: Delivery, checked: CheckedHeader, part: Part) -> None:
+        h = checked.header
+        eid = h.envelope_id.hex()
+        codes = [r.code.text for r in h.recipients]
+        props = pika.BasicProperties(
+            type=MESSAGE_PART,
+            content_type="application/x-cipherpost-part",
+            headers={
+                "CC": codes[1:],
+                "x-cp-envelope-id": eid,
+                "x-cp-part": part.segment.index,
+                "x-cp-parts": h.segment_count,
+                "x-cp-sender": h.sender.text,
+            },
+        )
+        assert self._publisher is not None
+        future = self._publisher.publish(DELIVER_EXCHANGE, codes[0], d.body, props)
+        index = part.segment.index
+
+        def done(f: Future[None]) -> None:
+            error = f.exception()
+            if error is None:
+                self.audit.mark_forwarded(eid, index)
+                self.counters["forwarded"] += 1
+                d.ack()
+            elif isinstance(error, Unroutable):
+                self.counters["undeliverable"] += 1
+                self.audit.append(
+                    self._record(h, "undeliverable", REFUSED, "undeliverable", str(error), _now())
+                )
+                d.reject(requeue=False)  # to the dead-letter queue: kept, not dropped
+            else:
+                d.reject(requeue=True)
+
+        future.add_done_callback(done)
+
+    def _record(
+        self,
+        h: Header | None,
+        event: str,
+        decision: str,
+        rule_id: str,
+        reason: str,
+        now: dt.datetime,
+        *,
+        sender: str = "",
+        digest: str = "",
+    ) -> Record:
+        return Record(
+            time=now,
+            event=event,
+            envelope_id=h.envelope_id.hex() if h else "",
+            sender=h.sender.text if h else sender,
+            recipients=tuple(r.code.text for r in h.recipients) if h else (),
+            level=h.level.value if h else "",
+            urgency=h.urgency.value if h else "",
+            size=h.payload_size if h else 0,
+            digest=h.hash.hex() if h else digest,
+            decision=decision,
+            rule_id=rule_id,
+            reason=reason,
+            gateway_id=self.config.gateway_id,
+        )
+
+    def _refuse(
+        self,
+        d: Delivery,
+        h: Header | None,
+        event: str,
+        rule_id: str,
+        reason: str,
+        *,
+        once_key: str | None,
+        now: dt.datetime,
+    ) -> None:
+        publisher = self._publisher_code(d)
+        record = self._record(
+            h,
+            event,
+            REFUSED,
+            rule_id,
+            reason,
+            now,
+            sender=publisher.text if publisher else (d.user_id or "?"),
+            digest=hashlib.sha256(d.body).hexdigest(),
+        )
+        new = self.audit.append(record, once_key=once_key)[3]
+        self.counters[f"refused_{event}"] += 1
+        log.info(
+            "gateway_refused",
+            kind=event,
+            envelope=record.envelope_id or None,
+            publisher=publisher.text if publisher else None,
+            rule=rule_id,
+            reason=reason,
+        )
+        if new:
+            self._notify(d, h, rule_id, reason, now)
+        else:
+            d.ack()
+
+    def _notify(
+        self, d: Delivery, h: Header | None, rule_id: str, reason: str, now: dt.datetime
+    ) -> None:
+        """A signed rejection notice to the publisher (or, lacking one, the signed sender)."""
+        addressee = self._publisher_code(d) or (h.sender if h else None)
+        if addressee is None or addressee.text not in self.directory.entries:
+            d.ack()  # nobody to tell; the audit record is the trace
+            return
+        notice = sign_notice(
+            self.keys.signing_key,
+            kind=KIND_REJECTION,
+            envelope_id=h.envelope_id if h else NO_ENVELOPE,
+            header_hash=h.hash if h else b"",
+            signer=self.keys.code,
+            addressee=addressee,
+            status=GATEWAY_REFUSED,
+            now=now,
+            rule_id=rule_id,
+            reason=reason,
+        )
+        assert self._publisher is not None
+        future = self._publisher.publish(
+            DELIVER_EXCHANGE,
+            addressee.text,
+            notice.raw,
+            pika.BasicProperties(
+                type=MESSAGE_NOTICE, content_type="application/x-cipherpost-notice"
+            ),
+        )
+        future.add_done_callback(
+            lambda f: (
+                d.ack()
+                if f.exception() is None or isinstance(f.exception(), Unroutable)
+                else d.reject(requeue=True)
+            )
+        )
+
+    def _notice(self, d: Delivery) -> None:
+        now = _now()
+        try:
+            notice = verify_notice(d.body, self.directory, now)
+            self._check_publisher(d, notice.signer)
+            if notice.kind == KIND_REJECTION:
+                raise EnvelopeRefused("only the gateway issues rejection notices")
+        except EnvelopeRefused as e:
+            self._refuse(
+                d, None, "notice-refused", rule_for(str(e)), str(e), once_key=None, now=now
+            )
+            return
+        digest = hashlib.sha256(notice.raw).hexdigest()
+        record = Record(
+            now,
+            notice.kind,
+            notice.envelope_id.hex(),
+            notice.signer.text,
+            (notice.addressee.text,),
+            "",
+            "",
+            0,
+            digest,
+            ACCEPTED,
+            "notice",
+            f"status {notice.status}",
+            self.config.gateway_id,
+        )
+        self.audit.append(record, once_key=f"notice:{digest}")
+        self._relay_notice(d, notice)
+
+    def _relay_notice(self, d: Delivery, notice: Notice) -> None:
+        assert self._publisher is not None
+        future = self._publisher.publish(
+            DELIVER_EXCHANGE,
+            notice.addressee.text,
+            notice.raw,
+            pika.BasicProperties(
+                type=MESSAGE_NOTICE, content_type="application/x-cipherpost-notice"
+            ),
+        )
+        self.counters["notices"] += 1
+        future.add_done_callback(
+            lambda f: (
+                d.ack()
+                if f.exception() is None or isinstance(f.exception(), Unroutable)
+                else d.reject(requeue=True)
+            )
+        )
