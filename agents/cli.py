@@ -333,7 +333,10 @@ def _client(args: argparse.Namespace) -> Client:
     from agents import logs
     from agents.config import AgentConfig
 
-    logs.configure(json_lines=False, level=logging.WARNING)
+    # A command that ends on its own reports failure in its one error line; a
+    # long-running one (receive --follow) shows reconnects as they happen.
+    follow = getattr(args, "follow", False)
+    logs.configure(json_lines=False, level=logging.WARNING if follow else logging.CRITICAL)
     return Client(AgentConfig.load(args.config), read_passphrase())
 
 
@@ -345,10 +348,14 @@ def cmd_send(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise CipherpostError(f"cannot read {path}: not a file")
     with _client(args) as client:
+        sent = []
         for path in args.files:
             envelope_id = client.send(
-                path, to=to, level=level, urgency=urgency, subject=args.subject
+                path, to=to, level=level, urgency=urgency, subject=args.subject, wait=False
             )
+            sent.append((path, envelope_id))
+        client.flush()  # every part of every document confirmed by the broker
+        for path, envelope_id in sent:
             print(envelope_id)
             sys.stderr.write(f"sent {path.name} to {len(to)} agency(ies) at level {level.value}\n")
     return 0

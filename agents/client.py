@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from keys.errors import CipherpostError, UsageError
 from keys.levels import Level, Urgency
 
 log = structlog.get_logger("cipherpost.agent")
+CONNECT_TIMEOUT_S = 10.0
 _SAFE_NAME = re.compile(r"[^\w.\- ]+")
 
 
@@ -94,6 +96,7 @@ class Client:
         self.state = AgentState(config.state_db)
         self.spool = config.agency_dir / "spool"
         self._publisher: ConfirmingPublisher | None = None
+        self._in_flight: list[Future[None]] = []
         self.received: list[ReceivedDocument] = []
 
     def close(self) -> None:
@@ -111,7 +114,7 @@ class Client:
     @property
     def publisher(self) -> ConfirmingPublisher:
         if self._publisher is None:
-            self._publisher = ConfirmingPublisher(self.broker)
+            self._publisher = ConfirmingPublisher(self.broker, connect_timeout=CONNECT_TIMEOUT_S)
         return self._publisher
 
     # --- send --------------------------------------------------------------------------------
@@ -126,8 +129,14 @@ class Client:
         subject: str = "",
         fields: dict[str, str] | None = None,
         progress: bool | None = None,
+        wait: bool = True,
     ) -> str:
-        """Seal ``path`` and submit it; returns the envelope id once the broker confirmed it all."""
+        """Seal ``path`` and submit it; returns the envelope id.
+
+        With ``wait`` (the default) it returns once the broker confirmed every
+        part; without, confirms are collected and :meth:`flush` waits for them,
+        so many documents go out pipelined.
+        """
         try:
             src = path.open("rb")
         except OSError as e:
@@ -153,7 +162,11 @@ class Client:
                     ),
                 )
                 env_file.seek(0)
-                self._submit(env_file, sealed.envelope_id, sealed.envelope_bytes, progress)
+                self._in_flight += self._submit(
+                    env_file, sealed.envelope_id, sealed.envelope_bytes, progress
+                )
+            if wait:
+                self.flush()
             self.state.record_sent(
                 sealed.envelope_id,
                 [c.text for c in to],
@@ -163,14 +176,15 @@ class Client:
                 path.name,
                 size,
             )
-            log.info("sent", envelope=sealed.envelope_id, recipients=len(to), level=level.value)
+            log.info("sent", envelope=sealed.envelope_id, recipients=len(to), label=level.value)
             return sealed.envelope_id
         finally:
             spool.unlink(missing_ok=True)
 
     def _submit(
         self, env_file: BinaryIO, envelope_id: str, total: int, progress: bool | None
-    ) -> None:
+    ) -> list[Future[None]]:
+        """Publish every part; returns the confirms to wait for (the window bounds memory)."""
         futures: list[Future[None]] = []
         reader = ProgressReader(env_file, total, "submitting", enabled=progress)
         for index, count, body in iter_parts(reader):  # type: ignore[arg-type]
@@ -181,12 +195,21 @@ class Client:
                 headers={"x-cp-envelope-id": envelope_id, "x-cp-part": index, "x-cp-parts": count},
             )
             futures.append(self.publisher.publish(SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, body, props))
-            futures = [f for f in futures if not f.done() or f.exception() is not None]
-            for f in futures:
-                if f.done() and f.exception() is not None:
-                    raise CipherpostError(f"submission failed: {f.exception()}")
-        for f in futures:
-            error = f.exception(timeout=120)
+            failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+            if failed is not None:
+                raise CipherpostError(f"submission failed: {failed.exception()}")
+            futures = [f for f in futures if not f.done()]
+        return futures
+
+    def flush(self, timeout: float = 300.0) -> None:
+        """Wait until every submission so far is confirmed by the broker."""
+        pending, self._in_flight = self._in_flight, []
+        deadline = time.monotonic() + timeout
+        for f in pending:
+            try:
+                error = f.exception(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise CipherpostError("the broker did not confirm the submission in time") from None
             if error is not None:
                 raise CipherpostError(f"submission failed: {error}")
 
@@ -250,30 +273,45 @@ class Client:
         now = _now()
         part = parse_part(d.body)
         eid = part.header.envelope_id.hex()
-        if self.state.received(eid) is not None or self.state.has_part(eid, part.segment.index):
-            d.ack()  # a duplicate delivery: already handled
+        if self.state.received(eid) is not None:
+            d.ack()  # a duplicate delivery of a document already in the inbox
             return
-        checked = check_header(part.header.raw, part.header_signature, self.directory, now)
-        if part.header.recipient(self.keys.code) is None:
-            raise EnvelopeRefused(f"{self.keys.code} is not a recipient of {eid}")
-        check_segment(checked, part.segment)
+        if part.header.segment_count == 1:
+            # One segment: the part is the whole envelope; open it straight from the message.
+            self._assemble(eid, io.BytesIO(d.body), part.header.hash, now)
+            d.ack()
+            return
         folder = self.spool / eid
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_durably(folder / "header", part.header_frame)
-        _write_durably(folder / f"{part.segment.index:08d}.seg", part.segment_frame)
-        have = self.state.add_part(eid, part.segment.index)
+        if self.state.has_part(eid, part.segment.index):
+            have = self.state.count_parts(eid)  # a redelivery: the part is already spooled
+        else:
+            checked = check_header(part.header.raw, part.header_signature, self.directory, now)
+            if part.header.recipient(self.keys.code) is None:
+                raise EnvelopeRefused(f"{self.keys.code} is not a recipient of {eid}")
+            check_segment(checked, part.segment)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_durably(folder / "header", part.header_frame)
+            _write_durably(folder / f"{part.segment.index:08d}.seg", part.segment_frame)
+            have = self.state.add_part(eid, part.segment.index)
         if have < part.header.segment_count:
             d.ack()
             return
-        self._assemble(eid, folder, part.header.segment_count, part.header.hash, now)
+        count = part.header.segment_count
+        stream = _ChainReader([folder / "header"] + [folder / f"{i:08d}.seg" for i in range(count)])
+        try:
+            self._assemble(eid, stream, part.header.hash, now)
+        finally:
+            stream.close()
+        shutil.rmtree(folder, ignore_errors=True)
         d.ack()
 
     def _assemble(
-        self, eid: str, folder: Path, count: int, header_hash: bytes, now: dt.datetime
+        self, eid: str, stream: BinaryIO | io.RawIOBase, header_hash: bytes, now: dt.datetime
     ) -> None:
+        """Open a whole envelope stream into the inbox, write the sidecar, send the receipt."""
         self.config.inbox.mkdir(parents=True, exist_ok=True, mode=0o700)
-        stream = _ChainReader([folder / "header"] + [folder / f"{i:08d}.seg" for i in range(count)])
-        target = self.config.inbox / f"{eid}.part"  # renamed below once the file name is known
+        target = self.config.inbox / f".{eid}.opened"  # renamed once the file name is known
+        target.unlink(missing_ok=True)  # left by an attempt that died before the rename
         try:
             opened = envelopes.open_to_path(
                 cast(BinaryIO, stream),
@@ -284,10 +322,8 @@ class Client:
             )
         except EnvelopeRefused as e:
             self.state.record_received(eid, "", header_hash.hex(), "", "refused", str(e))
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(self.spool / eid, ignore_errors=True)
             raise
-        finally:
-            stream.close()
         name = _safe_filename(opened.metadata.filename) or "document"
         final = _unique(self.config.inbox / f"{eid[:12]}-{name}")
         os.replace(target, final)
@@ -312,9 +348,8 @@ class Client:
             sidecar, (json.dumps(sidecar_data, ensure_ascii=False, indent=2) + "\n").encode()
         )
         self.state.record_received(eid, info["sender"]["code"], header_hash.hex(), str(final), "ok")
-        shutil.rmtree(folder, ignore_errors=True)
         self.received.append(ReceivedDocument(eid, final, sidecar, sidecar_data))
-        log.info("received", envelope=eid, sender=info["sender"]["code"], level=info["level"])
+        log.info("received", envelope=eid, sender=info["sender"]["code"], label=info["level"])
         self._send_notice(
             KIND_RECEIPT,
             bytes.fromhex(eid),

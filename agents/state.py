@@ -42,7 +42,9 @@ class AgentState:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL in WAL mode survives a crash of the agent; after a power loss the last
+        # records may be gone, and a redelivered document could then be written twice.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -128,6 +130,11 @@ class AgentState:
                     "SELECT COUNT(*) FROM parts WHERE envelope_id=?", (envelope_id,)
                 ).fetchone()[0]
             )
+
+    def count_parts(self, envelope_id: str) -> int:
+        return int(
+            self._exec("SELECT COUNT(*) FROM parts WHERE envelope_id=?", (envelope_id,))[0][0]
+        )
 
     def has_part(self, envelope_id: str, part: int) -> bool:
         return bool(

@@ -42,6 +42,7 @@ class Delivery:
     delivery_tag: int
     _connection: pika.BlockingConnection
     _channel: pika.adapters.blocking_connection.BlockingChannel
+    _thread: int = 0
     _settled: bool = False
 
     @property
@@ -69,6 +70,9 @@ class Delivery:
             if self._channel.is_open:
                 action()
 
+        if threading.get_ident() == self._thread:
+            run()  # on the connection's own thread: no hand-off needed
+            return
         try:
             self._connection.add_callback_threadsafe(run)
         except (pika.exceptions.ConnectionWrongStateError, AttributeError):
@@ -102,6 +106,7 @@ class Consumer:
         self.on_connected = on_connected
         self._stop = threading.Event()
         self._drain: Callable[[], None] | None = None
+        self._last = time.monotonic()
         self.connected = threading.Event()
 
     def stop(self) -> None:
@@ -122,8 +127,11 @@ class Consumer:
         finishes and its acks still reach the broker.
         """
         self._drain = drain
+        self._last = time.monotonic()  # idle time counts across reconnects
         backoff = RECONNECT_INITIAL_S
         while not self._stop.is_set():
+            if until_idle is not None and time.monotonic() - self._last > until_idle:
+                return
             try:
                 connection = connect_blocking(self.config)
             except BrokerError as e:
@@ -140,6 +148,7 @@ class Consumer:
                 pika.exceptions.AMQPConnectionError,
                 pika.exceptions.AMQPChannelError,
                 pika.exceptions.StreamLostError,
+                ValueError,  # pika: "Timeout closed before call" when the link dies mid-poll
                 pika.exceptions.ConnectionClosed,
             ) as e:
                 self.connected.clear()
@@ -163,7 +172,6 @@ class Consumer:
     def _consume(self, connection: pika.BlockingConnection, until_idle: float | None) -> bool:
         channel = connection.channel()
         channel.basic_qos(prefetch_count=self.prefetch)
-        last = time.monotonic()
 
         def on_message(
             ch: pika.adapters.blocking_connection.BlockingChannel,
@@ -171,11 +179,16 @@ class Consumer:
             properties: pika.BasicProperties,
             body: bytes,
         ) -> None:
-            nonlocal last
-            last = time.monotonic()
+            self._last = time.monotonic()
             self.handler(
                 Delivery(
-                    body, properties, bool(method.redelivered), method.delivery_tag, connection, ch
+                    body,
+                    properties,
+                    bool(method.redelivered),
+                    method.delivery_tag,
+                    connection,
+                    ch,
+                    threading.get_ident(),
                 )
             )
 
@@ -185,7 +198,7 @@ class Consumer:
             self.on_connected()
         while not self._stop.is_set():
             connection.process_data_events(time_limit=POLL_S)
-            if until_idle is not None and time.monotonic() - last > until_idle:
+            if until_idle is not None and time.monotonic() - self._last > until_idle:
                 self._stop.set()
         # No new deliveries from here; unacked ones are requeued when the connection closes.
         channel.basic_cancel(consumer_tag)

@@ -193,6 +193,9 @@ def _walk(
     if on_segment is None:
         for _ in checked_segments():
             pass
+    elif checked.header.segment_count == 1:
+        for segment in checked_segments():  # nothing to overlap: no second thread
+            on_segment(segment)
     else:
         # Reading, hashing and signature checks run one segment ahead of decryption.
         for segment in prefetch(checked_segments()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -153,7 +153,9 @@ def seal(
 
     pending = prefix
     last = header.segment_count - 1
-    with WriteBehind(emit) as writer:
+    # One segment: nothing to overlap, so no second thread.
+    writer = WriteBehind(emit) if header.segment_count > 1 else _Inline(emit)
+    with writer:
         for index in range(header.segment_count):
             want = header.segment_plaintext_size(index)
             chunk = pending + _read_exactly(src, want - len(pending))
@@ -165,6 +167,19 @@ def seal(
     if src.read(1):
         raise CipherpostError("the document is longer than announced (did it change?)")
     return Sealed(header, written[0])
+
+
+class _Inline:
+    """The same interface as WriteBehind, running the sink in the caller's thread."""
+
+    def __init__(self, sink: Callable[[tuple[int, bool, bytes]], None]) -> None:
+        self.put = sink
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _read_exactly(src: BinaryIO, n: int) -> bytes:

@@ -252,7 +252,7 @@ class Gateway:
             envelope=eid,
             sender=h.sender.text,
             recipients=len(h.recipients),
-            level=h.level.value,
+            label=h.level.value,
             decision=final,
             rule=rule_id,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,6 @@ import pika
 
 from agents.world import World, build_world
 from broker.connection import BrokerConfig
-from broker.management import Management
 from keys.levels import Level
 
 ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
@@ -52,17 +52,44 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, every: float 
 
 
 def queue_depth(world: World, queue: str) -> int:
-    mgmt = Management.from_url(ADMIN_URL)
-    info = mgmt.get(f"/api/queues/{mgmt.q(world.vhost)}/{mgmt.q(queue)}")
-    return int(info.get("messages", 0)) if info else 0
+    """Ready messages, exactly (a passive declare as the admin; management stats lag)."""
+    params = pika.ConnectionParameters(
+        "127.0.0.1", 5672, world.vhost, pika.PlainCredentials("guest", "guest")
+    )
+    conn = pika.BlockingConnection(params)
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        conn.close()
 
 
 def close_connections(world: World, user: str) -> int:
-    """Close, from the broker side, every connection of ``user`` in the world's vhost."""
-    mgmt = Management.from_url(ADMIN_URL)
-    closed = 0
-    for conn in mgmt.get(f"/api/vhosts/{mgmt.q(world.vhost)}/connections") or []:
-        if conn.get("user") == user:
-            mgmt.delete(f"/api/connections/{mgmt.q(conn['name'])}")
-            closed += 1
-    return closed
+    """Close, from the broker side, every connection of ``user`` (a user of this test only).
+
+    rabbitmqctl sees connections at once; the management API lists them only
+    after its next statistics tick.
+    """
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "user", "vhost"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    count = sum(
+        1 for line in listed.stdout.splitlines() if line.split("\t")[:2] == [user, world.vhost]
+    )
+    if count:
+        subprocess.run(
+            [
+                "rabbitmqctl",
+                "-q",
+                "close_all_user_connections",
+                user,
+                "test: connection cut by the broker",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+    return count

@@ -120,6 +120,7 @@ def _cases(keys):
             lifetime=dt.timedelta(minutes=1),
         )
     )
+    unknown = _frames(_resign(keys[PROVINCE], _edit_header(h_raw, sender="000.88.88.H41"), segs))
     big = msgpack.packb([MAGIC, 1, b"\0" * (300 * 1024)], use_bin_type=True)
     return {
         "bad-header-signature": (part((h_raw, bad_sig), segs[0]), "invariant:signature"),
@@ -128,6 +129,7 @@ def _cases(keys):
         "recipients-changed": (part((fewer, h_sig), segs[0]), "invariant:signature"),
         "spliced": (part((h_raw, h_sig), other_segs[1]), "invariant:signature"),
         "expired": (part(expired[0], expired[1][0]), "invariant:expired"),
+        "unknown-sender": (part(unknown[0], unknown[1][0]), "invariant:unknown-party"),
         "version-changed": (part(v2_resigned[0], v2_resigned[1][0]), "invariant:format"),
         "oversized-header": (encode_header_frame(big, b"\0" * 64), "invariant:format"),
         "malformed-msgpack": (b"\xc1\x93\xff garbage", "invariant:format"),
@@ -146,6 +148,7 @@ def _cases(keys):
         "recipients-changed",
         "spliced",
         "expired",
+        "unknown-sender",
         "version-changed",
         "oversized-header",
         "malformed-msgpack",
@@ -163,7 +166,7 @@ def test_negative_submission_is_refused_audited_and_notified(world, keys, name):
         eid = None
     found = refused_for(world, body, eid)
     assert found[-1]["rule_id"] == rule, found[-1]
-    assert found[-1]["sender"] == PROVINCE
+    assert found[-1]["sender"] in (PROVINCE, "000.88.88.H41")  # signed sender, or publisher
     with world.client(PROVINCE) as province:
         province.receive(idle=0.8)
         notices = province.state._exec(

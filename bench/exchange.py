@@ -1,0 +1,308 @@
+"""Exchange throughput and latency against a raw two-hop pika baseline, same RabbitMQ, same run.
+
+    .venv/bin/python bench/exchange.py [--json] [--small 5000] [--large-mib 256]
+
+- small: 1 KiB documents, one recipient: agent send -> gateway (a separate
+  ``cipherpost gateway run`` process) -> agent receive (verified, decrypted,
+  written to the inbox), against the baseline: publish with pipelined confirms
+  -> relay consumer that republishes with confirms and acks -> second queue ->
+  consumer; persistent messages, quorum queues, the same prefetch, the same
+  message size. Then p50/p99 latency at half the measured maximum rate.
+- large: one document end to end vs the baseline moving 1 MiB messages over
+  the same two hops; peak RSS of the gateway process and of the agent process
+  (sender and receiver share this one process, so its figure is an upper bound).
+- broadcast: 1 MiB to 75 recipients, time until all 75 have it.
+
+The baseline publishes through ``broker.publisher.ConfirmingPublisher`` (pika's
+SelectConnection with a confirm window; no envelope, no gateway logic), because
+pika's BlockingChannel cannot pipeline confirms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import logging  # noqa: E402
+
+import pika  # noqa: E402
+
+from agents import logs  # noqa: E402
+from agents.world import PASSPHRASE, World, build_world  # noqa: E402
+from broker.connection import BrokerConfig  # noqa: E402
+from broker.consumer import Consumer, Delivery  # noqa: E402
+from broker.publisher import ConfirmingPublisher  # noqa: E402
+from broker.topology import QUEUE_ARGUMENTS  # noqa: E402
+from keys.codes import AgencyCode  # noqa: E402
+from keys.levels import Level  # noqa: E402
+from tests.helpers import commune_code  # noqa: E402
+
+ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
+PROVINCE = "000.00.00.H41"
+PREFETCH = 32
+
+
+def vm_hwm_mib(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- baseline -------------------------------------------------------------------------------
+
+
+def baseline(vhost: str, n: int, size: int) -> float:
+    """Seconds to move ``n`` messages of ``size`` bytes over two hops with raw pika."""
+    admin = BrokerConfig("guest", "guest", vhost=vhost)
+    conn = pika.BlockingConnection(admin.parameters())
+    ch = conn.channel()
+    for q in ("bench.q1", "bench.q2"):
+        ch.queue_declare(q, durable=True, arguments=QUEUE_ARGUMENTS)
+        ch.queue_purge(q)
+    conn.close()
+    body = os.urandom(size)
+    done = threading.Event()
+    received = [0]
+    relay_pub = ConfirmingPublisher(admin)
+
+    def relay(d: Delivery) -> None:
+        f = relay_pub.publish("", "bench.q2", d.body, pika.BasicProperties())
+        f.add_done_callback(lambda _f: d.ack())
+
+    def sink(d: Delivery) -> None:
+        d.ack()
+        received[0] += 1
+        if received[0] >= n:
+            done.set()
+
+    relay_c = Consumer(admin, "bench.q1", relay, prefetch=PREFETCH)
+    sink_c = Consumer(admin, "bench.q2", sink, prefetch=PREFETCH)
+    threads = [threading.Thread(target=c.run, daemon=True) for c in (relay_c, sink_c)]
+    for t in threads:
+        t.start()
+    relay_c.connected.wait(10)
+    sink_c.connected.wait(10)
+    start = time.perf_counter()
+    with ConfirmingPublisher(admin) as pub:
+        for _ in range(n):
+            pub.publish("", "bench.q1", body, pika.BasicProperties())
+        done.wait(600)
+    elapsed = time.perf_counter() - start
+    for c in (relay_c, sink_c):
+        c.stop()
+    for t in threads:
+        t.join(10)
+    relay_pub.close()
+    return elapsed
+
+
+# --- ours -----------------------------------------------------------------------------------
+
+
+def gateway_process(world: World) -> subprocess.Popen[bytes]:
+    exe = Path(sys.executable).with_name("cipherpost")
+    env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
+    log = (world.root / "gateway.log").open("ab")
+    return subprocess.Popen(
+        [str(exe), "gateway", "run", "--config", str(world.gateway_config())],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+
+
+class Receiver:
+    """An agent receiving in a thread; records when each envelope arrived."""
+
+    def __init__(self, world: World, code: str) -> None:
+        self.client = world.client(code)
+        self.arrived: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        original = self.client._assemble
+
+        def timed(eid, *args, **kwargs):  # type: ignore[no-untyped-def]
+            original(eid, *args, **kwargs)
+            self.arrived[eid] = time.perf_counter()
+
+        self.client._assemble = timed  # type: ignore[method-assign]
+        self.client.receive(follow=True, stop=self.stop)
+
+    def wait_for(self, ids: set[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not ids <= self.arrived.keys() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return ids <= self.arrived.keys()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.client.close()
+
+
+def send_many(
+    world: World, docs: list[Path], to: str, rate: float | None = None
+) -> dict[str, float]:
+    sent: dict[str, float] = {}
+    with world.client(PROVINCE) as province:
+        start = time.perf_counter()
+        for i, doc in enumerate(docs):
+            if rate:
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            t = time.perf_counter()
+            eid = province.send(
+                doc, to=[AgencyCode.parse(to)], level=Level.MAT, progress=False, wait=False
+            )
+            sent[eid] = t
+        province.flush()
+    return sent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--small", type=int, default=5000, help="small envelopes (5000)")
+    parser.add_argument("--latency", type=int, default=1000, help="envelopes for latency (1000)")
+    parser.add_argument("--large-mib", type=int, default=256, help="large document MiB (256)")
+    args = parser.parse_args()
+    logs.configure(json_lines=False, level=logging.ERROR)
+    log = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+
+    communes = {commune_code(i): (f"Xã {i}", Level.TOI_MAT) for i in range(75)}
+    agencies = {PROVINCE: ("Tỉnh", Level.TOI_MAT), **communes}
+    with tempfile.TemporaryDirectory(prefix="cp-bench-x-") as tmp:
+        work = Path(tmp)
+        world = build_world(work / "w", agencies, admin_url=ADMIN_URL)
+        gw = gateway_process(world)
+        receiver = None
+        try:
+            time.sleep(2)
+            target = commune_code(0)
+            small_dir = work / "small"
+            small_dir.mkdir()
+            docs = []
+            for i in range(args.small):
+                p = small_dir / f"d{i}.txt"
+                p.write_bytes(os.urandom(1024))
+                docs.append(p)
+            receiver = Receiver(world, target)
+            log(f"small: {args.small} x 1 KiB, send -> gateway -> receive ...")
+            start = time.perf_counter()
+            sent = send_many(world, docs, target)
+            assert receiver.wait_for(set(sent), 900), "not every small envelope arrived"
+            ours_small = time.perf_counter() - start
+            envelope_size = len((small_dir / "d0.txt").read_bytes()) + 900  # header + framing
+            log("small: raw two-hop baseline ...")
+            base_small = baseline(world.vhost, args.small, envelope_size)
+            small_msgs_s = args.small / ours_small
+            log(f"  ours {small_msgs_s:,.0f} msg/s, baseline {args.small / base_small:,.0f} msg/s")
+
+            rate = small_msgs_s / 2
+            log(f"latency at {rate:,.0f} msg/s ...")
+            lat_docs = docs[: args.latency]
+            lat_sent = send_many(world, lat_docs, target, rate=rate)
+            assert receiver.wait_for(set(lat_sent), 600)
+            lat = sorted((receiver.arrived[e] - t) * 1000 for e, t in lat_sent.items())
+            p50 = statistics.median(lat)
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+            log(f"large: {args.large_mib} MiB end to end ...")
+            big = work / "big.bin"
+            with big.open("wb") as f:
+                block = os.urandom(1 << 20)
+                for i in range(args.large_mib):
+                    f.write(i.to_bytes(4, "big") + block[4:])
+            start = time.perf_counter()
+            large_sent = send_many(world, [big], target)
+            assert receiver.wait_for(set(large_sent), 1800)
+            ours_large = time.perf_counter() - start
+            base_large = baseline(world.vhost, args.large_mib, 1 << 20)
+            large_mb_s = args.large_mib * 1.048576 / ours_large
+            log(
+                f"  ours {large_mb_s:,.0f} MB/s, baseline "
+                f"{args.large_mib * 1.048576 / base_large:,.0f} MB/s"
+            )
+            gateway_rss = vm_hwm_mib(gw.pid)
+            receiver.close()
+            receiver = None
+
+            log("broadcast: 1 MiB to 75 recipients ...")
+            one = work / "one.bin"
+            one.write_bytes(os.urandom(1 << 20))
+            with world.client(PROVINCE) as province:
+                start = time.perf_counter()
+                eid = province.send(
+                    one, to=[AgencyCode.parse(c) for c in communes], level=Level.MAT, progress=False
+                )
+            got: list[float] = []
+            lock = threading.Lock()
+
+            def receive_one(code: str) -> None:
+                with world.client(code) as c:
+                    while True:
+                        docs_ = c.receive(idle=0.3)
+                        if any(d.envelope_id == eid for d in docs_):
+                            with lock:
+                                got.append(time.perf_counter())
+                            return
+
+            threads = [threading.Thread(target=receive_one, args=(c,)) for c in communes]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(600)
+            broadcast_s = max(got) - start if len(got) == 75 else float("nan")
+            agent_rss = vm_hwm_mib()
+        finally:
+            if receiver is not None:
+                receiver.close()
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(60)
+            world.cleanup()
+
+    result = {
+        "small_msgs_s": round(small_msgs_s, 1),
+        "small_baseline_msgs_s": round(args.small / base_small, 1),
+        "small_ratio": round(base_small / ours_small, 3),
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "latency_rate_msgs_s": round(rate, 1),
+        "large_mib": args.large_mib,
+        "large_mb_s": round(large_mb_s, 1),
+        "large_baseline_mb_s": round(args.large_mib * 1.048576 / base_large, 1),
+        "large_ratio": round(base_large / ours_large, 3),
+        "peak_rss_mib": round(max(gateway_rss, agent_rss), 1),
+        "gateway_peak_rss_mib": round(gateway_rss, 1),
+        "agent_process_peak_rss_mib": round(agent_rss, 1),
+        "broadcast75_s": round(broadcast_s, 2),
+        "small_n": args.small,
+        "cpus": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>28}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""The exchange commands as a clerk and an operator type them (real RabbitMQ)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.world import PASSPHRASE
+from gateway.policy import sign_policy
+from keys import ca
+from keys.levels import Level
+from tests.exchange import ADMIN_URL, PROVINCE, A, make_world
+from tests.helpers import commune_code
+
+EXE = str(Path(sys.executable).with_name("cipherpost"))
+
+
+def run(*args, env=None, code=0, timeout=120):
+    env = env or dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
+    r = subprocess.run(
+        [EXE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def one_line(r) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = make_world(tmp_path_factory.mktemp("cli-exchange"))
+    env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
+    log = (w.root / "gateway.log").open("ab")
+    gw = subprocess.Popen(
+        [EXE, "gateway", "run", "--config", str(w.gateway_config())],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    time.sleep(1.5)
+    yield w
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait(timeout=60) == 0
+    w.cleanup()
+
+
+def test_send_receive_reply_status_via_cli(world, tmp_path):
+    doc = tmp_path / "qd-123.pdf"
+    doc.write_bytes(b"%PDF quyet dinh\n" * 300)
+    r = run(
+        "send",
+        doc,
+        "--to",
+        A,
+        "--level",
+        "mat",
+        "--urgency",
+        "khan",
+        "--subject",
+        "Quyết định 123",
+        "--config",
+        world.agent_config(PROVINCE),
+    )
+    eid = r.stdout.strip()
+    assert len(eid) == 32
+    r = run("receive", "--once", "--idle", "1.5", "--config", world.agent_config(A))
+    assert eid in r.stdout and "Quyết định 123" in r.stdout
+    inbox = world.agent_config(A).parent / "inbox"
+    files = sorted(p.name for p in inbox.iterdir())
+    assert f"{eid[:12]}-qd-123.pdf" in files and f"{eid[:12]}-qd-123.pdf.json" in files
+    meta = json.loads((inbox / f"{eid[:12]}-qd-123.pdf.json").read_text())
+    assert (meta["sender"]["code"], meta["level_display"], meta["urgency"]) == (
+        PROVINCE,
+        "Mật",
+        "khan",
+    )
+    run(
+        "reply-status",
+        eid,
+        "--code",
+        "04",
+        "--note",
+        "giao phòng Nội vụ",
+        "--config",
+        world.agent_config(A),
+    )
+    r = run("status", eid, "--json", "--idle", "1.5", "--config", world.agent_config(PROVINCE))
+    report = json.loads(r.stdout)
+    assert [h["status"] for h in report["recipients"][A]] == ["01", "04"]
+    assert all(h["verified"] for h in report["recipients"][A])
+    human = run("status", eid, "--config", world.agent_config(PROVINCE)).stdout
+    assert "01 arrived" in human and "04 assigned" in human and "[verified]" in human
+
+
+def test_cli_bad_input_one_line(world, tmp_path):
+    doc = tmp_path / "x.txt"
+    doc.write_bytes(b"x")
+    cfg = world.agent_config(PROVINCE)
+    assert "invalid agency code" in one_line(
+        run("send", doc, "--to", "H41", "--level", "mat", "--config", cfg, code=2)
+    )
+    assert "above the clearance" in one_line(
+        run("send", doc, "--to", "000.03.12.H41", "--level", "toi-mat", "--config", cfg, code=3)
+    )
+    assert "not in the directory" in one_line(
+        run("send", doc, "--to", "000.66.66.H41", "--level", "mat", "--config", cfg, code=3)
+    )
+    assert "not a file" in one_line(
+        run("send", tmp_path / "missing", "--to", A, "--level", "mat", "--config", cfg, code=1)
+    )
+    assert "--code must be one of" in one_line(
+        run("reply-status", "00" * 16, "--code", "01", "--config", cfg, code=2)
+    )
+    assert "knows nothing" in one_line(run("status", "00" * 16, "--config", cfg, code=1))
+    assert "cannot read agent config" in one_line(
+        run("receive", "--config", tmp_path / "none.toml", code=1)
+    )
+
+
+def test_broker_down_is_one_clear_line(world, tmp_path):
+    creds = json.loads(
+        (world.root / "broker-credentials" / f"{world.login(A)}.broker.json").read_text()
+    )
+    creds["port"] = 1  # nothing listens there
+    bad = tmp_path / "bad.broker.json"
+    bad.write_text(json.dumps(creds))
+    bad.chmod(0o600)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        world.agent_config(A)
+        .read_text()
+        .replace(f"../../broker-credentials/{world.login(A)}.broker.json", str(bad))
+        .replace('agency_dir = "keys"', f'agency_dir = "{world.agent_config(A).parent / "keys"}"')
+        .replace('"../../', f'"{world.root}/')
+        .replace('inbox = "inbox"', f'inbox = "{tmp_path / "inbox"}"')
+    )
+    doc = tmp_path / "x.txt"
+    doc.write_bytes(b"x")
+    r = run("send", doc, "--to", PROVINCE, "--level", "mat", "--config", cfg, code=1)
+    assert "broker not reachable" in one_line(r)
+    assert creds["password"] not in r.stderr
+
+
+def test_provision_cli_is_idempotent_and_revokes(world, tmp_path):
+    env = dict(
+        os.environ,
+        CIPHERPOST_PASSPHRASE=PASSPHRASE.decode(),
+        CIPHERPOST_STATE_DIR=str(tmp_path / "state"),
+    )
+    args = [
+        "broker",
+        "provision",
+        "--directory",
+        world.directory_path,
+        "--ca-cert",
+        world.ca_dir / "ca.crt",
+        "--admin-url",
+        ADMIN_URL,
+        "--vhost",
+        world.vhost,
+        "--login-prefix",
+        world.prefix,
+    ]
+    r = run(*args, env=env)
+    assert "nothing to change" in r.stdout
+    # revoke A, rebuild the directory, provision again: A's broker user goes away
+    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    import datetime as dt
+
+    from keys.codes import AgencyCode
+    from keys.directory import build_directory
+
+    ca.revoke(authority, AgencyCode.parse(A), "test", dt.datetime.now(dt.UTC))
+    newdir = tmp_path / "d.cpd"
+    newdir.write_bytes(build_directory(authority, world.root / "certs", dt.datetime.now(dt.UTC)))
+    args[3] = newdir
+    r = run(*args, env=env)
+    assert f"user {world.login(A)} removed (revoked)" in r.stdout
+    assert world.mgmt.get(f"/api/users/{world.mgmt.q(world.login(A))}") is None
+    assert "password" not in r.stdout.lower() or "credentials" not in r.stdout
+
+
+def test_gateway_refuses_to_start_on_a_bad_policy(world, tmp_path):
+    import shutil
+
+    cfg_dir = tmp_path / "gw"
+    shutil.copytree(world.root, cfg_dir, ignore=shutil.ignore_patterns("agents", "*.db*", "*.log"))
+    cfg = cfg_dir / "gw1.toml"
+    policy = cfg_dir / "policy.cpp"
+    good = policy.read_bytes()
+    cases = {
+        "unsigned": b"[policy]\nname='x'\n",
+        "tampered": good[:-70] + bytes([good[-70] ^ 1]) + good[-69:],
+    }
+    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    import datetime as dt
+
+    cases["expired"] = sign_policy(
+        "[policy]\nname = 'old'\n", authority, dt.datetime.now(dt.UTC) - dt.timedelta(days=40), 30
+    )
+    for name, data in cases.items():
+        policy.write_bytes(data)
+        r = run("gateway", "run", "--config", cfg, code=3, timeout=60)
+        assert "policy" in r.stderr.splitlines()[-1], (name, r.stderr)
+
+
+@pytest.mark.slow
+def test_seventy_five_recipients_in_one_envelope(tmp_path):
+    agencies = {PROVINCE: ("Tỉnh", Level.TOI_MAT)}
+    agencies.update({commune_code(i): (f"Xã {i}", Level.TOI_MAT) for i in range(75)})
+    w = make_world(tmp_path / "w75", agencies)
+    try:
+        w.start_gateway()
+        doc = tmp_path / "thong-bao.txt"
+        doc.write_bytes("Thông báo chung\n".encode() * 1000)
+        from keys.codes import AgencyCode
+
+        with w.client(PROVINCE) as p:
+            eid = p.send(
+                doc, to=[AgencyCode.parse(commune_code(i)) for i in range(75)], level=Level.MAT
+            )
+        got: dict[str, bool] = {}
+        lock = threading.Lock()
+
+        def receive(code: str) -> None:
+            with w.client(code) as c:
+                docs = c.receive(idle=0.5)
+            with lock:
+                got[code] = any(
+                    d.envelope_id == eid and d.path.read_bytes() == doc.read_bytes() for d in docs
+                )
+
+        for batch in range(0, 75, 15):
+            threads = [
+                threading.Thread(target=receive, args=(commune_code(i),))
+                for i in range(batch, batch + 15)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        assert len(got) == 75 and all(got.values())
+        with w.client(PROVINCE) as p:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                p.receive(idle=0.5)
+                report = p.status(eid)
+                if sum(1 for h in report["recipients"].values() if h) == 75:
+                    break
+        arrived = [
+            c
+            for c, h in report["recipients"].items()
+            if any(x["status"] == "01" and x["verified"] for x in h)
+        ]
+        assert len(arrived) == 75
+        records = [r for r in w.gateways[0][0].audit_records() if r["envelope_id"] == eid]
+        submission = [r for r in records if r["event"] == "submission"]
+        assert len(submission) == 1 and len(submission[0]["recipients"]) == 75
+    finally:
+        w.cleanup()
