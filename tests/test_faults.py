@@ -137,7 +137,9 @@ def test_kill_9_with_2000_in_flight_delivers_each_exactly_once(world):
         left = queue_depth(world, SUBMIT_QUEUE)
         assert 0 < left < 2000, f"kill came too late or too early ({left} left)"
         gw = gateway_process(world)
-        assert wait_for(lambda: queue_depth(world, SUBMIT_QUEUE) == 0, 180)
+        # Ready == 0 is not enough: the gateway may still hold prefetched messages.
+        assert wait_for(lambda: len(accepted_decisions(world)) == 2000, 240)
+        assert wait_for(lambda: queue_depth(world, inbox) >= 2000, 60)
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(timeout=60)
@@ -159,7 +161,8 @@ def test_sigterm_finishes_in_flight_work(world):
     assert gw.wait(timeout=60) == 0
     gw = gateway_process(world)
     try:
-        assert wait_for(lambda: queue_depth(world, SUBMIT_QUEUE) == 0, 120)
+        assert wait_for(lambda: len(accepted_decisions(world)) == 600, 180)
+        assert wait_for(lambda: queue_depth(world, inbox) >= 600, 60)
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(timeout=60)
