@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -504,8 +503,3 @@ def _unique(path: Path) -> Path:
         if not candidate.exists():
             return candidate
     raise CipherpostError(f"too many files named like {path.name}")
-
-
-def print_progress_line(text: str) -> None:
-    """One status line on stderr (agents' human output)."""
-    sys.stderr.write(text + "\n")

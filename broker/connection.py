@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +108,3 @@ def connect_blocking(config: BrokerConfig) -> pika.BlockingConnection:
         raise BrokerError(f"broker not reachable at {config.describe()}: {type(e).__name__}") from e
     except OSError as e:
         raise BrokerError(f"broker not reachable at {config.describe()}: {e.strerror or e}") from e
-
-
-def pid_tag() -> str:
-    """A short tag for connection names and logs."""
-    return f"{os.getpid()}"
