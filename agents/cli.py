@@ -514,6 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(handler=handler)
         return sp  # type: ignore[no-any-return]
 
+    def group(name: str, help_: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+        """A command with subcommands (``cipherpost ca ...``); each needs one of them."""
+        parent = add(sub, name, lambda a: 0, help_)
+        return parent.add_subparsers(
+            dest=f"{name}_command", required=True, metavar="COMMAND", parser_class=_Parser
+        )
+
     def directory_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--directory",
@@ -529,10 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="pin this CA certificate instead of the one trusted before",
         )
 
-    ca_p = add(sub, "ca", lambda a: 0, "the cipher department CA")
-    ca_sub = ca_p.add_subparsers(
-        dest="ca_command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
+    ca_sub = group("ca", "the cipher department CA")
     sp = add(ca_sub, "init", cmd_ca_init, "create the CA: Ed25519 root key and certificate")
     sp.add_argument("--dir", required=True, type=Path, metavar="CA_DIR")
     sp.add_argument("--name", default="Cipher Department CA", help="CA common name")
@@ -557,10 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
     sp.add_argument("--reason", required=True, metavar="TEXT")
 
-    keys_p = add(sub, "keys", lambda a: 0, "an agency's own keys")
-    keys_sub = keys_p.add_subparsers(
-        dest="keys_command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
+    keys_sub = group("keys", "an agency's own keys")
     sp = add(
         keys_sub,
         "enroll",
@@ -571,10 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", required=True, metavar="NAME")
     sp.add_argument("--dir", required=True, type=Path, metavar="AGENCY_DIR")
 
-    dir_p = add(sub, "directory", lambda a: 0, "the signed agency directory")
-    dir_sub = dir_p.add_subparsers(
-        dest="directory_command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
+    dir_sub = group("directory", "the signed agency directory")
     sp = add(
         dir_sub,
         "build",
@@ -702,10 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_arg(sp)
 
-    gw_p = add(sub, "gateway", lambda a: 0, "the gateway service")
-    gw_sub = gw_p.add_subparsers(
-        dest="gateway_command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
+    gw_sub = group("gateway", "the gateway service")
     sp = add(
         gw_sub,
         "run",
@@ -714,10 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--config", required=True, type=Path, metavar="GATEWAY.toml")
 
-    br_p = add(sub, "broker", lambda a: 0, "RabbitMQ provisioning")
-    br_sub = br_p.add_subparsers(
-        dest="broker_command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
+    br_sub = group("broker", "RabbitMQ provisioning")
     sp = add(
         br_sub,
         "provision",
@@ -743,10 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write new credentials here (0600) instead of printing them once",
     )
 
-    pol_p = add(sub, "policy", lambda a: 0, "the classification policy")
-    pol_sub = pol_p.add_subparsers(
-        dest="policy_command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
+    pol_sub = group("policy", "the classification policy")
     sp = add(pol_sub, "sign", cmd_policy_sign, "check and sign a TOML policy with the CA key")
     sp.add_argument("policy", type=Path, metavar="POLICY.toml")
     sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
