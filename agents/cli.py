@@ -30,7 +30,7 @@ from typing import NoReturn
 from cryptography.hazmat.primitives import serialization
 
 import envelopes
-from agents.client import Client
+from agents.client import Client, ReceivedDocument
 from agents.progress import ProgressReader
 from keys import agency, ca
 from keys.codes import AgencyCode
@@ -365,18 +365,25 @@ def cmd_receive(args: argparse.Namespace) -> int:
     stop = threading.Event()
     if args.follow:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def show(doc: ReceivedDocument) -> None:  # each document as soon as it is durable
+        meta = doc.metadata
+        if args.json:
+            line = json.dumps({**meta, "path": str(doc.path)}, ensure_ascii=False)
+        else:
+            line = (
+                f"{doc.envelope_id}  from {meta['sender']['code']}  {meta['level']}"
+                f"  {meta['subject'] or '-'}  -> {doc.path}"
+            )
+        print(line, flush=True)
+
     with _client(args) as client:
+        client.on_received = show
         try:
             got = client.receive(follow=args.follow, idle=args.idle, stop=stop)
         except KeyboardInterrupt:
             stop.set()
             got = client.received
-    for doc in got:
-        meta = doc.metadata
-        print(
-            f"{doc.envelope_id}  from {meta['sender']['code']}  {meta['level']}"
-            f"  {meta['subject'] or '-'}  -> {doc.path}"
-        )
     sys.stderr.write(f"{len(got)} document(s) received\n")
     return 0
 
@@ -664,6 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         metavar="SECONDS",
         help="with --once: stop after this long without a message (default 2)",
+    )
+    sp.add_argument(
+        "--json", action="store_true", help="one JSON object per document (the sidecar + path)"
     )
     config_arg(sp)
 

@@ -6,6 +6,8 @@ to the agency's broker login. Receiving spools each verified part to disk
 (ciphertext, fsynced) before acking it; when every part is there the envelope
 is opened through a quarantine file into the inbox folder, a JSON sidecar is
 written, and a signed receipt (status 01) goes back through the gateway.
+Documents of one consumer batch are made durable together (one fsync round at
+the batch end); only then are they recorded, acked and receipted.
 Duplicate deliveries are recognised by envelope id and part and never
 written twice.
 """
@@ -21,7 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +99,11 @@ class Client:
         self._publisher: ConfirmingPublisher | None = None
         self._in_flight: list[Future[None]] = []
         self.received: list[ReceivedDocument] = []
+        self.on_received: Callable[[ReceivedDocument], None] | None = None
+        self._to_sync: list[Path] = []
+        # Per document: (delivery, record it, then ack + receipt), run once its files are durable.
+        self._after_sync: list[tuple[Delivery, Callable[[], None], Callable[[], None]]] = []
+        self._opening: set[str] = set()
 
     def close(self) -> None:
         if self._publisher is not None:
@@ -219,7 +226,13 @@ class Client:
     ) -> list[ReceivedDocument]:
         """Consume the inbox: once (until ``idle`` seconds pass quietly) or until stopped."""
         self.received = []
-        consumer = Consumer(self.broker, inbox_queue(self.keys.code), self._handle, prefetch=32)
+        consumer = Consumer(
+            self.broker,
+            inbox_queue(self.keys.code),
+            self._handle,
+            prefetch=32,
+            on_batch_end=self._settle_batch,
+        )
         if stop is not None:
 
             def watch() -> None:
@@ -233,6 +246,39 @@ class Client:
     def _flush(self) -> None:
         if self._publisher is not None:
             self._publisher.flush(timeout=60)
+
+    def _settle_batch(self) -> None:
+        """Batch end: fsync the batch's inbox files, then record, ack and receipt them."""
+        paths, self._to_sync = self._to_sync, []
+        pending, self._after_sync = self._after_sync, []
+        self._opening.clear()
+        try:
+            for path in paths:
+                _fsync(path)
+            for folder in {p.parent for p in paths}:
+                _fsync(folder)  # the renames too
+        except OSError as e:
+            log.error("inbox_sync_failed", error=e.strerror)
+            for path in paths:
+                path.unlink(missing_ok=True)  # not durable: the redelivery writes it again
+            for d, _, _ in pending:
+                d.reject(requeue=True)
+            return
+        try:
+            with self.state.transaction():  # one commit for the batch's records
+                for _, record, _ in pending:
+                    record()
+        except Exception as e:
+            log.error("inbox_state_failed", error=type(e).__name__, detail=str(e)[:200])
+            for d, _, _ in pending:
+                d.reject(requeue=True)  # the files stay; the redelivery is recognised
+            return
+        for d, _, announce in pending:
+            try:
+                announce()
+            except Exception as e:
+                log.error("inbox_internal_error", error=type(e).__name__, detail=str(e)[:200])
+                d.reject(requeue=True)
 
     def _handle(self, d: Delivery) -> None:
         try:
@@ -272,13 +318,12 @@ class Client:
         now = _now()
         part = parse_part(d.body)
         eid = part.header.envelope_id.hex()
-        if self.state.received(eid) is not None:
+        if eid in self._opening or self.state.received(eid) is not None:
             d.ack()  # a duplicate delivery of a document already in the inbox
             return
         if part.header.segment_count == 1:
             # One segment: the part is the whole envelope; open it straight from the message.
-            self._assemble(eid, io.BytesIO(d.body), part.header.hash, now)
-            d.ack()
+            self._assemble(d, eid, io.BytesIO(d.body), part.header.hash, now)
             return
         folder = self.spool / eid
         if self.state.has_part(eid, part.segment.index):
@@ -298,16 +343,21 @@ class Client:
         count = part.header.segment_count
         stream = _ChainReader([folder / "header"] + [folder / f"{i:08d}.seg" for i in range(count)])
         try:
-            self._assemble(eid, stream, part.header.hash, now)
+            self._assemble(d, eid, stream, part.header.hash, now, spooled=folder)
         finally:
             stream.close()
-        shutil.rmtree(folder, ignore_errors=True)
-        d.ack()
 
     def _assemble(
-        self, eid: str, stream: BinaryIO | io.RawIOBase, header_hash: bytes, now: dt.datetime
+        self,
+        d: Delivery,
+        eid: str,
+        stream: BinaryIO | io.RawIOBase,
+        header_hash: bytes,
+        now: dt.datetime,
+        spooled: Path | None = None,
     ) -> None:
-        """Open a whole envelope stream into the inbox, write the sidecar, send the receipt."""
+        """Open a whole envelope into the inbox and write the sidecar; at the batch end (once
+        both are durable) record it, ack ``d``, drop the spooled parts and send the receipt."""
         self.config.inbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         target = self.config.inbox / f".{eid}.opened"  # renamed once the file name is known
         target.unlink(missing_ok=True)  # left by an attempt that died before the rename
@@ -318,6 +368,7 @@ class Client:
                 keys=self.keys,
                 directory=self.directory,
                 now=now,
+                sync=False,
             )
         except EnvelopeRefused as e:
             self.state.record_received(eid, "", header_hash.hex(), "", "refused", str(e))
@@ -344,19 +395,31 @@ class Client:
         }
         sidecar = final.with_name(final.name + ".json")
         _write_durably(
-            sidecar, (json.dumps(sidecar_data, ensure_ascii=False, indent=2) + "\n").encode()
+            sidecar,
+            (json.dumps(sidecar_data, ensure_ascii=False, indent=2) + "\n").encode(),
+            sync=False,
         )
-        self.state.record_received(eid, info["sender"]["code"], header_hash.hex(), str(final), "ok")
-        self.received.append(ReceivedDocument(eid, final, sidecar, sidecar_data))
-        log.info("received", envelope=eid, sender=info["sender"]["code"], label=info["level"])
-        self._send_notice(
-            KIND_RECEIPT,
-            bytes.fromhex(eid),
-            header_hash,
-            AgencyCode.parse(info["sender"]["code"]),
-            "01",
-            "",
-        )
+        self._to_sync += [final, sidecar]
+        self._opening.add(eid)
+        sender = info["sender"]["code"]
+
+        def record() -> None:
+            self.state.record_received(eid, sender, header_hash.hex(), str(final), "ok")
+
+        def announce() -> None:
+            d.ack()
+            if spooled is not None:
+                shutil.rmtree(spooled, ignore_errors=True)
+            document = ReceivedDocument(eid, final, sidecar, sidecar_data)
+            self.received.append(document)
+            log.info("received", envelope=eid, sender=sender, label=info["level"])
+            self._send_notice(
+                KIND_RECEIPT, bytes.fromhex(eid), header_hash, AgencyCode.parse(sender), "01", ""
+            )
+            if self.on_received is not None:
+                self.on_received(document)
+
+        self._after_sync.append((d, record, announce))
 
     # --- statuses ----------------------------------------------------------------------------
 
@@ -478,14 +541,25 @@ class _ChainReader(io.RawIOBase):
         super().close()
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write via a temporary file and a rename (``sync=False``: the caller fsyncs later)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder: so the renames in it are durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _safe_filename(name: str) -> str:

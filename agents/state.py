@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,18 @@ class AgentState:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group the writes inside into one commit (the agent's batch end)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

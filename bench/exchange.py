@@ -44,7 +44,7 @@ from agents.world import PASSPHRASE, World, build_world  # noqa: E402
 from broker.connection import BrokerConfig  # noqa: E402
 from broker.consumer import Consumer, Delivery  # noqa: E402
 from broker.publisher import ConfirmingPublisher  # noqa: E402
-from broker.topology import QUEUE_ARGUMENTS  # noqa: E402
+from broker.topology import QUEUE_ARGUMENTS, inbox_queue  # noqa: E402
 from keys.codes import AgencyCode  # noqa: E402
 from keys.levels import Level  # noqa: E402
 from tests.helpers import commune_code  # noqa: E402
@@ -125,35 +125,65 @@ def gateway_process(world: World) -> subprocess.Popen[bytes]:
 
 
 class Receiver:
-    """An agent receiving in a thread; records when each envelope arrived."""
+    """One agency's real agent (``cipherpost receive --follow --json``) in its own process.
+
+    Each document is timed when the agent prints it, that is once it is verified,
+    decrypted, durable in the inbox folder and acked.
+    """
 
     def __init__(self, world: World, code: str) -> None:
-        self.client = world.client(code)
+        exe = Path(sys.executable).with_name("cipherpost")
+        env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
         self.arrived: dict[str, float] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.proc = subprocess.Popen(
+            [str(exe), "receive", "--follow", "--json", "--config", str(world.agent_config(code))],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=(world.root / f"receiver-{code}.log").open("ab"),
+        )
+        self.peak_rss_mib = 0.0
+        self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
-    def _run(self) -> None:
-        original = self.client._assemble
-
-        def timed(eid, *args, **kwargs):  # type: ignore[no-untyped-def]
-            original(eid, *args, **kwargs)
-            self.arrived[eid] = time.perf_counter()
-
-        self.client._assemble = timed  # type: ignore[method-assign]
-        self.client.receive(follow=True, stop=self.stop)
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.arrived[json.loads(line)["envelope_id"]] = time.monotonic()
 
     def wait_for(self, ids: set[str], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not ids <= self.arrived.keys() and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"receiver exited with {self.proc.returncode}")
             time.sleep(0.01)
         return ids <= self.arrived.keys()
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        self.client.close()
+        if self.proc.poll() is None:
+            self.peak_rss_mib = vm_hwm_mib(self.proc.pid)
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.thread.join(10)
+
+
+def wait_for_consumers(world: World, codes: list[str], timeout: float = 300) -> None:
+    """Until every inbox queue has its agent attached."""
+    conn = pika.BlockingConnection(BrokerConfig("guest", "guest", vhost=world.vhost).parameters())
+    try:
+        ch = conn.channel()
+        deadline = time.monotonic() + timeout
+        for code in codes:
+            while (
+                ch.queue_declare(
+                    inbox_queue(AgencyCode.parse(code)), passive=True
+                ).method.consumer_count
+                < 1
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no agent attached to the inbox of {code}")
+                time.sleep(0.1)
+    finally:
+        conn.close()
 
 
 def send_many(
@@ -161,13 +191,13 @@ def send_many(
 ) -> dict[str, float]:
     sent: dict[str, float] = {}
     with world.client(PROVINCE) as province:
-        start = time.perf_counter()
+        start = time.monotonic()
         for i, doc in enumerate(docs):
             if rate:
-                delay = start + i / rate - time.perf_counter()
+                delay = start + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            t = time.perf_counter()
+            t = time.monotonic()
             eid = province.send(
                 doc, to=[AgencyCode.parse(to)], level=Level.MAT, progress=False, wait=False
             )
@@ -204,11 +234,12 @@ def main() -> int:
                 p.write_bytes(os.urandom(1024))
                 docs.append(p)
             receiver = Receiver(world, target)
+            wait_for_consumers(world, [target])
             log(f"small: {args.small} x 1 KiB, send -> gateway -> receive ...")
-            start = time.perf_counter()
+            start = time.monotonic()
             sent = send_many(world, docs, target)
             assert receiver.wait_for(set(sent), 900), "not every small envelope arrived"
-            ours_small = time.perf_counter() - start
+            ours_small = time.monotonic() - start
             envelope_size = len((small_dir / "d0.txt").read_bytes()) + 900  # header + framing
             log("small: raw two-hop baseline ...")
             base_small = baseline(world.vhost, args.small, envelope_size)
@@ -230,10 +261,10 @@ def main() -> int:
                 block = os.urandom(1 << 20)
                 for i in range(args.large_mib):
                     f.write(i.to_bytes(4, "big") + block[4:])
-            start = time.perf_counter()
+            start = time.monotonic()
             large_sent = send_many(world, [big], target)
             assert receiver.wait_for(set(large_sent), 1800)
-            ours_large = time.perf_counter() - start
+            ours_large = time.monotonic() - start
             base_large = baseline(world.vhost, args.large_mib, 1 << 20)
             large_mb_s = args.large_mib * 1.048576 / ours_large
             log(
@@ -242,39 +273,30 @@ def main() -> int:
             )
             gateway_rss = vm_hwm_mib(gw.pid)
             receiver.close()
+            receiver_rss = receiver.peak_rss_mib
             receiver = None
+            sender_rss = vm_hwm_mib()  # the sending agent (this process, also the baseline)
 
-            log("broadcast: 1 MiB to 75 recipients ...")
+            log("broadcast: 1 MiB to 75 recipients (75 agent processes) ...")
             one = work / "one.bin"
             one.write_bytes(os.urandom(1 << 20))
-            # Open the 75 agents first: unlocking each key (argon2id) is not delivery time.
-            clients = {code: world.client(code) for code in communes}
-            with world.client(PROVINCE) as province:
-                start = time.perf_counter()
-                eid = province.send(
-                    one, to=[AgencyCode.parse(c) for c in communes], level=Level.MAT, progress=False
-                )
-            got: list[float] = []
-            lock = threading.Lock()
-
-            def receive_one(code: str) -> None:
-                c = clients[code]
-                deadline = time.monotonic() + 300
-                while time.monotonic() < deadline:
-                    if any(d.envelope_id == eid for d in c.receive(idle=0.3)):
-                        with lock:
-                            got.append(time.perf_counter())
-                        return
-
-            threads = [threading.Thread(target=receive_one, args=(c,)) for c in communes]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(600)
-            for c in clients.values():
-                c.close()
-            broadcast_s = max(got) - start if len(got) == 75 else float("nan")
-            agent_rss = vm_hwm_mib()
+            # The 75 agents run and wait first: unlocking keys is not delivery time.
+            broadcast = [Receiver(world, code) for code in communes]
+            try:
+                wait_for_consumers(world, list(communes))
+                with world.client(PROVINCE) as province:
+                    start = time.monotonic()
+                    eid = province.send(
+                        one,
+                        to=[AgencyCode.parse(c) for c in communes],
+                        level=Level.MAT,
+                        progress=False,
+                    )
+                got = [r.arrived[eid] for r in broadcast if r.wait_for({eid}, 300)]
+                broadcast_s = max(got) - start if len(got) == 75 else float("nan")
+            finally:
+                for r in broadcast:
+                    r.close()
         finally:
             if receiver is not None:
                 receiver.close()
@@ -293,9 +315,10 @@ def main() -> int:
         "large_mb_s": round(large_mb_s, 1),
         "large_baseline_mb_s": round(args.large_mib * 1.048576 / base_large, 1),
         "large_ratio": round(base_large / ours_large, 3),
-        "peak_rss_mib": round(max(gateway_rss, agent_rss), 1),
+        "peak_rss_mib": round(max(gateway_rss, receiver_rss, sender_rss), 1),
         "gateway_peak_rss_mib": round(gateway_rss, 1),
-        "agent_process_peak_rss_mib": round(agent_rss, 1),
+        "receiver_peak_rss_mib": round(receiver_rss, 1),
+        "sender_peak_rss_mib": round(sender_rss, 1),
         "broadcast75_s": round(broadcast_s, 2),
         "small_n": args.small,
         "cpus": os.cpu_count(),

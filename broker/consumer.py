@@ -1,6 +1,10 @@
 """A consumer loop with reconnect and backoff, and thread-safe acks.
 
 The handler runs on the consumer's thread and receives a :class:`Delivery`.
+``on_batch_end`` (optional) runs on that thread after each poll has handed
+out every delivery it brought, after every quarter of the prefetch window,
+and at least every 0.2 s: a handler can defer
+durability to it and commit a batch at once (group commit).
 It may ack or reject at once, or later from any thread (for instance when the
 publisher confirms a forward): :meth:`Delivery.ack` hands the ack to the
 connection's own thread with ``add_callback_threadsafe``. An ack for a
@@ -98,12 +102,17 @@ class Consumer:
         *,
         prefetch: int = 64,
         on_connected: Callable[[], None] | None = None,
+        on_batch_end: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.queue = queue
         self.handler = handler
         self.prefetch = prefetch
         self.on_connected = on_connected
+        self.on_batch_end = on_batch_end
+        # Settle in quarter-windows: the broker refills the window while the rest is handled.
+        self.batch_max = max(1, prefetch // 4)
+        self._in_batch = 0
         self._stop = threading.Event()
         self._drain: Callable[[], None] | None = None
         self._last = time.monotonic()
@@ -191,6 +200,9 @@ class Consumer:
                     threading.get_ident(),
                 )
             )
+            self._in_batch += 1
+            if self._in_batch >= self.batch_max:
+                self._batch_end()
 
         consumer_tag = channel.basic_consume(self.queue, on_message)
         self.connected.set()
@@ -198,10 +210,12 @@ class Consumer:
             self.on_connected()
         while not self._stop.is_set():
             connection.process_data_events(time_limit=POLL_S)
+            self._batch_end()
             if until_idle is not None and time.monotonic() - self._last > until_idle:
                 self._stop.set()
         # No new deliveries from here; unacked ones are requeued when the connection closes.
         channel.basic_cancel(consumer_tag)
+        self._batch_end()
         if self._drain is not None:
             drain_done = threading.Event()
 
@@ -217,3 +231,10 @@ class Consumer:
                 connection.process_data_events(time_limit=POLL_S)
         connection.process_data_events(time_limit=0)
         return True
+
+    def _batch_end(self) -> None:
+        self._in_batch = 0
+        # Every delivery the last poll brought has been handed out: the handler may now
+        # make a whole batch durable at once (one commit, one fsync round) and settle it.
+        if self.on_batch_end is not None:
+            self.on_batch_end()

