@@ -30,9 +30,11 @@ from typing import NoReturn
 from cryptography.hazmat.primitives import serialization
 
 import envelopes
+from agents import audit_cli
 from agents.client import Client, ReceivedDocument
 from agents.progress import ProgressReader
 from keys import agency, ca
+from keys.auditkey import AuditKeyRequest
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState, build_directory
 from keys.errors import EXIT_ERROR, EXIT_USAGE, CipherpostError, UsageError
@@ -137,6 +139,14 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
     print(f"issued {request.code} ({request.name}) cleared for {args.clearance}:")
     for p in paths:
         print(f"  {p}")
+    return 0
+
+
+def cmd_ca_issue_audit(args: argparse.Namespace) -> int:
+    request = AuditKeyRequest.parse(_read_file(args.request, "audit key request"))
+    authority = ca.open_ca(args.ca, read_passphrase())
+    path = ca.issue_audit(authority, request, args.out, _now(), args.valid_days)
+    print(f"audit key of {request.code} certified: {path}")
     return 0
 
 
@@ -417,6 +427,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             mark = "verified" if item["verified"] else "NOT VERIFIED"
             note = f"  {item['note']}" if item["note"] else ""
             print(f"    {item['time']}  {item['status']} {item['status_name']}{note}  [{mark}]")
+    audit = report["audit"]
+    if audit is not None:
+        mark = "verified" if audit["verified"] else "NOT VERIFIED"
+        print(
+            f"  audit: logged at leaf {audit['leaf_index']} of log {audit['log_id']}, "
+            f"proven in checkpoint {audit['checkpoint']}  [{mark}]"
+        )
+    elif report["sent"] is not None:
+        print("  audit: no inclusion proof yet (it comes with the gateway's next checkpoint)")
     return 0
 
 
@@ -563,6 +582,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-issue for an agency that already holds certificates",
     )
+    sp = add(
+        ca_sub,
+        "issue-audit",
+        cmd_ca_issue_audit,
+        "certify a gateway's audit key (it signs audit checkpoints, nothing else)",
+    )
+    sp.add_argument("request", type=Path, metavar="AUDIT_REQUEST")
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--out", required=True, type=Path, metavar="CERTS_DIR")
+    sp.add_argument("--valid-days", type=int, default=365, metavar="N")
     sp = add(ca_sub, "revoke", cmd_ca_revoke, "revoke every certificate of an agency (CRL)")
     sp.add_argument("code", metavar="CODE")
     sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
@@ -761,6 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--admin-url", default="http://guest:guest@127.0.0.1:15672", metavar="URL")
     sp.add_argument("--amqp-port", type=int, default=5672, metavar="PORT")
     sp.add_argument("--dir", type=Path, metavar="DIR", help="keep the demo's files here")
+
+    audit_cli.register(group, add)
 
     sp = add(
         sub,

@@ -6,14 +6,16 @@ to the agency's broker login. Receiving spools each verified part to disk
 (ciphertext, fsynced) before acking it; when every part is there the envelope
 is opened through a quarantine file into the inbox folder, a JSON sidecar is
 written, and a signed receipt (status 01) goes back through the gateway.
-Documents of one consumer batch are made durable together (one fsync round at
-the batch end); only then are they recorded, acked and receipted.
+Parts and documents of one consumer batch are made durable together (one
+fsync round at the batch end); only then are they recorded, acked and
+receipted.
 Duplicate deliveries are recognised by envelope id and part and never
 written twice.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import io
 import json
@@ -52,12 +54,15 @@ from envelopes.notices import (
     verify_notice,
 )
 from envelopes.parts import iter_parts, parse_part
-from gateway.service import MESSAGE_NOTICE, MESSAGE_PART
+from gateway import merkle
+from gateway.auditlog import PROOF_MAGIC, check_proof
+from gateway.checkpoint import parse_checkpoint, read_checkpoint_file
+from gateway.service import MESSAGE_AUDIT_PROOF, MESSAGE_NOTICE, MESSAGE_PART
 from keys.agency import TRUST_FILE, load_agency
 from keys.ca import load_ca_certificate
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState
-from keys.errors import CipherpostError, UsageError
+from keys.errors import CipherpostError, Refused, UsageError
 from keys.levels import Level, Urgency
 
 log = structlog.get_logger("cipherpost.agent")
@@ -85,7 +90,7 @@ class Client:
     def __init__(self, config: AgentConfig, passphrase: bytes) -> None:
         self.config = config
         self.keys = load_agency(config.agency_dir, passphrase)
-        ca_cert = load_ca_certificate(config.ca_cert)
+        self.ca_certificate = ca_cert = load_ca_certificate(config.ca_cert)
         try:
             data = config.directory.read_bytes()
         except OSError as e:
@@ -102,8 +107,9 @@ class Client:
         self.on_received: Callable[[ReceivedDocument], None] | None = None
         self._to_sync: list[Path] = []
         # Per document: (delivery, record it, then ack + receipt), run once its files are durable.
-        self._after_sync: list[tuple[Delivery, Callable[[], None], Callable[[], None]]] = []
+        self._after_sync: list[tuple[Delivery, Callable[[], object], Callable[[], None]]] = []
         self._opening: set[str] = set()
+        self._spooling: dict[str, set[int]] = {}
 
     def close(self) -> None:
         if self._publisher is not None:
@@ -252,6 +258,7 @@ class Client:
         paths, self._to_sync = self._to_sync, []
         pending, self._after_sync = self._after_sync, []
         self._opening.clear()
+        self._spooling.clear()
         try:
             for path in paths:
                 _fsync(path)
@@ -284,6 +291,8 @@ class Client:
         try:
             if d.kind == MESSAGE_NOTICE:
                 self._on_notice(d)
+            elif d.kind == MESSAGE_AUDIT_PROOF:
+                self._on_audit_proof(d)
             else:
                 self._on_part(d)
         except EnvelopeRefused as e:
@@ -314,6 +323,42 @@ class Client:
             )
         d.ack()
 
+    def _on_audit_proof(self, d: Delivery) -> None:
+        """The gateway's leaf index and inclusion proof for envelopes this agency sent."""
+        try:
+            doc = json.loads(d.body)
+            checked = read_checkpoint_file(
+                json.dumps(doc["checkpoint"]).encode(), self.ca_certificate
+            )
+            entries = doc["entries"]
+            if not isinstance(entries, list):
+                raise ValueError("entries is not a list")
+        except (ValueError, KeyError, TypeError, Refused) as e:
+            raise EnvelopeRefused(f"audit proof message refused: {e}") from None
+        cp = checked.checkpoint
+        kept = 0
+        for entry in entries:
+            proof = {**entry, "format": PROOF_MAGIC, "log_id": cp.log_id, "tree_size": cp.size}
+            try:
+                fields = check_proof(proof, checked)
+            except Refused as e:
+                log.warning("audit_proof_refused", reason=str(e))
+                continue
+            eid = str(fields["envelope_id"])
+            if fields["sender"] != self.keys.code.text or self.state.sent(eid) is None:
+                continue  # not one of ours
+            self.state.record_proof(
+                eid,
+                cp.log_id,
+                int(entry["leaf_index"]),
+                cp.size,
+                json.dumps(proof),
+                cp.note.decode(),
+            )
+            kept += 1
+        log.info("audit_proofs_received", checkpoint=cp.describe(), kept=kept)
+        d.ack()
+
     def _on_part(self, d: Delivery) -> None:
         now = _now()
         part = parse_part(d.body)
@@ -326,21 +371,24 @@ class Client:
             self._assemble(d, eid, io.BytesIO(d.body), part.header.hash, now)
             return
         folder = self.spool / eid
-        if self.state.has_part(eid, part.segment.index):
-            have = self.state.count_parts(eid)  # a redelivery: the part is already spooled
-        else:
+        index = part.segment.index
+        batch = self._spooling.setdefault(eid, set())  # spooled in this batch, not yet recorded
+        if index not in batch and not self.state.has_part(eid, index):
             checked = check_header(part.header.raw, part.header_signature, self.directory, now)
             if part.header.recipient(self.keys.code) is None:
                 raise EnvelopeRefused(f"{self.keys.code} is not a recipient of {eid}")
             check_segment(checked, part.segment)
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write_durably(folder / "header", part.header_frame)
-            _write_durably(folder / f"{part.segment.index:08d}.seg", part.segment_frame)
-            have = self.state.add_part(eid, part.segment.index)
-        if have < part.header.segment_count:
-            d.ack()
-            return
+            _write_durably(folder / "header", part.header_frame, sync=False)
+            _write_durably(folder / f"{index:08d}.seg", part.segment_frame, sync=False)
+            self._to_sync += [folder / "header", folder / f"{index:08d}.seg"]
+            batch.add(index)
+            self._after_sync.append((d, lambda: self.state.add_part(eid, index), d.ack))
+        else:
+            self._after_sync.append((d, lambda: None, d.ack))  # a redelivery: already spooled
         count = part.header.segment_count
+        if self.state.count_parts(eid) + len(batch) < count:
+            return
         stream = _ChainReader([folder / "header"] + [folder / f"{i:08d}.seg" for i in range(count)])
         try:
             self._assemble(d, eid, stream, part.header.hash, now, spooled=folder)
@@ -505,6 +553,33 @@ class Client:
             "received": received,
             "gateway": gateway,
             "recipients": history,
+            "audit": self._audit_status(envelope_id),
+        }
+
+    def _audit_status(self, envelope_id: str) -> dict[str, Any] | None:
+        """Where the gateway logged this envelope, with its proof checked again."""
+        stored = self.state.proof(envelope_id)
+        if stored is None:
+            return None
+        cp = parse_checkpoint(stored["checkpoint"].encode())
+        proof = json.loads(stored["proof"])
+        try:
+            merkle.verify_inclusion(
+                merkle.leaf_hash(base64.b64decode(proof["leaf"])),
+                int(proof["leaf_index"]),
+                cp.size,
+                [base64.b64decode(h) for h in proof["proof"]],
+                cp.root,
+            )
+            verified = True
+        except (merkle.ProofError, ValueError, KeyError):
+            verified = False
+        return {
+            "log_id": stored["log_id"],
+            "leaf_index": stored["leaf_index"],
+            "checkpoint": cp.describe(),
+            "checkpoint_size": cp.size,
+            "verified": verified,
         }
 
 

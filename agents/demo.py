@@ -5,8 +5,10 @@ signed policy, provisioning, a gateway; the province sends one Mật document
 to the three communes as one envelope, they receive it and their signed
 receipts come back; a Tối mật document to the commune cleared only for Mật is
 refused (locally by the agent, and by the gateway with its rule id when a
-tampered agent skips that check); the audit records are printed. The vhost
-and its users are removed at the end.
+tampered agent skips that check); the audit records are printed; the cipher
+department's witness checks the gateway's signed checkpoints, the whole log is
+verified and one inclusion proof is checked offline. The vhost and its users
+are removed at the end.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import envelopes
 from agents import logs
 from agents.world import World, build_world
 from broker.management import Management, ManagementError
+from broker.provision import WITNESS_LOGIN
 from keys.codes import AgencyCode
 from keys.directory import Directory
 from keys.errors import CipherpostError, Refused
@@ -167,12 +170,66 @@ def _story(world: World) -> int:
             f"{rec['sender']} -> {','.join(recipients) or '-'} "
             f"level={rec['level'] or '-'} {rec['decision']} rule={rec['rule_id']}"
         )
+    failures += _audit(world, eid)
     _say(
         "demo complete: every step ended as expected"
         if not failures
         else f"demo FAILED: {failures} step(s) did not end as expected"
     )
     return 0 if not failures else 1
+
+
+def _audit(world: World, eid: str) -> int:
+    """The cipher department witnesses the checkpoints, verifies the log, checks one proof."""
+    from agents.cli import main as cli  # the same commands a person types
+
+    ca_cert = str(world.ca_dir / "ca.crt")
+    store = world.root / "witness"
+    creds = world.root / "broker-credentials" / f"{world.prefix}{WITNESS_LOGIN}.broker.json"
+    _say("6. The cipher department's witness takes the gateway's signed checkpoints off the")
+    _say("   broker and checks each extends the last (cipherpost audit witness):")
+    failures = cli(
+        [
+            "audit",
+            "witness",
+            "--store",
+            str(store),
+            "--ca",
+            ca_cert,
+            "--broker",
+            str(creds),
+            "--idle",
+            "1.5",
+            "--verbose",
+        ]
+    )
+    _say("   It recomputes the whole log against them (cipherpost audit verify):")
+    failures += cli(
+        ["audit", "verify", "--db", str(world.root / "audit.db"), "--checkpoints", str(store)]
+    )
+    latest = sorted(store.rglob("*.checkpoint.json"))[-1]
+    proof = world.root / "proof.json"
+    _say(f"7. An inclusion proof of envelope {eid[:12]}…, checked offline with only the")
+    _say("   checkpoint file and the CA certificate (cipherpost audit prove / check-proof):")
+    failures += cli(
+        [
+            "audit",
+            "prove",
+            eid,
+            "--db",
+            str(world.root / "audit.db"),
+            "--checkpoint",
+            str(latest),
+            "--ca",
+            ca_cert,
+            "--out",
+            str(proof),
+        ]
+    )
+    failures += cli(
+        ["audit", "check-proof", str(proof), "--checkpoint", str(latest), "--ca", ca_cert]
+    )
+    return 1 if failures else 0
 
 
 def _forged_directory(directory: Directory, code: str) -> Directory:

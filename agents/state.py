@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS statuses (
     reason TEXT NOT NULL, note TEXT NOT NULL, verified INTEGER NOT NULL, raw BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS statuses_envelope ON statuses(envelope_id);
+CREATE TABLE IF NOT EXISTS proofs (
+    envelope_id TEXT PRIMARY KEY, log_id TEXT NOT NULL, leaf_index INTEGER NOT NULL,
+    tree_size INTEGER NOT NULL, proof TEXT NOT NULL, checkpoint TEXT NOT NULL
+);
 """
 
 
@@ -177,6 +181,26 @@ class AgentState:
                 ),
             )
             return cur.rowcount == 1
+
+    def record_proof(
+        self, envelope_id: str, log_id: str, leaf_index: int, tree_size: int, proof: str, cp: str
+    ) -> None:
+        """Keep the first verified inclusion proof of a sent envelope's audit record."""
+        self._exec(
+            "INSERT OR IGNORE INTO proofs VALUES (?,?,?,?,?,?)",
+            (envelope_id, log_id, leaf_index, tree_size, proof, cp),
+        )
+
+    def proof(self, envelope_id: str) -> dict[str, Any] | None:
+        rows = self._exec(
+            "SELECT log_id, leaf_index, tree_size, proof, checkpoint FROM proofs"
+            " WHERE envelope_id=?",
+            (envelope_id,),
+        )
+        if not rows:
+            return None
+        keys = ("log_id", "leaf_index", "tree_size", "proof", "checkpoint")
+        return dict(zip(keys, rows[0], strict=True))
 
     def statuses(self, envelope_id: str) -> list[dict[str, Any]]:
         rows = self._exec(

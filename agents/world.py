@@ -16,11 +16,12 @@ from pathlib import Path
 from agents.client import Client
 from agents.config import AgentConfig
 from broker.management import Management
-from broker.provision import GATEWAY_LOGIN, delete_vhost, provision
+from broker.provision import GATEWAY_LOGIN, WITNESS_LOGIN, delete_vhost, provision
 from gateway.config import GatewayConfig
 from gateway.policy import sign_policy
 from gateway.service import Gateway, load
 from keys import agency, ca
+from keys.auditkey import AUDIT_CERT_FILE, AuditKeyRequest, make_audit_key
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState, build_directory
 from keys.levels import Level
@@ -98,7 +99,8 @@ class World:
         delete_vhost(
             self.mgmt,
             self.vhost,
-            [self.login(c) for c in [*self.agencies, GATEWAY_CODE]] + [self.prefix + GATEWAY_LOGIN],
+            [self.login(c) for c in [*self.agencies, GATEWAY_CODE]]
+            + [self.prefix + GATEWAY_LOGIN, self.prefix + WITNESS_LOGIN],
         )
 
 
@@ -112,6 +114,8 @@ def build_world(
     policy_text: str = DEFAULT_POLICY,
     gateways: tuple[str, ...] = ("gw1",),
     now: dt.datetime | None = None,
+    checkpoint_every: int = 1000,
+    checkpoint_seconds: float = 2.0,
 ) -> World:
     """Everything an operator would set up, in ``root``; nothing started yet."""
     now = now or dt.datetime.now(dt.UTC)
@@ -151,10 +155,17 @@ def build_world(
         credentials_dir=creds,
     )
     for name in gateways:
+        # Each gateway instance keeps its own log, signed with its own audit key.
+        audit_dir = root / f"{name}-audit"
+        audit_req = make_audit_key(audit_dir, AgencyCode.parse(GATEWAY_CODE), PASSPHRASE, now)
+        ca.issue_audit(authority, AuditKeyRequest.parse(audit_req.read_bytes()), certs, now, 30)
+        (certs / f"{GATEWAY_CODE}.audit.crt").replace(audit_dir / AUDIT_CERT_FILE)
         world.gateway_config(name).write_text(
             f'gateway_id = "{name}"\nagency_dir = "gateway-keys"\ndirectory = "directory.cpd"\n'
             f'ca_cert = "ca/ca.crt"\npolicy = "policy.cpp"\naudit_db = "audit.db"\n'
-            f'state_dir = "{name}-state"\n\n[broker]\n'
+            f'state_dir = "{name}-state"\naudit_dir = "{name}-audit"\n\n'
+            f"[audit]\ncheckpoint_every = {checkpoint_every}\n"
+            f"checkpoint_seconds = {checkpoint_seconds}\n\n[broker]\n"
             f'credentials = "broker-credentials/{world.prefix}{GATEWAY_LOGIN}.broker.json"\n'
             f'login_prefix = "{world.prefix}"\n'
         )

@@ -19,6 +19,7 @@ from broker.management import Management
 from keys.directory import Directory
 
 GATEWAY_LOGIN = "cp-gateway"
+WITNESS_LOGIN = "cp-witness"
 
 
 @dataclass
@@ -36,12 +37,15 @@ def declare_topology(mgmt: Management, vhost: str, result: ProvisionResult) -> N
         (topology.SUBMIT_EXCHANGE, "direct"),
         (topology.DELIVER_EXCHANGE, "direct"),
         (topology.DEAD_EXCHANGE, "fanout"),
+        (topology.CHECKPOINT_EXCHANGE, "fanout"),
     ):
         if mgmt.get(f"/api/exchanges/{v}/{mgmt.q(name)}") is None:
             mgmt.put(f"/api/exchanges/{v}/{mgmt.q(name)}", {"type": kind, "durable": True})
             result.changes.append(f"exchange {name} created")
     _queue(mgmt, vhost, topology.DEAD_QUEUE, topology.DEAD_QUEUE_ARGUMENTS, result)
     _bind(mgmt, vhost, topology.DEAD_EXCHANGE, topology.DEAD_QUEUE, "", result)
+    _queue(mgmt, vhost, topology.WITNESS_QUEUE, topology.QUEUE_ARGUMENTS, result)
+    _bind(mgmt, vhost, topology.CHECKPOINT_EXCHANGE, topology.WITNESS_QUEUE, "", result)
     _queue(mgmt, vhost, topology.SUBMIT_QUEUE, topology.QUEUE_ARGUMENTS, result)
     _bind(
         mgmt,
@@ -124,6 +128,15 @@ def provision(
         vhost,
         login_prefix + GATEWAY_LOGIN,
         topology.gateway_permissions(),
+        result,
+        amqp_host,
+        amqp_port,
+    )
+    _user(
+        mgmt,
+        vhost,
+        login_prefix + WITNESS_LOGIN,
+        topology.witness_permissions(),
         result,
         amqp_host,
         amqp_port,

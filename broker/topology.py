@@ -4,6 +4,8 @@
 - ``cp.deliver`` (direct, routing key = agency code) -> ``cp.inbox.<code>``: only the
   gateway publishes here.
 - ``cp.dead`` (fanout) -> ``cp.dead``: poison and unroutable messages; nothing is dropped.
+- ``cp.audit.checkpoints`` (fanout) -> ``cp.audit.witness``: the gateways' signed audit
+  checkpoints, for the cipher department's witness.
 
 Quorum queues everywhere (they replicate across a cluster), ``x-delivery-limit``
 set (3.10 has no default), at-least-once dead-lettering (which needs
@@ -23,6 +25,8 @@ DELIVER_EXCHANGE = "cp.deliver"
 DEAD_EXCHANGE = "cp.dead"
 DEAD_QUEUE = "cp.dead"
 INBOX_PREFIX = "cp.inbox."
+CHECKPOINT_EXCHANGE = "cp.audit.checkpoints"
+WITNESS_QUEUE = "cp.audit.witness"
 DELIVERY_LIMIT = 5
 
 QUEUE_ARGUMENTS: dict[str, object] = {
@@ -50,9 +54,14 @@ def agency_permissions(code: AgencyCode) -> dict[str, str]:
 
 
 def gateway_permissions() -> dict[str, str]:
-    """The gateway reads the submit queue and writes to the deliver exchange only."""
+    """The gateway reads the submit queue, writes deliveries and checkpoints only."""
     return {
         "configure": "^$",
-        "write": f"^{re.escape(DELIVER_EXCHANGE)}$",
+        "write": f"^({re.escape(DELIVER_EXCHANGE)}|{re.escape(CHECKPOINT_EXCHANGE)})$",
         "read": f"^{re.escape(SUBMIT_QUEUE)}$",
     }
+
+
+def witness_permissions() -> dict[str, str]:
+    """The cipher department's witness reads the checkpoints and nothing else."""
+    return {"configure": "^$", "write": "^$", "read": f"^{re.escape(WITNESS_QUEUE)}$"}

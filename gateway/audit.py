@@ -408,15 +408,26 @@ class AuditStore:
             raise LookupError(f"audit log {log_id!r} has no leaf {index}")
         return bytes(row[0])
 
-    def leaves(self, log_id: str) -> Iterator[tuple[int, bytes, tuple[object, ...]]]:
-        """``(leaf_index, leaf bytes, record columns)`` of a log in stored order (for verifiers)."""
+    def leaves(self, log_id: str) -> Iterator[tuple[int, bytes, bytes, tuple[object, ...]]]:
+        """``(leaf_index, leaf, leaf hash, record columns)`` of a log in order (for verifiers)."""
         cursor = self._db.execute(
-            "SELECT leaf_index, leaf, " + ", ".join(RECORD_COLUMNS[3:]) + " FROM records"  # noqa: S608 - fixed names
+            "SELECT leaf_index, leaf, leaf_hash, " + ", ".join(RECORD_COLUMNS[3:]) + " FROM records"  # noqa: S608 - fixed names
             " WHERE log_id=? ORDER BY leaf_index",
             (log_id,),
         )
         for row in cursor:
-            yield int(row[0]), bytes(row[1]), tuple(row[2:])
+            yield int(row[0]), bytes(row[1]), bytes(row[2]), tuple(row[3:])
+
+    def accepted_between(self, log_id: str, start: int, end: int) -> list[tuple[int, str, str]]:
+        """``(leaf_index, envelope_id, sender)`` of accepted submissions in leaves [start, end)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT leaf_index, envelope_id, sender FROM records WHERE log_id=?"
+                " AND leaf_index>=? AND leaf_index<? AND event='submission'"
+                " AND decision='accepted' ORDER BY leaf_index",
+                (log_id, start, end),
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def find(self, envelope_id: str, log_id: str | None = None) -> list[tuple[str, int]]:
         """``(log_id, leaf_index)`` of every record about an envelope."""
@@ -431,12 +442,14 @@ class AuditStore:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def add_checkpoint(self, log_id: str, size: int, root: bytes, time: str, note: bytes) -> None:
+    def add_checkpoint(self, log_id: str, size: int, root: bytes, time: str, note: bytes) -> bool:
+        """Store a signed checkpoint durably; False if one of that size is already stored."""
         with self._lock:
-            self._db.execute(
+            cursor = self._db.execute(
                 "INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?,?)",
                 (log_id, size, root, time, note),
             )
+            return cursor.rowcount == 1
 
     def checkpoints(self, log_id: str | None = None) -> list[bytes]:
         """Stored signed checkpoint notes, oldest first."""
@@ -448,6 +461,11 @@ class AuditStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY log_id, size", args).fetchall()
         return [bytes(r[0]) for r in rows]
+
+    def copy_to(self, path: Path) -> None:
+        """A consistent copy of the whole store in a new file (``VACUUM INTO``)."""
+        with self._lock:
+            self._db.execute("VACUUM INTO ?", (str(path),))
 
     # --- reading -----------------------------------------------------------------------------
 

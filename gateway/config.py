@@ -7,7 +7,13 @@ directory = "directory.cpd"
 ca_cert = "ca/ca.crt"
 policy = "policy.cpp"
 audit_db = "audit.db"
-state_dir = "gateway-state"     # trust state (directory rollback protection)
+state_dir = "gateway-state"     # trust state, last checkpoint (rollback protection)
+audit_dir = "gw1-audit"         # this gateway's audit key (audit.key) and its certificate
+                                # from the CA (audit.crt); default: agency_dir
+
+[audit]
+checkpoint_every = 1000         # sign a checkpoint every N leaves ...
+checkpoint_seconds = 10         # ... or T seconds after the last one, if anything is new
 
 [broker]
 credentials = "cp-gateway.broker.json"   # written by `cipherpost broker provision`
@@ -37,8 +43,16 @@ class GatewayConfig:
     audit_db: Path
     state_dir: Path
     broker_credentials: Path
+    audit_dir: Path | None = None  # default: agency_dir
     login_prefix: str = ""
     prefetch: int = 64
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 10.0
+
+    @property
+    def audit_keys(self) -> Path:
+        """The folder with this gateway's audit key and certificate."""
+        return self.audit_dir or self.agency_dir
 
     @classmethod
     def load(cls, path: Path) -> GatewayConfig:
@@ -51,8 +65,9 @@ class GatewayConfig:
             raise CipherpostError(f"{path}: not valid TOML: {e}") from e
         base = path.parent
         broker = doc.get("broker", {})
+        audit = doc.get("audit", {})
         try:
-            return cls(
+            config = cls(
                 gateway_id=str(doc["gateway_id"]),
                 agency_dir=base / doc["agency_dir"],
                 directory=base / doc["directory"],
@@ -63,6 +78,12 @@ class GatewayConfig:
                 broker_credentials=base / broker["credentials"],
                 login_prefix=str(broker.get("login_prefix", "")),
                 prefetch=int(broker.get("prefetch", 64)),
+                audit_dir=base / doc["audit_dir"] if "audit_dir" in doc else None,
+                checkpoint_every=int(audit.get("checkpoint_every", 1000)),
+                checkpoint_seconds=float(audit.get("checkpoint_seconds", 10.0)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CipherpostError(f"{path}: missing or invalid setting {e}") from e
+        if config.checkpoint_every < 1 or config.checkpoint_seconds <= 0:
+            raise CipherpostError(f"{path}: [audit] checkpoint_every and _seconds must be > 0")
+        return config

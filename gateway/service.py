@@ -22,21 +22,25 @@ published again (no redelivered flag) is a replay and is refused.
 
 from __future__ import annotations
 
+import base64
 import collections
 import datetime as dt
 import hashlib
+import json
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pika
 import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.connection import BrokerConfig
 from broker.consumer import Consumer, Delivery
 from broker.publisher import ConfirmingPublisher, Unroutable
-from broker.topology import DELIVER_EXCHANGE, SUBMIT_QUEUE
+from broker.topology import CHECKPOINT_EXCHANGE, DELIVER_EXCHANGE, SUBMIT_QUEUE
 from envelopes.checking import (
     CheckedHeader,
     check_header,
@@ -55,10 +59,13 @@ from envelopes.notices import (
 )
 from envelopes.parts import Part, parse_part
 from gateway.audit import ACCEPTED, REFUSED, AuditStore, Outcome, Record
+from gateway.auditlog import Checkpointer
 from gateway.config import GatewayConfig
 from gateway.policy import Policy
 from keys.agency import AgencyKeys, load_agency
+from keys.auditkey import AUDIT_CERT_FILE, load_audit_certificate, load_audit_key
 from keys.ca import load_ca_certificate
+from keys.certs import AgencyCertificate
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState
 from keys.errors import CipherpostError, UsageError
@@ -67,6 +74,7 @@ log = structlog.get_logger("cipherpost.gateway")
 
 MESSAGE_PART = "part"
 MESSAGE_NOTICE = "notice"
+MESSAGE_AUDIT_PROOF = "audit-proof"
 NO_ENVELOPE = b"\0" * 16
 
 # Which invariant a refusal broke, for the rule id (no rule can switch these off).
@@ -104,6 +112,9 @@ class Loaded:
     policy: Policy
     keys: AgencyKeys
     broker: BrokerConfig
+    audit_key: Ed25519PrivateKey
+    audit_certificate: AgencyCertificate
+    audit_certificate_pem: bytes
 
 
 def load(config: GatewayConfig, passphrase: bytes, now: dt.datetime | None = None) -> Loaded:
@@ -124,7 +135,24 @@ def load(config: GatewayConfig, passphrase: bytes, now: dt.datetime | None = Non
         raise CipherpostError(
             f"gateway keys are not the ones the directory certifies for {keys.code}"
         )
-    return Loaded(directory, policy, keys, BrokerConfig.load(config.broker_credentials))
+    audit_key = load_audit_key(config.audit_keys, passphrase)
+    cert_path = config.audit_keys / AUDIT_CERT_FILE
+    audit_cert = load_audit_certificate(cert_path, ca_cert)
+    if audit_cert.code != keys.code or audit_cert.public_key != audit_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    ):
+        raise CipherpostError(f"{cert_path} does not certify this gateway's audit key")
+    if not audit_cert.valid_at(now):
+        raise CipherpostError(f"{cert_path} is not valid now (expired or not yet valid)")
+    return Loaded(
+        directory,
+        policy,
+        keys,
+        BrokerConfig.load(config.broker_credentials),
+        audit_key,
+        audit_cert,
+        cert_path.read_bytes(),
+    )
 
 
 class Gateway:
@@ -137,6 +165,20 @@ class Gateway:
         self.keys = loaded.keys
         self.broker = loaded.broker
         self.audit = AuditStore(config.audit_db, log_id=config.gateway_id)
+        self.checkpointer = Checkpointer(
+            self.audit,
+            loaded.audit_key,
+            loaded.audit_certificate,
+            loaded.audit_certificate_pem,
+            config.state_dir,
+            every=config.checkpoint_every,
+            seconds=config.checkpoint_seconds,
+        )
+        try:
+            self.checkpointer.check_on_start()
+        except BaseException:
+            self.audit.close()
+            raise
         self.counters: collections.Counter[str] = collections.Counter()
         self._publisher: ConfirmingPublisher | None = None
         self._consumer: Consumer | None = None
@@ -146,6 +188,7 @@ class Gateway:
             tuple[Delivery, Record | None, str | None, Callable[[Outcome | None], None]]
         ] = []
         self._pending_lock = threading.Lock()
+        self._proofs = ThreadPoolExecutor(1, thread_name_prefix="audit-proofs")
         self.ready = threading.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -170,8 +213,10 @@ class Gateway:
         try:
             self._consumer.run(until_idle=until_idle, drain=self._publisher.flush)
         finally:
-            self._publisher.close()
             self._commit_batch()
+            self._checkpoint(force=True)  # the log as it stands at shutdown is signed too
+            self._proofs.shutdown(wait=True)
+            self._publisher.close()
             self.audit.close()
             log.info("gateway_stopped", gateway=self.config.gateway_id, **dict(self.counters))
 
@@ -224,6 +269,67 @@ class Gateway:
                 self.counters["internal_error"] += 1
                 log.error("gateway_internal_error", error=type(e).__name__, detail=str(e)[:200])
                 d.reject(requeue=True)
+        self._checkpoint()
+
+    def _checkpoint(self, *, force: bool = False) -> None:
+        """Sign, store and publish a checkpoint when N leaves or T seconds have passed."""
+        now = _now()
+        previous = self.checkpointer.last.size if self.checkpointer.last else 0
+        try:
+            if not force and not self.checkpointer.due(now):
+                return
+            message = self.checkpointer.sign(now)
+        except Exception as e:  # the log goes on; the next checkpoint covers this one
+            log.error("checkpoint_failed", error=type(e).__name__, detail=str(e)[:200])
+            return
+        if message is None or self._publisher is None:
+            return
+        self.counters["checkpoints"] += 1
+        future = self._publisher.publish(
+            CHECKPOINT_EXCHANGE,
+            self.config.gateway_id,
+            message,
+            pika.BasicProperties(type="checkpoint", content_type="application/json"),
+        )
+        size = self.checkpointer.last.size if self.checkpointer.last else 0
+        future.add_done_callback(
+            lambda f: (
+                log.info("checkpoint_published", size=size)
+                if f.exception() is None
+                else log.error("checkpoint_not_published", size=size, error=str(f.exception()))
+            )
+        )
+        self._proofs.submit(self._send_proofs, previous, size, message)
+
+    def _send_proofs(self, start: int, end: int, message: bytes) -> None:
+        """Each sender gets, for its envelopes accepted in leaves [start, end), the leaf index
+        and an inclusion proof in the new checkpoint: one message per sender."""
+        try:
+            log_id = self.audit.log_id
+            checkpoint = json.loads(message)
+            checkpoint.pop("consistency", None)
+            by_sender: dict[str, list[dict[str, object]]] = {}
+            for index, eid, sender in self.audit.accepted_between(log_id, start, end):
+                proof = self.audit.inclusion_proof(log_id, index, end)
+                by_sender.setdefault(sender, []).append(
+                    {
+                        "envelope_id": eid,
+                        "leaf_index": index,
+                        "leaf": base64.b64encode(self.audit.leaf(log_id, index)).decode(),
+                        "proof": [base64.b64encode(h).decode() for h in proof],
+                    }
+                )
+            assert self._publisher is not None
+            for sender, entries in by_sender.items():
+                body = json.dumps({"checkpoint": checkpoint, "entries": entries}).encode()
+                self._publisher.publish(
+                    DELIVER_EXCHANGE,
+                    sender,
+                    body,
+                    pika.BasicProperties(type=MESSAGE_AUDIT_PROOF, content_type="application/json"),
+                )
+        except Exception as e:  # proofs can be made again any time: `cipherpost audit prove`
+            log.error("audit_proofs_failed", error=type(e).__name__, detail=str(e)[:200])
 
     # --- per message -------------------------------------------------------------------------
 

@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from keys.agency import EnrollmentRequest, raw_private
-from keys.certs import AGENCY_EXTENSION_OID, ROLE_ENCRYPT, ROLE_SIGN, encode_agency_extension
+from keys.auditkey import AuditKeyRequest
+from keys.certs import (
+    AGENCY_EXTENSION_OID,
+    ROLE_AUDIT,
+    ROLE_ENCRYPT,
+    ROLE_SIGN,
+    encode_agency_extension,
+)
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError, UsageError
 from keys.keystore import read_secret, write_private_file, write_secret
@@ -150,13 +157,30 @@ def _agency_cert(
     public_key: Ed25519PublicKey | X25519PublicKey
     if role == ROLE_SIGN:
         public_key = Ed25519PublicKey.from_public_bytes(request.sign_public)
-        usage = {"digital_signature": True, "key_agreement": False}
     else:
         public_key = X25519PublicKey.from_public_bytes(request.enc_public)
+    return _certificate(
+        ca, request.name, request.code, clearance, role, public_key, now, valid_days
+    )
+
+
+def _certificate(
+    ca: CertificateAuthority,
+    name: str,
+    code: AgencyCode,
+    clearance: Level,
+    role: str,
+    public_key: Ed25519PublicKey | X25519PublicKey,
+    now: dt.datetime,
+    valid_days: int,
+) -> x509.Certificate:
+    if role == ROLE_ENCRYPT:
         usage = {"digital_signature": False, "key_agreement": True}
+    else:
+        usage = {"digital_signature": True, "key_agreement": False}
     return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, request.name)]))
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
         .issuer_name(ca.name)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
@@ -178,7 +202,7 @@ def _agency_cert(
         )
         .add_extension(
             x509.UnrecognizedExtension(
-                AGENCY_EXTENSION_OID, encode_agency_extension(request.code, clearance, role)
+                AGENCY_EXTENSION_OID, encode_agency_extension(code, clearance, role)
             ),
             critical=True,
         )
@@ -236,6 +260,40 @@ def issue(
     }
     ca.save_state(state)
     return paths
+
+
+def issue_audit(
+    ca: CertificateAuthority,
+    request: AuditKeyRequest,
+    out_dir: Path,
+    now: dt.datetime,
+    valid_days: int = 365,
+) -> Path:
+    """Certify a gateway's audit key (role ``audit``): it may sign checkpoints, nothing else.
+
+    Only for a code the CA has issued agency certificates to and not revoked.
+    """
+    if not 1 <= valid_days <= MAX_VALID_DAYS:
+        raise UsageError(f"--valid-days must be 1..{MAX_VALID_DAYS}")
+    issued = ca.load_state()["issued"].get(request.code.text)
+    if issued is None or issued.get("revoked"):
+        raise CipherpostError(
+            f"{request.code} holds no valid certificates from this CA; issue those first"
+        )
+    cert = _certificate(
+        ca,
+        f"{issued['name']} (audit log)",
+        request.code,
+        Level.THUONG,
+        ROLE_AUDIT,
+        Ed25519PublicKey.from_public_bytes(request.public_key),
+        now,
+        valid_days,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{request.code}.audit.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
 
 
 def revoke(ca: CertificateAuthority, code: AgencyCode, reason: str, now: dt.datetime) -> bool:

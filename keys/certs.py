@@ -28,6 +28,8 @@ _ARC = "2.25.189416703204266605776061777586430316067"
 AGENCY_EXTENSION_OID = x509.ObjectIdentifier(f"{_ARC}.1")
 ROLE_SIGN = "sign"
 ROLE_ENCRYPT = "encrypt"
+ROLE_AUDIT = "audit"  # a gateway's audit log key: signs checkpoints, nothing else
+ROLES = (ROLE_SIGN, ROLE_ENCRYPT, ROLE_AUDIT)
 KEY_ID_BYTES = 16
 MAX_CERT_BYTES = 16 * 1024
 
@@ -54,7 +56,7 @@ def decode_agency_extension(value: bytes) -> tuple[AgencyCode, Level, str]:
         if tag != 0x0C:
             raise ValueError("agency extension field is not a UTF8String")
         fields.append(item.decode("utf-8"))
-    if len(fields) != 3 or fields[2] not in (ROLE_SIGN, ROLE_ENCRYPT):
+    if len(fields) != 3 or fields[2] not in ROLES:
         raise ValueError("agency extension has the wrong fields")
     return AgencyCode.parse(fields[0]), Level(fields[1]), fields[2]
 
@@ -128,7 +130,7 @@ class AgencyCertificate:
             names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
             name = str(names[0].value) if names else ""
             pub = cert.public_key()
-            want = Ed25519PublicKey if role == ROLE_SIGN else X25519PublicKey
+            want = X25519PublicKey if role == ROLE_ENCRYPT else Ed25519PublicKey
             if not isinstance(pub, want):
                 raise ValueError("key type does not match the certificate role")
             raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -105,3 +105,10 @@ def open_bytes(
         io.BytesIO(data), out, keys=world.keys[who], directory=directory, now=world.now
     )
     return out.getvalue(), opened
+
+
+def cli(*args: object) -> int:
+    """``cipherpost ARGS...`` in-process; paths and numbers may be passed as they are."""
+    from agents.cli import main
+
+    return main([str(a) for a in args])

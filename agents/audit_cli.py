@@ -1,0 +1,416 @@
+"""``cipherpost audit ...``: the cipher department's commands over the gateways' audit logs.
+
+- ``keygen``: a gateway's audit key and its request (the CA certifies it: ``ca issue-audit``);
+- ``witness``: keep every published checkpoint, alarm on fork, rollback, truncation;
+- ``verify``: recompute every log, check every record and checkpoint, name what is wrong;
+- ``prove`` / ``check-proof``: one envelope's inclusion proof, checked offline;
+- ``query``: everyday questions; ``export``: one file for an offline machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import fnmatch
+import json
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from broker.connection import BrokerConfig
+from broker.consumer import Consumer, Delivery
+from broker.topology import WITNESS_QUEUE
+from gateway.audit import RECORD_COLUMNS, AuditStore
+from gateway.auditlog import check_proof, load_checkpoint_dir, prove, verify_store
+from gateway.checkpoint import VerifiedFile, read_checkpoint_file
+from gateway.witness import CA_FILE, Witness, WitnessAlarm
+from keys.auditkey import make_audit_key
+from keys.ca import load_ca_certificate
+from keys.codes import AgencyCode
+from keys.errors import EXIT_REFUSED, CipherpostError, Refused, UsageError
+from keys.keystore import read_passphrase
+from keys.levels import Level
+
+log = structlog.get_logger("cipherpost.audit")
+
+Add = Callable[..., argparse.ArgumentParser]
+Group = Callable[[str, str], Any]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _open_store(path: Path) -> AuditStore:
+    try:
+        return AuditStore(path, readonly=True)
+    except (FileNotFoundError, sqlite3.Error):
+        raise CipherpostError(f"cannot open audit store {path}") from None
+
+
+def _checkpoint_file(path: Path, ca_cert: Path) -> VerifiedFile:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CipherpostError(f"cannot read checkpoint {path}: {e.strerror}") from e
+    return read_checkpoint_file(data, load_ca_certificate(ca_cert))
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    code = AgencyCode.parse(args.code)
+    request = make_audit_key(args.dir, code, read_passphrase(confirm=True), _now())
+    print(f"audit key made in {args.dir}; request: {request}")
+    print(
+        f"next, at the cipher department: cipherpost ca issue-audit {request} --ca CA_DIR --out DIR"
+    )
+    print(f"then copy DIR/{code}.audit.crt to {args.dir}/audit.crt")
+    return 0
+
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    witness = Witness(args.store, args.ca)
+    broker = BrokerConfig.load(args.broker)
+    alarm: list[str] = []
+    seen = [0, 0]
+    stop = threading.Event()
+
+    def handle(d: Delivery) -> None:
+        if alarm:
+            return  # stopping: leave the rest queued
+        try:
+            cp, new = witness.observe(d.body)
+        except WitnessAlarm as e:
+            alarm.append(str(e))
+            log.error("witness_alarm", alarm=str(e))
+            d.reject(requeue=False)  # kept in the dead-letter queue as evidence
+            consumer.stop()
+            return
+        seen[0] += 1
+        seen[1] += int(new)
+        log.info("checkpoint_witnessed", checkpoint=cp.describe(), new=new)
+        if args.verbose:
+            print(f"witnessed {cp.describe()}", flush=True)
+        d.ack()
+
+    consumer = Consumer(broker, WITNESS_QUEUE, handle, prefetch=16)
+    if args.follow:
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+        def watch() -> None:
+            stop.wait()
+            consumer.stop()
+
+        threading.Thread(target=watch, daemon=True).start()
+    consumer.run(until_idle=None if args.follow else args.idle)
+    if alarm:
+        sys.stderr.write(f"cipherpost: ALARM: {alarm[0]}\n")
+        return EXIT_REFUSED
+    sys.stderr.write(f"{seen[0]} checkpoint(s) checked, {seen[1]} new, all consistent\n")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.export is not None:
+        store, checkpoints_data, embedded_ca = _open_export(args.export)
+        ca_cert = load_ca_certificate(args.ca) if args.ca else embedded_ca
+        ca_note = None if args.ca else _fingerprint(embedded_ca)
+        ca = ca_cert
+        checkpoints: list[Any] = []
+        problems: list[str] = []
+        for data in checkpoints_data:
+            try:
+                f = read_checkpoint_file(data, ca)
+                checkpoints.append((f.checkpoint, f.certificate))
+            except Refused as e:
+                problems.append(f"checkpoint in export: {e}")
+    else:
+        if args.db is None or args.checkpoints is None:
+            raise UsageError("give --db AUDIT_DB and --checkpoints DIR, or --export FILE")
+        store = _open_store(args.db)
+        ca_path = args.ca or args.checkpoints / CA_FILE
+        ca = load_ca_certificate(ca_path)
+        ca_note = None
+        checkpoints, problems = load_checkpoint_dir(args.checkpoints, ca)
+    try:
+        report = verify_store(store, checkpoints)
+    finally:
+        store.close()
+    report.problems[:0] = problems
+    if args.json:
+        out = report.as_dict()
+        if ca_note:
+            out["ca_fingerprint_sha256"] = ca_note
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        for log_id, size in report.logs.items():
+            print(f"log {log_id}: {size} leaves recomputed")
+        print(f"{report.checkpoints} signed checkpoint(s) checked")
+        if ca_note:
+            print(f"CA taken from the export, SHA-256 fingerprint {ca_note}: compare it!")
+        for p in report.problems:
+            print(f"PROBLEM: {p}")
+    if not report.ok:
+        raise Refused(f"audit log does not verify: {report.problems[0]}")
+    if report.checkpoints == 0:
+        raise Refused("no signed checkpoint to verify against (is the witness store empty?)")
+    if not args.json:
+        print("OK: every leaf, record and checkpoint holds")
+    return 0
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    try:
+        checkpoint = _checkpoint_file(args.checkpoint, args.ca) if args.checkpoint else None
+        if args.checkpoint and not args.ca:
+            raise UsageError("--checkpoint needs --ca CA_CERT")
+        proof = prove(store, args.envelope_id.lower(), checkpoint)
+    finally:
+        store.close()
+    text = json.dumps(proof, indent=2) + "\n"
+    if args.out:
+        args.out.write_text(text)
+        sys.stderr.write(f"proof of leaf {proof['leaf_index']} written to {args.out}\n")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_check_proof(args: argparse.Namespace) -> int:
+    try:
+        proof = json.loads(args.proof.read_bytes())
+    except OSError as e:
+        raise CipherpostError(f"cannot read proof {args.proof}: {e.strerror}") from e
+    except ValueError:
+        raise Refused("proof is not JSON") from None
+    if not isinstance(proof, dict):
+        raise Refused("proof is not a JSON object")
+    checkpoint = _checkpoint_file(args.checkpoint, args.ca)
+    fields = check_proof(proof, checkpoint)
+    cp = checkpoint.checkpoint
+    if args.json:
+        print(json.dumps({"ok": True, "checkpoint": cp.describe(), "leaf": fields}))
+    else:
+        print(
+            f"OK: envelope {fields['envelope_id'] or '-'} ({fields['event']}, {fields['decision']}"
+            f", rule {fields['rule_id']}) is leaf {proof['leaf_index']} of log {cp.log_id}, "
+            f"proven in checkpoint {cp.describe()}"
+        )
+    return 0
+
+
+def _parse_time(text: str) -> str:
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"invalid time {text!r}: use e.g. 2026-11-20 or 2026-11-20T08:00"
+        ) from None
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).isoformat()
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    if args.json and args.csv:
+        raise UsageError("choose --json or --csv")
+    store = _open_store(args.db)
+    try:
+        rows: list[dict[str, Any]] = store.records()
+    finally:
+        store.close()
+    since = _parse_time(args.since) if args.since else None
+    until = _parse_time(args.until) if args.until else None
+    level = Level.parse(args.level).value if args.level else None
+
+    def wanted(r: dict[str, Any]) -> bool:
+        if (since and str(r["time"]) < since) or (until and str(r["time"]) >= until):
+            return False
+        if (level and r["level"] != level) or (args.decision and r["decision"] != args.decision):
+            return False
+        if args.agency:
+            parties = [r["sender"], *r["recipients"]]
+            return any(fnmatch.fnmatchcase(str(p), args.agency) for p in parties)
+        return True
+
+    found = [r for r in rows if wanted(r)]
+    if args.json:
+        for r in found:
+            print(json.dumps(r, ensure_ascii=False))
+    elif args.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(RECORD_COLUMNS)
+        for r in found:
+            w.writerow(
+                [
+                    *(r[c] for c in RECORD_COLUMNS[:7]),
+                    " ".join(r["recipients"]),
+                    *(r[c] for c in RECORD_COLUMNS[8:]),
+                ]
+            )
+    else:
+        for r in found:
+            print(
+                f"{r['time'][:19]}  {r['log_id']}#{r['leaf_index']}  {r['event']:<12} "
+                f"{r['decision']:<8} {r['sender'] or '-':<14} -> {','.join(r['recipients']) or '-'}"
+                f"  {r['level'] or '-'}  rule {r['rule_id']}"
+            )
+    sys.stderr.write(f"{len(found)} record(s)\n")
+    return 0
+
+
+EXPORT_TABLE = "export_checkpoints"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.out.exists():
+        raise CipherpostError(f"{args.out} already exists; refusing to overwrite it")
+    ca_path = args.ca or args.checkpoints / CA_FILE
+    ca = load_ca_certificate(ca_path)
+    checkpoints, problems = load_checkpoint_dir(args.checkpoints, ca)
+    if problems:
+        raise Refused(f"witness store has a bad checkpoint: {problems[0]}")
+    src = _open_store(args.db)
+    try:
+        src.copy_to(args.out)
+    finally:
+        src.close()
+    db = sqlite3.connect(args.out)
+    try:
+        db.execute(f"CREATE TABLE {EXPORT_TABLE} (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
+        for path in sorted(args.checkpoints.rglob("*.checkpoint.json")):
+            db.execute(
+                f"INSERT INTO {EXPORT_TABLE} VALUES (?,?)",  # noqa: S608 - constant name
+                (str(path.relative_to(args.checkpoints)), path.read_bytes()),
+            )
+        db.execute(
+            f"INSERT INTO {EXPORT_TABLE} VALUES (?,?)",  # noqa: S608 - constant name
+            (CA_FILE, ca_path.read_bytes()),
+        )
+        db.commit()
+    finally:
+        db.close()
+    print(f"exported {len(checkpoints)} checkpoint(s) and the audit store to {args.out}")
+    print(f"check it offline: cipherpost audit verify --export {args.out} --ca CA_CERT")
+    return 0
+
+
+def _open_export(path: Path) -> tuple[AuditStore, list[bytes], x509.Certificate]:
+    if not path.is_file():
+        raise CipherpostError(f"cannot read export {path}")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute(f"SELECT name, data FROM {EXPORT_TABLE}").fetchall()  # noqa: S608
+        finally:
+            db.close()
+    except sqlite3.Error:
+        raise CipherpostError(f"{path} is not a cipherpost audit export") from None
+    ca_pem = next((bytes(d) for n, d in rows if n == CA_FILE), None)
+    if ca_pem is None:
+        raise CipherpostError(f"{path}: the export carries no CA certificate")
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError:
+        raise CipherpostError(f"{path}: the export's CA certificate is malformed") from None
+    return _open_store(path), [bytes(d) for n, d in rows if n != CA_FILE], ca
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def register(group: Group, add: Add) -> None:
+    """Add ``cipherpost audit ...`` to the CLI."""
+    audit = group("audit", "the gateways' audit logs: witness, verify, prove, query, export")
+
+    sp = add(audit, "keygen", cmd_keygen, "make a gateway's audit key and its request for the CA")
+    sp.add_argument("--dir", required=True, type=Path, metavar="AUDIT_DIR")
+    sp.add_argument("--code", required=True, metavar="CODE", help="the gateway's agency code")
+
+    sp = add(
+        audit,
+        "witness",
+        cmd_witness,
+        "check every published checkpoint against the last one held; exit 3 on any alarm",
+    )
+    sp.add_argument("--store", required=True, type=Path, metavar="DIR")
+    sp.add_argument(
+        "--ca", type=Path, metavar="CA_CERT", help="pin this CA (needed the first time)"
+    )
+    sp.add_argument(
+        "--broker",
+        required=True,
+        type=Path,
+        metavar="CREDENTIALS.json",
+        help="the witness's broker credentials (from broker provision)",
+    )
+    mode = sp.add_mutually_exclusive_group()
+    mode.add_argument("--follow", action="store_true", help="until interrupted (SIGTERM/Ctrl-C)")
+    sp.add_argument(
+        "--idle",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="without --follow: stop after this long without a checkpoint (default 3)",
+    )
+    sp.add_argument("-v", "--verbose", action="store_true", help="print each checkpoint")
+
+    sp = add(
+        audit,
+        "verify",
+        cmd_verify,
+        "recompute every log; check every record and signed checkpoint; exit 3 on tampering",
+    )
+    sp.add_argument("--db", type=Path, metavar="AUDIT_DB")
+    sp.add_argument(
+        "--checkpoints", type=Path, metavar="DIR", help="the witness store (its ca.crt is used)"
+    )
+    sp.add_argument("--export", type=Path, metavar="FILE", help="an `audit export` file instead")
+    sp.add_argument(
+        "--ca", type=Path, metavar="CA_CERT", help="your own copy of the CA certificate"
+    )
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sp = add(audit, "prove", cmd_prove, "an inclusion proof (JSON) of an envelope's audit record")
+    sp.add_argument("envelope_id", metavar="ENVELOPE_ID")
+    sp.add_argument("--db", required=True, type=Path, metavar="AUDIT_DB")
+    sp.add_argument("--checkpoint", type=Path, metavar="FILE", help="prove against this one")
+    sp.add_argument("--ca", type=Path, metavar="CA_CERT", help="to check --checkpoint")
+    sp.add_argument("--out", type=Path, metavar="PROOF.json")
+
+    sp = add(audit, "check-proof", cmd_check_proof, "verify an inclusion proof offline")
+    sp.add_argument("proof", type=Path, metavar="PROOF.json")
+    sp.add_argument("--checkpoint", required=True, type=Path, metavar="FILE")
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_CERT")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add(audit, "query", cmd_query, "list audit records by agency, time, level, decision")
+    sp.add_argument("--db", required=True, type=Path, metavar="AUDIT_DB")
+    sp.add_argument("--agency", metavar="CODE", help="sender or recipient; patterns like *.H41")
+    sp.add_argument("--since", metavar="TIME", help="ISO time, UTC unless it says otherwise")
+    sp.add_argument("--until", metavar="TIME")
+    sp.add_argument("--level", metavar="LEVEL")
+    sp.add_argument("--decision", choices=("accepted", "refused"))
+    sp.add_argument("--json", action="store_true", help="one JSON object per record")
+    sp.add_argument("--csv", action="store_true")
+
+    sp = add(audit, "export", cmd_export, "the store and the witness's checkpoints in one file")
+    sp.add_argument("--db", required=True, type=Path, metavar="AUDIT_DB")
+    sp.add_argument("--checkpoints", required=True, type=Path, metavar="DIR")
+    sp.add_argument("--ca", type=Path, metavar="CA_CERT")
+    sp.add_argument("--out", required=True, type=Path, metavar="FILE")

@@ -1,0 +1,387 @@
+"""The audit log as the cipher department sees it: checkpoints, verification, proofs.
+
+- :class:`Checkpointer` (gateway side): signs a checkpoint of the gateway's log
+  every N leaves or T seconds, stores it, and on start refuses a store that no
+  longer matches the last checkpoint it signed.
+- :func:`verify_store`: recompute every log from its leaf bytes, check every
+  record against its leaf, every checkpoint signature and root, and name the
+  first place that does not hold.
+- :func:`prove` / :func:`check_proof`: an inclusion proof of one envelope's
+  record, checkable offline with the checkpoint file and the CA certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import itertools
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway import merkle
+from gateway.audit import LEAF_FIELDS, AuditStore, decode_leaf
+from gateway.checkpoint import (
+    Checkpoint,
+    VerifiedFile,
+    checkpoint_file,
+    parse_checkpoint,
+    read_checkpoint_file,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from keys.certs import AgencyCertificate
+from keys.codes import AgencyCode
+from keys.errors import CipherpostError, Refused
+
+PROOF_MAGIC = "cipherpost-audit-inclusion-proof-v1"
+CONSISTENCY_HISTORY = 16  # a published checkpoint carries proofs from this many earlier ones
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# --- the gateway side --------------------------------------------------------------------------
+
+
+class Checkpointer:
+    """Signs this gateway's checkpoints and guards its store against rollback."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        key: Ed25519PrivateKey,
+        certificate: AgencyCertificate,
+        certificate_pem: bytes,
+        state_dir: Path,
+        *,
+        every: int,
+        seconds: float,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.certificate = certificate
+        self.certificate_pem = certificate_pem
+        self.code: AgencyCode = certificate.code
+        self.every = every
+        self.seconds = seconds
+        self.state_file = state_dir / f"checkpoint-{store.log_id}.txt"
+        self._last: Checkpoint | None = None
+
+    def check_on_start(self) -> Checkpoint | None:
+        """Refuse to run on a store that no longer matches the last signed checkpoint."""
+        candidates = [verify_checkpoint(n, self.certificate) for n in self._known_notes()]
+        candidates = [c for c in candidates if c.log_id == self.store.log_id]
+        if not candidates:
+            return None
+        last = max(candidates, key=lambda c: c.size)
+        size = self.store.size()
+        if size < last.size:
+            raise CipherpostError(
+                f"audit store {self.store.path} holds {size} leaves of log "
+                f"{self.store.log_id} but checkpoint {last.describe()} was signed: "
+                "the store was truncated or rolled back; refusing to run"
+            )
+        report = verify_store(self.store, [(last, self.certificate)], logs=[self.store.log_id])
+        if not report.ok:
+            raise CipherpostError(
+                f"audit store no longer matches checkpoint {last.describe()}: "
+                f"{report.problems[0]}; refusing to run (see: cipherpost audit verify)"
+            )
+        self._last = last
+        return last
+
+    @property
+    def last(self) -> Checkpoint | None:
+        """The latest checkpoint this gateway signed or started from."""
+        return self._last
+
+    def _known_notes(self) -> list[bytes]:
+        notes = self.store.checkpoints(self.store.log_id)
+        if self.state_file.exists():
+            notes.append(self.state_file.read_bytes())
+        return notes
+
+    def due(self, now: dt.datetime) -> bool:
+        size = self.store.size()
+        last_size = self._last.size if self._last else 0
+        if size <= last_size:
+            return False
+        if size - last_size >= self.every:
+            return True
+        last_time = self._last.time if self._last else dt.datetime.min.replace(tzinfo=dt.UTC)
+        return (now - last_time).total_seconds() >= self.seconds
+
+    def sign(self, now: dt.datetime) -> bytes | None:
+        """Sign and store a checkpoint of the log as it is; returns the message to publish."""
+        size, root = self.store.root()
+        if size == 0 or (self._last is not None and size <= self._last.size):
+            return None
+        previous = self._last
+        note = sign_checkpoint(self.key, self.code, self.store.log_id, size, root, now)
+        if not self.store.add_checkpoint(self.store.log_id, size, root, now.isoformat(), note):
+            return None  # another process of this gateway signed this size first
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(note)
+        tmp.replace(self.state_file)
+        self._last = parse_checkpoint(note)
+        return self.message(note, previous)
+
+    def message(self, note: bytes, previous: Checkpoint | None) -> bytes:
+        """The checkpoint file with consistency proofs from the last few earlier checkpoints."""
+        cp = parse_checkpoint(note)
+        earlier = sorted(
+            {parse_checkpoint(n).size for n in self.store.checkpoints(self.store.log_id)}
+            | ({previous.size} if previous else set())
+        )
+        earlier = [s for s in earlier if 0 < s < cp.size][-CONSISTENCY_HISTORY:]
+        doc = json.loads(checkpoint_file(note, self.certificate_pem))
+        doc["consistency"] = [
+            {
+                "old_size": s,
+                "proof": [
+                    _b64(h) for h in self.store.consistency_proof(self.store.log_id, s, cp.size)
+                ],
+            }
+            for s in earlier
+        ]
+        return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What :func:`verify_store` found; ``problems`` in the order found (first = earliest)."""
+
+    logs: dict[str, int] = field(default_factory=dict)
+    checkpoints: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "logs": self.logs,
+            "checkpoints_checked": self.checkpoints,
+            "problems": self.problems,
+        }
+
+
+def _column_problem(index: int, fields: dict[str, Any], columns: tuple[Any, ...]) -> str | None:
+    """Compare the stored columns of a record with its leaf bytes."""
+    (time_s, event, envelope_id, sender, recipients, level, urgency, size, digest) = columns[:9]
+    (decision, rule_id, reason, gateway_id) = columns[9:]
+    try:
+        time_ms = int(dt.datetime.fromisoformat(str(time_s)).timestamp() * 1000)
+        recipient_list = json.loads(str(recipients))
+    except ValueError:
+        return f"leaf {index}: stored time or recipients are malformed"
+    stored = {
+        "time_ms": time_ms,
+        "event": event,
+        "envelope_id": envelope_id,
+        "sender": sender,
+        "recipients": recipient_list,
+        "level": level,
+        "urgency": urgency,
+        "size": size,
+        "digest": digest,
+        "decision": decision,
+        "rule_id": rule_id,
+        "reason": reason,
+        "gateway_id": gateway_id,
+    }
+    for name in LEAF_FIELDS[2:]:
+        if stored[name] != fields[name]:
+            return f"leaf {index}: stored {name} differs from the signed-over leaf bytes"
+    return None
+
+
+def verify_store(
+    store: AuditStore,
+    checkpoints: Iterable[tuple[Checkpoint, AgencyCertificate]],
+    *,
+    logs: list[str] | None = None,
+) -> Report:
+    """Recompute every log and check it against every (already signature-checked) checkpoint."""
+    report = Report()
+    by_log: dict[str, list[Checkpoint]] = {}
+    for cp, cert in checkpoints:
+        if cert.code != cp.code:
+            report.problems.append(f"checkpoint {cp.describe()} with another gateway's certificate")
+            continue
+        by_log.setdefault(cp.log_id, []).append(cp)
+        report.checkpoints += 1
+    held = store.logs()
+    for log_id in sorted(set(by_log) - set(held)):
+        if logs is None or log_id in logs:
+            cp = max(by_log[log_id], key=lambda c: c.size)
+            report.problems.append(
+                f"checkpoint {cp.describe()} is of log {log_id!r}, which this store does not hold "
+                "(a checkpoint from another log, or the whole log was deleted)"
+            )
+    for log_id in held if logs is None else [x for x in held if x in logs]:
+        _verify_log(store, log_id, sorted(by_log.get(log_id, []), key=lambda c: c.size), report)
+    return report
+
+
+def _verify_log(store: AuditStore, log_id: str, cps: list[Checkpoint], report: Report) -> None:
+    tree = merkle.CompactRange()
+    pending = list(cps)
+    last_good = 0
+    first_problem = len(report.problems)
+
+    def check_checkpoints() -> None:
+        nonlocal last_good
+        while pending and pending[0].size == tree.size:
+            cp = pending.pop(0)
+            if tree.root() != cp.root:
+                report.problems.append(
+                    f"log {log_id!r}: root at size {cp.size} differs from checkpoint "
+                    f"{cp.describe()}: a leaf between {last_good} and {cp.size - 1} was "
+                    "modified, inserted, deleted or reordered"
+                )
+            else:
+                last_good = cp.size
+
+    check_checkpoints()
+    for position, leaf, stored_hash, columns in store.leaves(log_id):
+        computed = merkle.leaf_hash(leaf)
+        try:
+            fields = decode_leaf(leaf)
+        except ValueError as e:
+            report.problems.append(f"log {log_id!r}: leaf {position}: {e}")
+            fields = None
+        if fields is not None and len(report.problems) == first_problem:
+            if position != tree.size:
+                report.problems.append(
+                    f"log {log_id!r}: leaf {tree.size} is missing (next stored is {position}): "
+                    "deleted"
+                )
+            elif fields["leaf_index"] != position:
+                report.problems.append(
+                    f"log {log_id!r}: leaf {position} holds the record of sequence "
+                    f"{fields['leaf_index']}: inserted, deleted or reordered"
+                )
+            elif computed != stored_hash:
+                report.problems.append(
+                    f"log {log_id!r}: leaf {position}: its bytes do not match its stored hash "
+                    "(modified)"
+                )
+            else:
+                problem = _column_problem(position, fields, columns)
+                if problem:
+                    report.problems.append(f"log {log_id!r}: {problem}")
+        tree.append(computed)
+        check_checkpoints()
+    report.logs[log_id] = tree.size
+    for cp in pending:
+        report.problems.append(
+            f"log {log_id!r}: the store holds {tree.size} leaves but checkpoint {cp.describe()} "
+            "was signed: truncated or rolled back"
+        )
+    for a, b in itertools.pairwise(cps):
+        if b.time < a.time:
+            report.problems.append(
+                f"log {log_id!r}: checkpoint {b.describe()} is older than the smaller "
+                f"{a.describe()}"
+            )
+
+
+def load_checkpoint_dir(
+    folder: Path, ca: x509.Certificate
+) -> tuple[list[tuple[Checkpoint, AgencyCertificate]], list[str]]:
+    """Every ``*.checkpoint.json`` in ``folder``, verified; and the problems found."""
+    good: list[tuple[Checkpoint, AgencyCertificate]] = []
+    problems: list[str] = []
+    files = sorted(folder.rglob("*.checkpoint.json"))
+    for path in files:
+        try:
+            f = read_checkpoint_file(path.read_bytes(), ca)
+        except Refused as e:
+            problems.append(f"{path.name}: {e}")
+            continue
+        good.append((f.checkpoint, f.certificate))
+    return good, problems
+
+
+# --- proofs ------------------------------------------------------------------------------------
+
+
+def prove(store: AuditStore, envelope_id: str, checkpoint: VerifiedFile | None) -> dict[str, Any]:
+    """An inclusion proof of the envelope's first record, against a signed checkpoint."""
+    found = store.find(envelope_id)
+    if checkpoint is not None:
+        found = [f for f in found if f[0] == checkpoint.checkpoint.log_id]
+    if not found:
+        raise CipherpostError(f"no audit record of envelope {envelope_id} in {store.path}")
+    log_id, index = found[0]
+    if checkpoint is None:
+        notes = [parse_checkpoint(n) for n in store.checkpoints(log_id)]
+        covering = [c for c in notes if c.size > index]
+        if not covering:
+            raise CipherpostError(
+                f"leaf {index} of log {log_id!r} is not in a signed checkpoint yet; try again later"
+            )
+        cp = min(covering, key=lambda c: c.size)
+        note, pem = cp.note, None
+    else:
+        cp = checkpoint.checkpoint
+        if cp.size <= index:
+            raise CipherpostError(f"checkpoint {cp.describe()} does not cover leaf {index} yet")
+        note, pem = cp.note, checkpoint.certificate_pem
+    leaf = store.leaf(log_id, index)
+    return {
+        "format": PROOF_MAGIC,
+        "envelope_id": envelope_id,
+        "log_id": log_id,
+        "leaf_index": index,
+        "tree_size": cp.size,
+        "leaf": _b64(leaf),
+        "proof": [_b64(h) for h in store.inclusion_proof(log_id, index, cp.size)],
+        "checkpoint": note.decode(),
+        **({"audit_certificate": pem.decode()} if pem else {}),
+    }
+
+
+def check_proof(proof: dict[str, Any], checkpoint: VerifiedFile) -> dict[str, Any]:
+    """Verify an inclusion proof offline; returns the leaf's fields. :class:`Refused` if not."""
+    try:
+        if proof.get("format") != PROOF_MAGIC:
+            raise ValueError("not a cipherpost inclusion proof")
+        leaf = base64.b64decode(proof["leaf"], validate=True)
+        path = [base64.b64decode(h, validate=True) for h in proof["proof"]]
+        index = int(proof["leaf_index"])
+        size = int(proof["tree_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise Refused(f"malformed proof: {e}") from None
+    cp = checkpoint.checkpoint
+    if proof.get("log_id") != cp.log_id:
+        raise Refused(f"proof is for log {proof.get('log_id')!r}, checkpoint for {cp.log_id!r}")
+    if size != cp.size:
+        raise Refused(f"proof is for tree size {size}, checkpoint is {cp.describe()}")
+    try:
+        merkle.verify_inclusion(merkle.leaf_hash(leaf), index, size, path, cp.root)
+    except merkle.ProofError as e:
+        raise Refused(f"inclusion proof does not verify against {cp.describe()}: {e}") from None
+    try:
+        fields = decode_leaf(leaf)
+    except ValueError as e:
+        raise Refused(f"proven leaf is not an audit record: {e}") from None
+    if fields["leaf_index"] != index:
+        raise Refused(f"leaf claims sequence {fields['leaf_index']} but sits at {index}")
+    if proof.get("envelope_id") not in (None, fields["envelope_id"]):
+        raise Refused("proof names another envelope than its leaf")
+    return fields

@@ -1,0 +1,138 @@
+"""The cipher department's witness: keep every gateway's checkpoints and prove they agree.
+
+Each checkpoint (a checkpoint file with consistency proofs from the gateway's
+earlier checkpoints, as published on ``cp.audit.checkpoints``) is checked
+against the CA, then against the largest checkpoint the witness already holds
+for that log with a consistency proof. A fork, a rollback, a truncation or a
+bad signature raises :class:`WitnessAlarm` naming both checkpoints. The store
+is a folder: ``ca.crt`` and, per log, ``<size>.checkpoint.json`` files (the
+format ``cipherpost audit verify --checkpoints`` reads).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway import merkle
+from gateway.checkpoint import Checkpoint, read_checkpoint_file
+from keys.ca import load_ca_certificate
+from keys.errors import CipherpostError, Refused
+
+CA_FILE = "ca.crt"
+
+
+class WitnessAlarm(Refused):
+    """The log is not append-only as seen by the witness (exit code 3)."""
+
+
+@dataclass(frozen=True)
+class Held:
+    checkpoint: Checkpoint
+    proofs: dict[int, list[bytes]]  # old size -> consistency proof to this checkpoint
+
+
+def _proofs(doc: dict[str, object]) -> dict[int, list[bytes]]:
+    out: dict[int, list[bytes]] = {}
+    items = doc.get("consistency", [])
+    if not isinstance(items, list):
+        raise Refused("checkpoint message: consistency must be a list")
+    for item in items:
+        try:
+            out[int(item["old_size"])] = [base64.b64decode(h, validate=True) for h in item["proof"]]
+        except (KeyError, TypeError, ValueError):
+            raise Refused("checkpoint message: malformed consistency proof") from None
+    return out
+
+
+class Witness:
+    """A witness store in ``folder``; pins the CA certificate on first use."""
+
+    def __init__(self, folder: Path, ca_cert: Path | None = None) -> None:
+        self.folder = folder
+        pinned = folder / CA_FILE
+        if ca_cert is None:
+            if not pinned.exists():
+                raise CipherpostError(f"{folder} is not a witness store yet: give --ca CA_CERT")
+            self.ca = load_ca_certificate(pinned)
+        else:
+            self.ca = load_ca_certificate(ca_cert)
+            if pinned.exists() and load_ca_certificate(pinned) != self.ca:
+                raise CipherpostError(f"{folder} already pins another CA certificate")
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not pinned.exists():
+                pinned.write_bytes(self.ca.public_bytes(serialization.Encoding.PEM))
+        self._logs: dict[str, list[Held]] = {}
+        for path in sorted(folder.glob("*/*.checkpoint.json")):
+            held = self._parse(path.read_bytes())
+            self._logs.setdefault(held.checkpoint.origin, []).append(held)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.ca
+
+    def _parse(self, data: bytes) -> Held:
+        checked = read_checkpoint_file(data, self.ca)
+        return Held(checked.checkpoint, _proofs(json.loads(data)))
+
+    def held(self, origin: str) -> list[Checkpoint]:
+        return sorted((h.checkpoint for h in self._logs.get(origin, [])), key=lambda c: c.size)
+
+    def observe(self, data: bytes) -> tuple[Checkpoint, bool]:
+        """Check one published checkpoint; returns it and whether it was new."""
+        try:
+            new = self._parse(data)
+        except Refused as e:
+            raise WitnessAlarm(f"checkpoint refused: {e}") from None
+        x = new.checkpoint
+        held = self._logs.get(x.origin, [])
+        if held:
+            latest = max(held, key=lambda h: h.checkpoint.size).checkpoint
+            if x.size == latest.size:
+                if x.root != latest.root:
+                    raise WitnessAlarm(f"fork: {x.describe()} and {latest.describe()}")
+                return x, False
+            if x.size > latest.size:
+                self._consistent(latest, x, new.proofs.get(latest.size))
+            else:
+                later = [h for h in held if h.checkpoint.size > x.size and x.size in h.proofs]
+                if not later:
+                    raise WitnessAlarm(
+                        f"rollback or truncation: {x.describe()} after {latest.describe()}, "
+                        "with no proof that the smaller one is a prefix"
+                    )
+                bigger = min(later, key=lambda h: h.checkpoint.size)
+                self._consistent(x, bigger.checkpoint, bigger.proofs[x.size])
+        self._store(x, data)
+        self._logs.setdefault(x.origin, []).append(new)
+        return x, True
+
+    def _consistent(self, old: Checkpoint, new: Checkpoint, proof: list[bytes] | None) -> None:
+        if proof is None:
+            raise WitnessAlarm(
+                f"no consistency proof from {old.describe()} to {new.describe()}: "
+                "the log was forked or rolled back"
+            )
+        try:
+            merkle.verify_consistency(old.size, new.size, proof, old.root, new.root)
+        except merkle.ProofError as e:
+            raise WitnessAlarm(
+                f"inconsistent: {new.describe()} does not extend {old.describe()} ({e})"
+            ) from None
+
+    def _store(self, cp: Checkpoint, data: bytes) -> None:
+        folder = self.folder / f"{cp.code.text}_{cp.log_id}"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / f"{cp.size:012d}.checkpoint.json"
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)

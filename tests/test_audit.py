@@ -1,0 +1,439 @@
+"""The audit log offline: Merkle store, signed checkpoints, witness, verify/prove/query/export.
+
+Every tampering the audit issue names is tried on a copy of a real store and
+``cipherpost audit verify`` must exit 3 and say where.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway import merkle
+from gateway.audit import ACCEPTED, REFUSED, AuditStore, Record
+from gateway.auditlog import Checkpointer, verify_store
+from gateway.checkpoint import parse_checkpoint, verify_checkpoint
+from gateway.witness import Witness, WitnessAlarm
+from keys import agency, ca
+from keys.auditkey import AuditKeyRequest, load_audit_certificate, load_audit_key, make_audit_key
+from keys.codes import AgencyCode
+from keys.errors import CipherpostError, Refused
+from keys.levels import Level
+from tests.helpers import cli
+
+PASSPHRASE = b"audit-test-passphrase"
+GATEWAY = "000.00.99.G99"
+OTHER_GATEWAY = "000.00.98.G98"
+NOW = dt.datetime(2026, 11, 28, 8, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class Env:
+    root: Path
+    ca_cert: Path
+    audit_dirs: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    root = tmp_path_factory.mktemp("audit")
+    ca.init_ca(root / "ca", PASSPHRASE, NOW, "Ban Cơ yếu (test)")
+    authority = ca.open_ca(root / "ca", PASSPHRASE)
+    dirs = {}
+    for code in (GATEWAY, OTHER_GATEWAY):
+        folder = root / code
+        agency.enroll(folder / "keys", AgencyCode.parse(code), "Cổng", PASSPHRASE, NOW)
+        request = agency.EnrollmentRequest.parse(
+            (folder / "keys" / agency.REQUEST_FILE).read_bytes()
+        )
+        ca.issue(authority, request, Level.TUYET_MAT, root / "certs", NOW)
+        req = make_audit_key(folder / "audit", AgencyCode.parse(code), PASSPHRASE, NOW)
+        path = ca.issue_audit(
+            authority, AuditKeyRequest.parse(req.read_bytes()), root / "certs", NOW
+        )
+        shutil.copy(path, folder / "audit" / "audit.crt")
+        dirs[code] = folder / "audit"
+    return Env(root, root / "ca" / "ca.crt", dirs)
+
+
+def record(i: int, *, sender: str = "000.00.00.H41", decision: str = ACCEPTED) -> Record:
+    return Record(
+        time=NOW + dt.timedelta(seconds=i),
+        event="submission",
+        envelope_id=f"{i:032x}",
+        sender=sender,
+        recipients=("000.01.12.H41", "000.02.12.H41") if i % 3 else ("000.00.00.H42",),
+        level="toi-mat" if i % 2 else "mat",
+        urgency="thuong",
+        size=1000 + i,
+        digest=f"{i:064x}",
+        decision=decision if i % 7 else REFUSED,
+        rule_id="h41-internal" if i % 7 else "no-tuyet-mat-online",
+        reason="test",
+        gateway_id="gw1",
+    )
+
+
+def checkpointer(env: Env, store: AuditStore, code: str = GATEWAY, state: Path | None = None):
+    folder = env.audit_dirs[code]
+    cert_pem = (folder / "audit.crt").read_bytes()
+    ca_cert = ca.load_ca_certificate(env.ca_cert)
+    return Checkpointer(
+        store,
+        load_audit_key(folder, PASSPHRASE),
+        load_audit_certificate(folder / "audit.crt", ca_cert),
+        cert_pem,
+        state or store.path.parent / f"state-{store.log_id}",
+        every=10,
+        seconds=3600,
+    )
+
+
+def build_log(
+    env: Env, folder: Path, sizes: tuple[int, ...] = (10, 25, 40), log_id: str = "gw1"
+) -> tuple[Path, Path, list[bytes]]:
+    """A store with checkpoints at ``sizes``, witnessed into ``folder/witness``."""
+    db = folder / "audit.db"
+    store = AuditStore(db, log_id=log_id)
+    cp = checkpointer(env, store)
+    witness = Witness(folder / "witness", env.ca_cert)
+    messages = []
+    done = store.size()
+    for n, size in enumerate(sizes):
+        store.commit([(record(i), f"e{log_id}{i}") for i in range(done, size)])
+        done = size
+        message = cp.sign(NOW + dt.timedelta(minutes=n + 1))
+        assert message is not None
+        witness.observe(message)
+        messages.append(message)
+    store.close()
+    return db, folder / "witness", messages
+
+
+@pytest.fixture
+def log(env: Env, tmp_path: Path) -> tuple[Path, Path]:
+    db, witness, _ = build_log(env, tmp_path)
+    return db, witness
+
+
+def verify(db: Path, witness: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli("audit", "verify", "--db", db, "--checkpoints", witness)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def tamper(db: Path, *statements: str, params: tuple[object, ...] = ()) -> None:
+    """What an operator with the file can do: drop the triggers and edit."""
+    con = sqlite3.connect(db)
+    for t in ("records", "nodes", "checkpoints"):
+        con.execute(f"DROP TRIGGER IF EXISTS {t}_no_update")
+        con.execute(f"DROP TRIGGER IF EXISTS {t}_no_delete")
+    for s in statements:
+        con.execute(s, params if "?" in s else ())
+    con.commit()
+    con.close()
+
+
+# --- the store ------------------------------------------------------------------------------------
+
+
+def test_store_root_matches_a_naive_tree(env: Env, tmp_path: Path) -> None:
+    store = AuditStore(tmp_path / "a.db", log_id="gw1")
+    store.commit([(record(i), None) for i in range(37)])
+    leaves = [store.leaf("gw1", i) for i in range(37)]
+    for size in (1, 2, 7, 16, 37):
+        assert store.root(size=size) == (
+            size,
+            merkle.root_from_leaf_hashes([merkle.leaf_hash(x) for x in leaves[:size]]),
+        )
+    proof = store.inclusion_proof("gw1", 5, 37)
+    merkle.verify_inclusion(merkle.leaf_hash(leaves[5]), 5, 37, proof, store.root()[1])
+    store.close()
+
+
+def test_triggers_refuse_update_and_delete(tmp_path: Path) -> None:
+    store = AuditStore(tmp_path / "a.db", log_id="gw1")
+    store.commit([(record(1), None), (record(2), None)])  # two leaves: one node
+    store.close()
+    con = sqlite3.connect(tmp_path / "a.db")
+    for sql in ("UPDATE records SET decision='x'", "DELETE FROM records", "DELETE FROM nodes"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            con.execute(sql)
+    con.close()
+
+
+def test_once_key_decides_once_across_stores_of_one_file(tmp_path: Path) -> None:
+    a = AuditStore(tmp_path / "a.db", log_id="gw1")
+    b = AuditStore(tmp_path / "a.db", log_id="gw2")
+    first = a.commit([(record(1), "env1")])[0]
+    second = b.commit([(record(8, decision=REFUSED), "env1"), (record(2), "env2")])
+    assert first.new and not second[0].new and second[0].decision == first.decision
+    assert second[1].new and second[1].leaf_index == 0  # gw2's own log starts at 0
+    assert a.size("gw1") == 1 and a.size("gw2") == 1
+    a.close()
+    b.close()
+
+
+# --- verify: the clean log and every tampering -------------------------------------------------
+
+
+def test_verify_accepts_the_untouched_log(log, capsys) -> None:
+    code, out = verify(*log, capsys)
+    assert code == 0, out
+    assert "40 leaves recomputed" in out and "3 signed checkpoint(s)" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "statements", "where"),
+    [
+        (
+            "modified column",
+            ("UPDATE records SET decision='accepted', rule_id='x' WHERE leaf_index=14",),
+            "leaf 14: stored decision differs",
+        ),
+        (
+            "modified leaf bytes",
+            ("UPDATE records SET leaf=CAST(leaf || X'00' AS BLOB) WHERE leaf_index=17",),
+            "leaf 17",
+        ),
+        ("deleted leaf", ("DELETE FROM records WHERE leaf_index=12",), "leaf 12 is missing"),
+        (
+            "inserted leaf",
+            (
+                "UPDATE records SET leaf_index=leaf_index+1000 WHERE leaf_index>=20",
+                "UPDATE records SET leaf_index=leaf_index-999 WHERE leaf_index>=1000",
+                "INSERT INTO records (log_id, leaf_index, time, event, envelope_id, sender,"
+                " recipients, level, urgency, size, digest, decision, rule_id, reason,"
+                " gateway_id, leaf, leaf_hash) SELECT log_id, 20, time, event, envelope_id,"
+                " sender, recipients, level, urgency, size, digest, decision, rule_id, reason,"
+                " gateway_id, leaf, leaf_hash FROM records WHERE leaf_index=3",
+            ),
+            "leaf 20 holds the record of sequence 3",
+        ),
+        (
+            "two leaves swapped",
+            (
+                "UPDATE records SET leaf_index=-1 WHERE leaf_index=30",
+                "UPDATE records SET leaf_index=30 WHERE leaf_index=31",
+                "UPDATE records SET leaf_index=31 WHERE leaf_index=-1",
+            ),
+            "leaf 30 holds the record of sequence 31",
+        ),
+        (
+            "truncated",
+            ("DELETE FROM records WHERE leaf_index>=30",),
+            "the store holds 30 leaves but checkpoint",
+        ),
+    ],
+)
+def test_verify_names_each_tampering(log, capsys, name, statements, where) -> None:
+    db, witness = log
+    tamper(db, *statements)
+    code, out = verify(db, witness, capsys)
+    assert code == 3, (name, out)
+    assert where in out, (name, out)
+
+
+def test_a_consistent_rewrite_is_caught_by_the_witnessed_roots(env, log, capsys) -> None:
+    """The operator rewrites a leaf and every hash after it: only the checkpoints show it."""
+    db, witness = log
+    store = AuditStore(db, log_id="gw1")
+    leaves = [store.leaf("gw1", i) for i in range(40)]
+    store.close()
+    forged = record(22, decision=REFUSED)
+    leaves[22] = forged.leaf(22)
+    tamper(
+        db,
+        "DELETE FROM nodes",
+        "UPDATE records SET decision=?, rule_id=?, leaf=?, leaf_hash=? WHERE leaf_index=22",
+        params=(forged.decision, forged.rule_id, leaves[22], merkle.leaf_hash(leaves[22])),
+    )
+    rebuilt = merkle.CompactRange()
+    con = sqlite3.connect(db)
+    for leaf in leaves:
+        for level, idx, h in rebuilt.append(merkle.leaf_hash(leaf)):
+            if level:
+                con.execute("INSERT INTO nodes VALUES ('gw1',?,?,?)", (level, idx, h))
+    con.commit()
+    con.close()
+    code, out = verify(db, witness, capsys)
+    assert code == 3
+    assert "root at size 25 differs" in out and "between 10 and 24" in out
+
+
+def test_a_forged_checkpoint_signature_is_refused(log, capsys) -> None:
+    db, witness = log
+    path = sorted(witness.rglob("*.checkpoint.json"))[0]
+    doc = json.loads(path.read_text())
+    doc["checkpoint"] = doc["checkpoint"].replace("\n10\n", "\n11\n", 1)
+    path.write_text(json.dumps(doc))
+    code, out = verify(db, witness, capsys)
+    assert code == 3 and "bad signature on checkpoint" in out
+
+
+def test_a_checkpoint_from_another_log_is_refused(env, log, tmp_path, capsys) -> None:
+    db, witness = log
+    other = tmp_path / "other"
+    other.mkdir()
+    other_store = AuditStore(other / "audit.db", log_id="gw9")
+    other_store.commit([(record(i), None) for i in range(5)])
+    message = checkpointer(env, other_store, OTHER_GATEWAY).sign(NOW)
+    other_store.close()
+    (witness / "stray.checkpoint.json").write_bytes(message)
+    code, out = verify(db, witness, capsys)
+    assert code == 3 and "which this store does not hold" in out
+
+
+def test_verify_refuses_without_any_checkpoint(log, tmp_path, capsys, env) -> None:
+    db, _ = log
+    empty = tmp_path / "empty"
+    Witness(empty, env.ca_cert)
+    code, out = verify(db, empty, capsys)
+    assert code == 3 and "no signed checkpoint" in out
+
+
+# --- the gateway's own guard -------------------------------------------------------------------
+
+
+def test_gateway_refuses_a_store_that_no_longer_matches(env, log) -> None:
+    db, _ = log
+    store = AuditStore(db, log_id="gw1")
+    assert checkpointer(env, store).check_on_start().size == 40
+    store.close()
+    tamper(db, "UPDATE records SET reason='edited' WHERE leaf_index=3")
+    store = AuditStore(db, log_id="gw1")
+    with pytest.raises(CipherpostError, match="no longer matches checkpoint"):
+        checkpointer(env, store).check_on_start()
+    store.close()
+
+
+def test_gateway_refuses_a_rolled_back_store(env, tmp_path) -> None:
+    db, _, _ = build_log(env, tmp_path, sizes=(10,))
+    old = tmp_path / "old.db"
+    store = AuditStore(db, log_id="gw1")
+    store.copy_to(old)
+    cp = checkpointer(env, store)
+    cp.check_on_start()
+    store.commit([(record(i), None) for i in range(10, 20)])
+    assert cp.sign(NOW + dt.timedelta(hours=1)) is not None
+    store.close()
+    shutil.copy(old, db)  # the operator restores last week's copy; the state file says 20
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    store = AuditStore(db, log_id="gw1")
+    with pytest.raises(CipherpostError, match="holds 10 leaves .* truncated or rolled back"):
+        checkpointer(env, store).check_on_start()
+    store.close()
+
+
+# --- the witness -------------------------------------------------------------------------------
+
+
+def test_witness_accepts_growth_and_alarms_on_rollback_and_fork(env, tmp_path) -> None:
+    db, _, messages = build_log(env, tmp_path / "a", sizes=(10, 20))
+    w = Witness(tmp_path / "w", env.ca_cert)
+    for m in messages:
+        assert w.observe(m)[1]
+    assert not w.observe(messages[1])[1]  # the same checkpoint again: fine, not new
+    # A restart on the copy taken at size 10, then other leaves: the same sizes, other roots.
+    _, _, forked = build_log(env, tmp_path / "b", sizes=(10, 15, 30))
+    with pytest.raises(WitnessAlarm, match="rollback or truncation"):
+        w.observe(forked[1])  # size 15 < 20, no proof it is a prefix
+    with pytest.raises(WitnessAlarm, match="does not extend|fork"):
+        w.observe(forked[2])  # size 30, its proof from 20 is of another tree
+    # The alarm survives a restart of the witness: what it holds is on disk.
+    again = Witness(tmp_path / "w")
+    assert [
+        c.size
+        for c in again.held(parse_checkpoint(json.loads(messages[0])["checkpoint"].encode()).origin)
+    ] == [10, 20]
+
+
+def test_witness_alarms_on_a_forged_signature(env, tmp_path) -> None:
+    _, _, messages = build_log(env, tmp_path / "a", sizes=(10,))
+    doc = json.loads(messages[0])
+    doc["checkpoint"] = doc["checkpoint"].replace("time ", "time 1", 1)
+    with pytest.raises(WitnessAlarm, match="bad signature"):
+        Witness(tmp_path / "w", env.ca_cert).observe(json.dumps(doc).encode())
+
+
+def test_checkpoint_note_is_a_c2sp_signed_note(env, tmp_path) -> None:
+    _, _, messages = build_log(env, tmp_path, sizes=(3,))
+    note = json.loads(messages[0])["checkpoint"]
+    lines = note.split("\n")
+    assert lines[0] == f"cipherpost.audit/{GATEWAY}/gw1" and lines[1] == "3"
+    assert lines[4] == "" and lines[5].startswith("\u2014 cipherpost.audit/")
+    cert = load_audit_certificate(
+        env.audit_dirs[GATEWAY] / "audit.crt", ca.load_ca_certificate(env.ca_cert)
+    )
+    assert verify_checkpoint(note.encode(), cert).size == 3
+    other = load_audit_certificate(
+        env.audit_dirs[OTHER_GATEWAY] / "audit.crt", ca.load_ca_certificate(env.ca_cert)
+    )
+    with pytest.raises(Refused):
+        verify_checkpoint(note.encode(), other)
+
+
+# --- prove, check-proof, query, export ---------------------------------------------------------
+
+
+def test_prove_and_check_proof_offline(log, tmp_path, env, capsys) -> None:
+    db, witness = log
+    cp_file = sorted(witness.rglob("*.checkpoint.json"))[-1]
+    proof = tmp_path / "proof.json"
+    eid = f"{23:032x}"
+    ca_args = ("--checkpoint", cp_file, "--ca", env.ca_cert)
+    assert cli("audit", "prove", eid, "--db", db, *ca_args, "--out", proof) == 0
+    assert cli("audit", "check-proof", proof, *ca_args) == 0
+    assert f"envelope {eid}" in capsys.readouterr().out
+    doc = json.loads(proof.read_text())
+    doc["proof"][0] = doc["proof"][1]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    assert cli("audit", "check-proof", bad, *ca_args) == 3
+    assert "does not verify" in capsys.readouterr().err
+    older = sorted(witness.rglob("*.checkpoint.json"))[0]  # size 10: another tree size
+    assert cli("audit", "check-proof", proof, "--checkpoint", older, "--ca", env.ca_cert) == 3
+
+
+def test_query_filters(log, capsys) -> None:
+    db, _ = log
+    assert (
+        cli("audit", "query", "--db", db, "--agency", "*.H42", "--level", "toi-mat", "--json") == 0
+    )
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rows
+    assert all(r["level"] == "toi-mat" and "000.00.00.H42" in r["recipients"] for r in rows)
+    assert cli("audit", "query", "--db", db, "--decision", "refused", "--csv") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("seq,log_id")
+    assert len(lines) - 1 == sum(1 for i in range(40) if i % 7 == 0)
+    assert cli("audit", "query", "--db", db, "--since", "not-a-time") == 2
+
+
+def test_export_verifies_offline_and_catches_tampering(log, tmp_path, env, capsys) -> None:
+    db, witness = log
+    out = tmp_path / "export.cpa"
+    export = ("audit", "export", "--db", db, "--checkpoints", witness, "--out", out)
+    assert cli(*export) == 0
+    assert cli("audit", "verify", "--export", out, "--ca", env.ca_cert) == 0
+    assert cli(*export) == 1  # never overwrites
+    tamper(out, "DELETE FROM records WHERE leaf_index=39")
+    capsys.readouterr()
+    assert cli("audit", "verify", "--export", out, "--ca", env.ca_cert) == 3
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_store_level_report_for_a_clean_multi_log_store(env, tmp_path) -> None:
+    db, witness, _ = build_log(env, tmp_path, sizes=(5,))
+    store = AuditStore(db, log_id="gw2")
+    store.commit([(record(i), None) for i in range(4)])
+    report = verify_store(store, [])
+    store.close()
+    assert report.ok and report.logs == {"gw1": 5, "gw2": 4}

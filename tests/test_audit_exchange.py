@@ -1,0 +1,167 @@
+"""The audit log on the real RabbitMQ: checkpoints published, witnessed, verified, proven;
+a gateway restarted on an older copy of its store is caught by the witness."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agents.cli import main
+from agents.world import PASSPHRASE, World
+from broker.provision import WITNESS_LOGIN
+from gateway.audit import AuditStore
+from keys.codes import AgencyCode
+from keys.levels import Level
+from tests.exchange import PROVINCE, A, make_world, wait_for
+from tests.helpers import cli
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    w = make_world(tmp_path / "w", checkpoint_every=4, checkpoint_seconds=0.5)
+    yield w
+    w.cleanup()
+
+
+def send(world: World, tmp_path: Path, n: int, tag: str) -> list[str]:
+    ids = []
+    with world.client(PROVINCE) as province:
+        for i in range(n):
+            doc = tmp_path / f"{tag}-{i}.txt"
+            doc.write_text(f"{tag} {i}\n")
+            ids.append(
+                province.send(doc, to=[AgencyCode.parse(A)], level=Level.MAT, progress=False)
+            )
+    return ids
+
+
+def run_gateway(world: World, tmp_path: Path, n: int, tag: str) -> list[str]:
+    """Start the gateway, exchange ``n`` documents (with receipts), stop it (it signs at stop)."""
+    world.start_gateway()
+    ids = send(world, tmp_path, n, tag)
+    with world.client(A) as a:
+        got = a.receive(idle=1.5)
+    assert {d.envelope_id for d in got} == set(ids)
+    world.stop_gateways()
+    return ids
+
+
+def witness(world: World, store: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    creds = world.root / "broker-credentials" / f"{world.prefix}{WITNESS_LOGIN}.broker.json"
+    code = main(
+        [
+            "audit",
+            "witness",
+            "--store",
+            str(store),
+            "--ca",
+            str(world.ca_dir / "ca.crt"),
+            "--broker",
+            str(creds),
+            "--idle",
+            "2",
+        ]
+    )
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_checkpoints_are_witnessed_verified_and_prove_an_envelope(
+    world, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("CIPHERPOST_PASSPHRASE", PASSPHRASE.decode())
+    ids = run_gateway(world, tmp_path, 10, "a")
+    store = tmp_path / "witness"
+    code, out = witness(world, store, capsys)
+    assert code == 0, out
+    assert "all consistent" in out
+    db = world.root / "audit.db"
+    assert main(["audit", "verify", "--db", str(db), "--checkpoints", str(store), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # 10 submissions + 10 receipts, one leaf each, all covered by the final checkpoint.
+    assert report["ok"] and report["logs"] == {"gw1": 20} and report["checkpoints_checked"] >= 2
+    latest = sorted(store.rglob("*.checkpoint.json"))[-1]
+    proof = tmp_path / "proof.json"
+    ca_args = ("--checkpoint", latest, "--ca", world.ca_dir / "ca.crt")
+    assert cli("audit", "prove", ids[3], "--db", db, *ca_args, "--out", proof) == 0
+    assert cli("audit", "check-proof", proof, *ca_args) == 0
+    assert f"envelope {ids[3]}" in capsys.readouterr().out
+    # The sender's agent got each envelope's leaf index and proof with the checkpoints.
+    with world.client(PROVINCE) as province:
+        province.receive(idle=1.5)
+        audits = [province.status(eid)["audit"] for eid in ids]
+    assert all(a is not None and a["verified"] and a["log_id"] == "gw1" for a in audits), audits
+    assert sorted(a["leaf_index"] for a in audits) == sorted(set(a["leaf_index"] for a in audits))
+    code = main(["status", ids[3], "--config", str(world.agent_config(PROVINCE)), "--idle", "0.5"])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
+    assert "audit: logged at leaf" in out and "[verified]" in out
+
+
+def test_witness_catches_a_gateway_restarted_on_an_older_store(world, tmp_path, capsys):
+    store = tmp_path / "witness"
+    run_gateway(world, tmp_path, 3, "first")
+    assert witness(world, store, capsys)[0] == 0
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    db = world.root / "audit.db"
+    s = AuditStore(db, readonly=True)
+    s.copy_to(backup / "audit.db")
+    s.close()
+    shutil.copytree(world.root / "gw1-state", backup / "gw1-state")
+
+    run_gateway(world, tmp_path, 3, "second")
+    assert witness(world, store, capsys)[0] == 0
+
+    # The operator restores the older copy (store and state alike) and carries on.
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup / "audit.db", db)
+    shutil.rmtree(world.root / "gw1-state")
+    shutil.copytree(backup / "gw1-state", world.root / "gw1-state")
+    run_gateway(world, tmp_path, 4, "third")
+    code, out = witness(world, store, capsys)
+    assert code == 3, out
+    assert "ALARM" in out and "cipherpost.audit/" in out
+
+
+def test_each_gateway_instance_keeps_its_own_log_and_key(tmp_path, capsys):
+    w = make_world(tmp_path / "w", gateways=("gw1", "gw2"), checkpoint_seconds=0.5)
+    try:
+        for name in ("gw1", "gw2"):  # one after the other: both logs certainly get leaves
+            gw = w.start_gateway(name)
+            send(w, tmp_path, 3, name)
+            assert wait_for(lambda gw=gw: gw.counters["forwarded"] == 3, 30)
+            w.stop_gateways()
+        store = tmp_path / "witness"
+        code, out = witness(w, store, capsys)
+        assert code == 0, out
+        assert (
+            main(
+                [
+                    "audit",
+                    "verify",
+                    "--db",
+                    str(w.root / "audit.db"),
+                    "--checkpoints",
+                    str(store),
+                    "--json",
+                ]
+            )
+            == 0
+        )
+        report = json.loads(capsys.readouterr().out)
+        assert report["logs"] == {"gw1": 3, "gw2": 3}
+        keys = {
+            json.loads(p.read_text())["checkpoint"].split("\n")[0]: json.loads(p.read_text())[
+                "audit_certificate"
+            ]
+            for p in store.rglob("*.checkpoint.json")
+        }
+        assert len(keys) == 2 and len(set(keys.values())) == 2  # two logs, two audit keys
+    finally:
+        w.cleanup()
