@@ -142,6 +142,20 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_directory_publish(args: argparse.Namespace) -> int:
+    from broker.connection import BrokerConfig
+    from broker.directory_feed import publish_directory
+
+    data = _read_file(args.file, "directory")
+    directory = Directory.load(data, TrustState(None), now=_now())  # never publish a bad one
+    publish_directory(BrokerConfig.load(args.broker), data)
+    print(
+        f"directory version {directory.version} ({len(directory.entries)} agencies, expires "
+        f"{directory.expires_at:%Y-%m-%d %H:%M}Z) published on cp.directory"
+    )
+    return 0
+
+
 def cmd_ca_issue_audit(args: argparse.Namespace) -> int:
     request = AuditKeyRequest.parse(_read_file(args.request, "audit key request"))
     authority = ca.open_ca(args.ca, read_passphrase())
@@ -624,6 +638,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=7,
         metavar="N",
         help="days until holders refuse this version (default 7)",
+    )
+
+    sp = add(
+        dir_sub,
+        "publish",
+        cmd_directory_publish,
+        "send a directory version to every running gateway and agent (cp.directory)",
+    )
+    sp.add_argument("file", type=Path, metavar="DIRECTORY_FILE")
+    sp.add_argument(
+        "--broker",
+        required=True,
+        type=Path,
+        metavar="CREDENTIALS.json",
+        help="the cipher department's broker login (cp-cipher, from broker provision)",
     )
 
     sp = add(sub, "seal", cmd_seal, "sign and encrypt FILE into an envelope for agency codes")

@@ -40,8 +40,9 @@ from agents.progress import ProgressReader
 from agents.state import AgentState
 from broker.connection import BrokerConfig
 from broker.consumer import Consumer, Delivery
+from broker.directory_feed import DirectoryFeed
 from broker.publisher import ConfirmingPublisher
-from broker.topology import SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, inbox_queue
+from broker.topology import SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, directory_queue, inbox_queue
 from envelopes.checking import check_header, check_segment
 from envelopes.errors import EnvelopeRefused
 from envelopes.notices import (
@@ -95,10 +96,19 @@ class Client:
             data = config.directory.read_bytes()
         except OSError as e:
             raise CipherpostError(f"cannot read directory {config.directory}: {e.strerror}") from e
-        self.directory = Directory.load(
-            data, TrustState(config.agency_dir / TRUST_FILE), now=_now(), ca_certificate=ca_cert
-        )
+        trust = TrustState(config.agency_dir / TRUST_FILE)
+        self.directory = Directory.load(data, trust, now=_now(), ca_certificate=ca_cert)
         self.broker = BrokerConfig.load(config.broker_credentials)
+        self.feed = DirectoryFeed(
+            self.broker,
+            directory_queue(self.keys.code),
+            current=self.directory,
+            trust=trust,
+            ca_certificate=ca_cert,
+            path=config.directory,
+            on_update=self._directory_updated,
+        )
+        self._feed_drained = False
         self.state = AgentState(config.state_db)
         self.spool = config.agency_dir / "spool"
         self._publisher: ConfirmingPublisher | None = None
@@ -122,6 +132,16 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _directory_updated(self, directory: Directory) -> None:
+        self.directory = directory
+
+    def refresh_directory(self) -> Directory:
+        """Apply the directory versions published since this agent last looked (once)."""
+        if not self._feed_drained:
+            self._feed_drained = True
+            self.feed.drain()
+        return self.directory
 
     @property
     def publisher(self) -> ConfirmingPublisher:
@@ -153,6 +173,7 @@ class Client:
             src = path.open("rb")
         except OSError as e:
             raise CipherpostError(f"cannot read {path}: {e.strerror}") from e
+        self.refresh_directory()
         outbox = self.config.agency_dir / "outbox"
         outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, spool_name = tempfile.mkstemp(dir=outbox, suffix=".cpe")
@@ -232,6 +253,9 @@ class Client:
     ) -> list[ReceivedDocument]:
         """Consume the inbox: once (until ``idle`` seconds pass quietly) or until stopped."""
         self.received = []
+        self.refresh_directory()
+        if follow:
+            self.feed.start()  # new versions apply while following
         consumer = Consumer(
             self.broker,
             inbox_queue(self.keys.code),
@@ -246,7 +270,11 @@ class Client:
                 consumer.stop()
 
             threading.Thread(target=watch, daemon=True).start()
-        consumer.run(until_idle=None if follow else idle, drain=self._flush)
+        try:
+            consumer.run(until_idle=None if follow else idle, drain=self._flush)
+        finally:
+            if follow:
+                self.feed.stop()
         return self.received
 
     def _flush(self) -> None:

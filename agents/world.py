@@ -16,7 +16,13 @@ from pathlib import Path
 from agents.client import Client
 from agents.config import AgentConfig
 from broker.management import Management
-from broker.provision import GATEWAY_LOGIN, WITNESS_LOGIN, delete_vhost, provision
+from broker.provision import (
+    GATEWAY_LOGIN,
+    PUBLISHER_LOGIN,
+    WITNESS_LOGIN,
+    delete_vhost,
+    provision,
+)
 from gateway.config import GatewayConfig
 from gateway.policy import sign_policy
 from gateway.service import Gateway, load
@@ -100,7 +106,7 @@ class World:
             self.mgmt,
             self.vhost,
             [self.login(c) for c in [*self.agencies, GATEWAY_CODE]]
-            + [self.prefix + GATEWAY_LOGIN, self.prefix + WITNESS_LOGIN],
+            + [self.prefix + x for x in (GATEWAY_LOGIN, WITNESS_LOGIN, PUBLISHER_LOGIN)],
         )
 
 

@@ -20,6 +20,7 @@ from keys.directory import Directory
 
 GATEWAY_LOGIN = "cp-gateway"
 WITNESS_LOGIN = "cp-witness"
+PUBLISHER_LOGIN = "cp-cipher"  # the cipher department: publishes directory versions
 
 
 @dataclass
@@ -38,6 +39,7 @@ def declare_topology(mgmt: Management, vhost: str, result: ProvisionResult) -> N
         (topology.DELIVER_EXCHANGE, "direct"),
         (topology.DEAD_EXCHANGE, "fanout"),
         (topology.CHECKPOINT_EXCHANGE, "fanout"),
+        (topology.DIRECTORY_EXCHANGE, "fanout"),
     ):
         if mgmt.get(f"/api/exchanges/{v}/{mgmt.q(name)}") is None:
             mgmt.put(f"/api/exchanges/{v}/{mgmt.q(name)}", {"type": kind, "durable": True})
@@ -132,21 +134,20 @@ def provision(
         amqp_host,
         amqp_port,
     )
-    _user(
-        mgmt,
-        vhost,
-        login_prefix + WITNESS_LOGIN,
-        topology.witness_permissions(),
-        result,
-        amqp_host,
-        amqp_port,
-    )
+    for login, permissions in (
+        (WITNESS_LOGIN, topology.witness_permissions()),
+        (PUBLISHER_LOGIN, topology.publisher_permissions()),
+    ):
+        _user(mgmt, vhost, login_prefix + login, permissions, result, amqp_host, amqp_port)
     for entry in sorted(directory.entries.values(), key=lambda e: e.code.text):
         login = login_prefix + entry.code.text
         queue = topology.inbox_queue(entry.code)
         # The inbox is kept even for a revoked agency: what was delivered is not lost.
         _queue(mgmt, vhost, queue, topology.QUEUE_ARGUMENTS, result)
         _bind(mgmt, vhost, topology.DELIVER_EXCHANGE, queue, entry.code.text, result)
+        feed = topology.directory_queue(entry.code)
+        _queue(mgmt, vhost, feed, topology.QUEUE_ARGUMENTS, result)
+        _bind(mgmt, vhost, topology.DIRECTORY_EXCHANGE, feed, "", result)
         if entry.revoked:
             if mgmt.get(f"/api/users/{mgmt.q(login)}") is not None:
                 mgmt.delete(f"/api/permissions/{mgmt.q(vhost)}/{mgmt.q(login)}")

@@ -4,6 +4,9 @@
 - ``cp.deliver`` (direct, routing key = agency code) -> ``cp.inbox.<code>``: only the
   gateway publishes here.
 - ``cp.dead`` (fanout) -> ``cp.dead``: poison and unroutable messages; nothing is dropped.
+- ``cp.directory`` (fanout) -> ``cp.directory.<code>`` per agency, and one
+  ``cp.directory.gateway.<id>`` per gateway (declared by the gateway): each new signed
+  directory version, published by the cipher department.
 - ``cp.audit.checkpoints`` (fanout) -> ``cp.audit.witness``: the gateways' signed audit
   checkpoints, for the cipher department's witness.
 
@@ -25,6 +28,9 @@ DELIVER_EXCHANGE = "cp.deliver"
 DEAD_EXCHANGE = "cp.dead"
 DEAD_QUEUE = "cp.dead"
 INBOX_PREFIX = "cp.inbox."
+DIRECTORY_EXCHANGE = "cp.directory"
+DIRECTORY_PREFIX = "cp.directory."
+GATEWAY_DIRECTORY_PREFIX = "cp.directory.gateway."
 CHECKPOINT_EXCHANGE = "cp.audit.checkpoints"
 WITNESS_QUEUE = "cp.audit.witness"
 DELIVERY_LIMIT = 5
@@ -37,6 +43,9 @@ QUEUE_ARGUMENTS: dict[str, object] = {
     "x-overflow": "reject-publish",
 }
 DEAD_QUEUE_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum"}
+# A gateway declares its own directory queue: no dead-lettering (it may not write cp.dead),
+# and nothing there can be poison (every version is verified, then acked).
+FEED_QUEUE_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum"}
 
 
 def inbox_queue(code: AgencyCode) -> str:
@@ -44,22 +53,39 @@ def inbox_queue(code: AgencyCode) -> str:
     return f"{INBOX_PREFIX}{code.text}"
 
 
+def directory_queue(code: AgencyCode) -> str:
+    """The queue where an agency's agent finds new directory versions."""
+    return f"{DIRECTORY_PREFIX}{code.text}"
+
+
+def gateway_directory_queue(gateway_id: str) -> str:
+    """The queue where one gateway instance finds new directory versions."""
+    return f"{GATEWAY_DIRECTORY_PREFIX}{gateway_id}"
+
+
 def agency_permissions(code: AgencyCode) -> dict[str, str]:
-    """Anchored permissions of an agency's broker user: publish to submit, read its inbox."""
+    """Anchored permissions of an agency's broker user: publish to submit, read its queues."""
     return {
         "configure": "^$",
         "write": f"^{re.escape(SUBMIT_EXCHANGE)}$",
-        "read": f"^{re.escape(inbox_queue(code))}$",
+        "read": f"^({re.escape(inbox_queue(code))}|{re.escape(directory_queue(code))})$",
     }
 
 
 def gateway_permissions() -> dict[str, str]:
-    """The gateway reads the submit queue, writes deliveries and checkpoints only."""
+    """The gateway reads the submit queue, writes deliveries and checkpoints, and keeps one
+    directory queue per instance (declared and bound by the instance itself)."""
+    own = re.escape(GATEWAY_DIRECTORY_PREFIX) + r"[\w.-]+"
     return {
-        "configure": "^$",
-        "write": f"^({re.escape(DELIVER_EXCHANGE)}|{re.escape(CHECKPOINT_EXCHANGE)})$",
-        "read": f"^{re.escape(SUBMIT_QUEUE)}$",
+        "configure": f"^{own}$",
+        "write": f"^({re.escape(DELIVER_EXCHANGE)}|{re.escape(CHECKPOINT_EXCHANGE)}|{own})$",
+        "read": f"^({re.escape(SUBMIT_QUEUE)}|{re.escape(DIRECTORY_EXCHANGE)}|{own})$",
     }
+
+
+def publisher_permissions() -> dict[str, str]:
+    """The cipher department publishes directory versions, nothing else."""
+    return {"configure": "^$", "write": f"^{re.escape(DIRECTORY_EXCHANGE)}$", "read": "^$"}
 
 
 def witness_permissions() -> dict[str, str]:

@@ -34,13 +34,20 @@ from dataclasses import dataclass
 
 import pika
 import structlog
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.connection import BrokerConfig
 from broker.consumer import Consumer, Delivery
+from broker.directory_feed import DirectoryFeed
 from broker.publisher import ConfirmingPublisher, Unroutable
-from broker.topology import CHECKPOINT_EXCHANGE, DELIVER_EXCHANGE, SUBMIT_QUEUE
+from broker.topology import (
+    CHECKPOINT_EXCHANGE,
+    DELIVER_EXCHANGE,
+    SUBMIT_QUEUE,
+    gateway_directory_queue,
+)
 from envelopes.checking import (
     CheckedHeader,
     check_header,
@@ -115,6 +122,7 @@ class Loaded:
     audit_key: Ed25519PrivateKey
     audit_certificate: AgencyCertificate
     audit_certificate_pem: bytes
+    ca_certificate: x509.Certificate
 
 
 def load(config: GatewayConfig, passphrase: bytes, now: dt.datetime | None = None) -> Loaded:
@@ -152,6 +160,7 @@ def load(config: GatewayConfig, passphrase: bytes, now: dt.datetime | None = Non
         audit_key,
         audit_cert,
         cert_path.read_bytes(),
+        ca_cert,
     )
 
 
@@ -164,6 +173,16 @@ class Gateway:
         self.policy = loaded.policy
         self.keys = loaded.keys
         self.broker = loaded.broker
+        self.feed = DirectoryFeed(
+            self.broker,
+            gateway_directory_queue(config.gateway_id),
+            current=self.directory,
+            trust=TrustState(config.state_dir / "trust.json"),
+            ca_certificate=loaded.ca_certificate,
+            path=config.directory,
+            on_update=self._directory_updated,
+            declare=True,
+        )
         self.audit = AuditStore(config.audit_db, log_id=config.gateway_id)
         self.checkpointer = Checkpointer(
             self.audit,
@@ -196,6 +215,7 @@ class Gateway:
     def run(self, *, until_idle: float | None = None) -> None:
         """Consume until stopped; in-flight work is finished and acked before returning."""
         self._publisher = ConfirmingPublisher(self.broker)
+        self.feed.start()  # new directory versions apply while running
         self._consumer = Consumer(
             self.broker,
             SUBMIT_QUEUE,
@@ -213,12 +233,19 @@ class Gateway:
         try:
             self._consumer.run(until_idle=until_idle, drain=self._publisher.flush)
         finally:
+            self.feed.stop()
+            self.counters["directory_refused"] = self.feed.refused
             self._commit_batch()
             self._checkpoint(force=True)  # the log as it stands at shutdown is signed too
             self._proofs.shutdown(wait=True)
             self._publisher.close()
             self.audit.close()
             log.info("gateway_stopped", gateway=self.config.gateway_id, **dict(self.counters))
+
+    def _directory_updated(self, directory: Directory) -> None:
+        """A new verified directory version: revocations and new agencies apply from now."""
+        self.directory = directory
+        self.counters["directory_updates"] += 1
 
     def audit_records(self) -> list[dict[str, object]]:
         """Every audit record so far (opens the store read-side; usable after ``run``)."""

@@ -11,6 +11,7 @@ import pika
 
 from agents.world import World, build_world
 from broker.connection import BrokerConfig
+from broker.topology import SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY
 from keys.levels import Level
 
 ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
@@ -93,3 +94,23 @@ def close_connections(world: World, user: str) -> int:
             check=True,
         )
     return count
+
+
+def submit(
+    world: World, code: str, body: bytes, kind: str = "part", user_id: str | None = "self"
+) -> None:
+    """Publish ``body`` to cp.submit as agency ``code`` (its own broker login), confirmed."""
+    conn = raw_connection(world, code)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        uid = world.login(code) if user_id == "self" else user_id
+        ch.basic_publish(
+            SUBMIT_EXCHANGE,
+            SUBMIT_ROUTING_KEY,
+            body,
+            pika.BasicProperties(type=kind, user_id=uid),
+            mandatory=True,
+        )
+    finally:
+        conn.close()

@@ -9,16 +9,14 @@ import io
 import os
 
 import msgpack
-import pika
 import pytest
 
 import envelopes
-from broker.topology import SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY
 from envelopes.frames import encode_header_frame, encode_segment_frame
 from envelopes.header import MAGIC
 from keys.codes import AgencyCode
 from keys.levels import Level
-from tests.exchange import PROVINCE, A, B, make_world, raw_connection, wait_for
+from tests.exchange import PROVINCE, A, B, make_world, submit, wait_for
 from tests.vectors.generate import _edit_header, _frames, _resign
 
 SEG = 1024
@@ -59,23 +57,6 @@ def part(header: tuple[bytes, bytes], segment) -> bytes:
     return encode_header_frame(*header) + encode_segment_frame(
         segment.index, segment.final, segment.ciphertext, segment.signature
     )
-
-
-def submit(world, code: str, body: bytes, kind: str = "part", user_id: str | None = "self") -> None:
-    conn = raw_connection(world, code)
-    try:
-        ch = conn.channel()
-        ch.confirm_delivery()
-        uid = world.login(code) if user_id == "self" else user_id
-        ch.basic_publish(
-            SUBMIT_EXCHANGE,
-            SUBMIT_ROUTING_KEY,
-            body,
-            pika.BasicProperties(type=kind, user_id=uid),
-            mandatory=True,
-        )
-    finally:
-        conn.close()
 
 
 def records(world):

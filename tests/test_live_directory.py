@@ -1,0 +1,132 @@
+"""Live directory on the real RabbitMQ: a new version reaches a running gateway and agent;
+a revoked sender is refused from that moment; rollbacks, expired and badly signed
+versions are refused and logged while the last good one stays in force."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import threading
+from pathlib import Path
+
+import pytest
+import structlog
+
+import envelopes
+from agents.world import PASSPHRASE, World
+from broker.provision import PUBLISHER_LOGIN
+from keys import ca
+from keys.codes import AgencyCode
+from keys.directory import build_directory
+from keys.levels import Level
+from tests.exchange import PROVINCE, A, B, make_world, submit, wait_for
+from tests.helpers import cli
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    w = make_world(tmp_path / "w")
+    yield w
+    w.cleanup()
+
+
+def publish(world: World, data: bytes, tmp_path: Path, name: str) -> int:
+    path = tmp_path / name
+    path.write_bytes(data)
+    creds = world.root / "broker-credentials" / f"{world.prefix}{PUBLISHER_LOGIN}.broker.json"
+    return cli("directory", "publish", path, "--broker", creds)
+
+
+def sealed_by(world: World, code: str, to: str) -> bytes:
+    with world.client(code) as c:
+        out = io.BytesIO()
+        doc = b"before the revocation\n" * 10
+        envelopes.seal(
+            io.BytesIO(doc),
+            out,
+            keys=c.keys,
+            directory=c.directory,
+            to=[AgencyCode.parse(to)],
+            level=Level.MAT,
+            size=len(doc),
+        )
+    return out.getvalue()
+
+
+def test_new_versions_reach_running_holders_and_bad_ones_are_refused(world, tmp_path, capsys):
+    gateway = world.start_gateway()
+    follower = world.client(B)
+    stop = threading.Event()
+    thread = threading.Thread(target=follower.receive, kwargs={"follow": True, "stop": stop})
+    thread.start()
+    try:
+        early = sealed_by(world, A, B)  # A's envelope, sealed while A was in good standing
+        v1 = world.directory_path.read_bytes()
+        authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+        now = dt.datetime.now(dt.UTC)
+        ca.revoke(authority, AgencyCode.parse(A), "key compromised", now)
+        v2 = build_directory(authority, world.root / "certs", now, valid_days=7)
+        assert publish(world, v2, tmp_path, "v2.cpd") == 0
+        assert "directory version 2" in capsys.readouterr().out
+        assert wait_for(lambda: gateway.directory.version == 2, 15)
+        assert wait_for(lambda: follower.directory.version == 2, 15)
+        assert follower.directory.entries[A].revoked
+        assert world.directory_path.read_bytes() == v2  # saved: a restart keeps it
+
+        # The revoked sender is refused from that moment, with the invariant's rule id.
+        submit(world, A, early)
+        assert wait_for(
+            lambda: any(r["rule_id"] == "invariant:revoked" for r in gateway.audit_records()),
+            15,
+        ), gateway.audit_records()
+
+        # Refused and logged; version 2 stays in force everywhere.
+        bad = bytearray(v2)
+        bad[-10] ^= 1
+        expired = build_directory(
+            authority, world.root / "certs", now - dt.timedelta(days=30), valid_days=1
+        )
+        with structlog.testing.capture_logs() as logs:
+            for data in (v1, bytes(bad), expired):  # a rollback, a forgery, an expired one
+                world_publish_raw(world, data)
+            assert wait_for(lambda: gateway.feed.refused >= 3 and follower.feed.refused >= 3, 15)
+        reasons = [e["reason"] for e in logs if e["event"] == "directory_refused"]
+        assert any("rollback" in r for r in reasons), reasons
+        assert any("signature" in r or "malformed" in r for r in reasons), reasons
+        assert any("expired" in r for r in reasons), reasons
+        assert gateway.directory.version == 2 and follower.directory.version == 2
+        assert world.directory_path.read_bytes() == v2
+    finally:
+        stop.set()
+        thread.join(30)
+        follower.close()
+
+
+def world_publish_raw(world: World, data: bytes) -> None:
+    """Publish without the CLI's own check (it refuses to publish a bad version)."""
+    from broker.connection import BrokerConfig
+    from broker.directory_feed import publish_directory
+
+    creds = world.root / "broker-credentials" / f"{world.prefix}{PUBLISHER_LOGIN}.broker.json"
+    publish_directory(BrokerConfig.load(creds), data)
+
+
+def test_the_cli_refuses_to_publish_a_bad_directory(world, tmp_path, capsys):
+    data = bytearray(world.directory_path.read_bytes())
+    data[-5] ^= 1
+    assert publish(world, bytes(data), tmp_path, "bad.cpd") == 3
+    assert "directory" in capsys.readouterr().err
+
+
+def test_an_agent_command_picks_up_the_new_version(world, tmp_path):
+    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    now = dt.datetime.now(dt.UTC)
+    ca.revoke(authority, AgencyCode.parse(B), "merged", now)
+    world_publish_raw(world, build_directory(authority, world.root / "certs", now, 7))
+    doc = tmp_path / "d.txt"
+    doc.write_text("x")
+    with world.client(PROVINCE) as province:
+        assert province.directory.version == 1
+        with pytest.raises(Exception, match="revoked"):
+            province.send(doc, to=[AgencyCode.parse(B)], level=Level.MAT, progress=False)
+        assert province.directory.version == 2
