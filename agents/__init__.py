@@ -1,1 +1,40 @@
-"""The agency desktop agent and the cipherpost command line."""
+"""The agency desktop agent, its Python API for integrators, and the cipherpost CLI.
+
+Integrators (document-management software) use::
+
+    from agents import open_agent, edxml_fields
+
+    with open_agent("/srv/cipherpost/agent.toml") as agent:
+        eid = agent.send(path, to=[AgencyCode.parse("000.00.00.H41")], level=Level.MAT,
+                         subject="...", fields=edxml_fields(notation="12/UBND-VP"))
+        for doc in agent.documents():          # verified, decrypted, receipted
+            ...                                # doc.path, doc.metadata["fields"]
+        agent.reply_status(eid, "03")          # accepted
+        agent.status(eid)                      # receipts, statuses, audit proof
+
+See docs/sdk.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.client import Client, ReceivedDocument
+from agents.config import AgentConfig
+from agents.edxml import EDXML_FIELDS, edxml_fields
+from keys.keystore import read_passphrase
+
+__all__ = [
+    "EDXML_FIELDS",
+    "AgentConfig",
+    "Client",
+    "ReceivedDocument",
+    "edxml_fields",
+    "open_agent",
+]
+
+
+def open_agent(config: str | Path, passphrase: bytes | None = None) -> Client:
+    """The agent of the agency configured in ``config`` (passphrase: argument, else
+    ``CIPHERPOST_PASSPHRASE``, else a prompt). Use it as a context manager."""
+    return Client(AgentConfig.load(Path(config)), passphrase or read_passphrase())

@@ -30,14 +30,14 @@ from typing import NoReturn
 from cryptography.hazmat.primitives import serialization
 
 import envelopes
-from agents import audit_cli
+from agents import audit_cli, onboarding
 from agents.client import Client, ReceivedDocument
 from agents.progress import ProgressReader
 from keys import agency, ca
 from keys.auditkey import AuditKeyRequest
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState, build_directory
-from keys.errors import EXIT_ERROR, EXIT_USAGE, CipherpostError, UsageError
+from keys.errors import EXIT_ERROR, EXIT_USAGE, CipherpostError, Refused, UsageError
 from keys.keystore import read_passphrase
 from keys.levels import Level, Urgency
 
@@ -161,6 +161,83 @@ def cmd_ca_issue_audit(args: argparse.Namespace) -> int:
     authority = ca.open_ca(args.ca, read_passphrase())
     path = ca.issue_audit(authority, request, args.out, _now(), args.valid_days)
     print(f"audit key of {request.code} certified: {path}")
+    return 0
+
+
+def cmd_ca_approve(args: argparse.Namespace) -> int:
+    authority = ca.open_ca(args.ca, read_passphrase())
+    result = onboarding.approve(
+        authority, args.kits, args.certs, args.directory, _now(), valid_days=args.valid_days
+    )
+    for code in result.approved:
+        print(f"approved {code}")
+    for reason in result.refused:
+        print(f"REFUSED {reason}")
+    print(
+        f"{len(result.approved)} approved, {len(result.already)} already approved, "
+        f"{len(result.waiting)} waiting for their agency (no request yet), "
+        f"{len(result.refused)} refused"
+    )
+    if result.approved:
+        print(f"new directory {args.directory}, copied into every kit; next: broker provision")
+    if result.refused:
+        raise Refused(f"{len(result.refused)} request(s) refused: {result.refused[0]}")
+    return 0
+
+
+def cmd_agency_import(args: argparse.Namespace) -> int:
+    try:
+        text = args.csv.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise CipherpostError(f"cannot read {args.csv}: {e.strerror}") from e
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.csv} is not UTF-8 text") from None
+    rows = onboarding.read_csv(text)
+    authority = ca.open_ca(args.ca, read_passphrase())
+    new = onboarding.import_agencies(rows, authority, args.kits)
+    print(f"{len(rows)} agencies imported ({new} new); one kit each in {args.kits}")
+    print("give each agency its kit; it runs: cipherpost agency join KIT --dir AGENCY_DIR")
+    return 0
+
+
+def cmd_agency_join(args: argparse.Namespace) -> int:
+    config = onboarding.join(args.kit, args.dir, read_passphrase(confirm=True), _now())
+    print(f"keys made in {args.dir / 'keys'} (they never leave it); request put into {args.kit}")
+    print(
+        f"return the kit to the cipher department; then: cipherpost agency finish {args.kit}"
+        f" --dir {args.dir}"
+    )
+    print(f"agent settings: {config}")
+    return 0
+
+
+def cmd_agency_finish(args: argparse.Namespace) -> int:
+    directory = onboarding.finish(args.kit, args.dir, _now())
+    print(f"ready: directory version {directory.version} checked, broker login works")
+    print(f"receive with: cipherpost receive --follow --config {args.dir / 'agent.toml'}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agents.doctor import Doctor
+
+    checks = Doctor(args.config, read_passphrase).run()
+    for check in checks:
+        print(check.line(), flush=True)
+    failed = [c for c in checks if c.status == "FAIL"]
+    if failed:
+        sys.stderr.write(f"cipherpost: {len(failed)} check(s) failed; first: {failed[0].name}\n")
+        return EXIT_ERROR
+    sys.stderr.write("every check passed\n")
+    return 0
+
+
+def cmd_ca_retire(args: argparse.Namespace) -> int:
+    authority = ca.open_ca(args.ca, read_passphrase())
+    code, successor = AgencyCode.parse(args.code), AgencyCode.parse(args.successor)
+    ca.retire(authority, code, successor)
+    print(f"{code} retired; its successor is {successor}")
+    print("rebuild and distribute the directory: directory build, broker provision --publish")
     return 0
 
 
@@ -487,6 +564,23 @@ def cmd_broker_provision(args: argparse.Namespace) -> int:
         print(change)
     if not result.changes:
         print("nothing to change: the broker matches the directory")
+    if args.kits is not None:
+        # Each new agency's login goes into its onboarding kit (0600), with the directory.
+        for login, config in list(result.new_credentials.items()):
+            kit = args.kits / login.removeprefix(args.login_prefix)
+            if (kit / onboarding.KIT_FILE).exists():
+                config.save(kit / onboarding.KIT_BROKER)
+                del result.new_credentials[login]
+                print(f"credentials of {login} written to its kit {kit}")
+    if args.publish:
+        from broker.connection import BrokerConfig
+        from broker.directory_feed import publish_directory
+
+        admin = BrokerConfig(
+            mgmt.username, mgmt.password, args.amqp_host, args.amqp_port, args.vhost
+        )
+        publish_directory(admin, directory.raw)
+        print(f"directory version {directory.version} published to running gateways and agents")
     if result.new_credentials and args.credentials_dir is None:
         # Printed once, never logged: hand each line to its agency over a trusted channel.
         for login, config in result.new_credentials.items():
@@ -606,10 +700,58 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
     sp.add_argument("--out", required=True, type=Path, metavar="CERTS_DIR")
     sp.add_argument("--valid-days", type=int, default=365, metavar="N")
+    sp = add(
+        ca_sub,
+        "approve",
+        cmd_ca_approve,
+        "certify every onboarding kit's request that matches an imported agency;"
+        " sign a new directory and put it in every kit",
+    )
+    sp.add_argument("kits", type=Path, metavar="KITS_DIR")
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--certs", required=True, type=Path, metavar="CERTS_DIR")
+    sp.add_argument("--directory", required=True, type=Path, metavar="DIRECTORY_FILE")
+    sp.add_argument("--valid-days", type=int, default=365, metavar="N")
+    sp = add(
+        ca_sub,
+        "retire",
+        cmd_ca_retire,
+        "mark a code retired (merged commune): envelopes to it are refused naming the successor",
+    )
+    sp.add_argument("code", metavar="CODE")
+    sp.add_argument("--successor", required=True, metavar="CODE")
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
     sp = add(ca_sub, "revoke", cmd_ca_revoke, "revoke every certificate of an agency (CRL)")
     sp.add_argument("code", metavar="CODE")
     sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
     sp.add_argument("--reason", required=True, metavar="TEXT")
+
+    ag_sub = group("agency", "onboarding: import agencies in bulk, join, finish")
+    sp = add(
+        ag_sub,
+        "import",
+        cmd_agency_import,
+        "cipher department: read AGENCIES.csv (code,name,clearance[,parent]); one kit each",
+    )
+    sp.add_argument("csv", type=Path, metavar="AGENCIES.csv")
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--kits", required=True, type=Path, metavar="KITS_DIR")
+    sp = add(
+        ag_sub,
+        "join",
+        cmd_agency_join,
+        "agency: make the keys here and put the request into the kit",
+    )
+    sp.add_argument("kit", type=Path, metavar="KIT_DIR")
+    sp.add_argument("--dir", required=True, type=Path, metavar="AGENCY_DIR")
+    sp = add(
+        ag_sub,
+        "finish",
+        cmd_agency_finish,
+        "agency: take the directory and broker login from the approved kit and check them",
+    )
+    sp.add_argument("kit", type=Path, metavar="KIT_DIR")
+    sp.add_argument("--dir", required=True, type=Path, metavar="AGENCY_DIR")
 
     keys_sub = group("keys", "an agency's own keys")
     sp = add(
@@ -802,6 +944,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write new credentials here (0600) instead of printing them once",
     )
+    sp.add_argument(
+        "--kits",
+        type=Path,
+        metavar="KITS_DIR",
+        help="onboarding kits: each new agency's credentials go into its own kit",
+    )
+    sp.add_argument(
+        "--publish",
+        action="store_true",
+        help="also publish this directory version on cp.directory (running holders pick it up)",
+    )
 
     pol_sub = group("policy", "the classification policy")
     sp = add(pol_sub, "sign", cmd_policy_sign, "check and sign a TOML policy with the CA key")
@@ -821,6 +974,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", type=Path, metavar="DIR", help="keep the demo's files here")
 
     audit_cli.register(group, add)
+
+    sp = add(
+        sub,
+        "doctor",
+        cmd_doctor,
+        "check this agent end to end: keys, certificates, directory, broker, queues, gateway;"
+        " one line per check with the fix (exit 1 if any failed)",
+    )
+    config_arg(sp)
 
     sp = add(
         sub,

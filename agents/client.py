@@ -20,6 +20,7 @@ import datetime as dt
 import io
 import json
 import os
+import queue
 import re
 import shutil
 import tempfile
@@ -276,6 +277,39 @@ class Client:
             if follow:
                 self.feed.stop()
         return self.received
+
+    def documents(
+        self, *, follow: bool = False, idle: float = 2.0, stop: threading.Event | None = None
+    ) -> Iterator[ReceivedDocument]:
+        """Each received document as soon as it is verified, decrypted, durable and receipted.
+
+        Without ``follow`` the iterator ends once the inbox stayed quiet for
+        ``idle`` seconds; with it, when ``stop`` is set. Errors of the receive
+        loop are raised from the iterator.
+        """
+        arrived: queue.Queue[ReceivedDocument | BaseException | None] = queue.Queue()
+        previous = self.on_received
+        self.on_received = arrived.put
+
+        def run() -> None:
+            try:
+                self.receive(follow=follow, idle=idle, stop=stop)
+                arrived.put(None)
+            except BaseException as e:  # handed to the caller's thread
+                arrived.put(e)
+
+        worker = threading.Thread(target=run, name="cipherpost-documents", daemon=True)
+        worker.start()
+        try:
+            while (item := arrived.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if stop is not None:
+                stop.set()
+            worker.join(60)
+            self.on_received = previous
 
     def _flush(self) -> None:
         if self._publisher is not None:

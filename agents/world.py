@@ -142,7 +142,7 @@ def build_world(
         folder = root / "agents" / code / "keys" if code != GATEWAY_CODE else root / "gateway-keys"
         agency.enroll(folder, AgencyCode.parse(code), name, PASSPHRASE, now)
         request = agency.EnrollmentRequest.parse((folder / agency.REQUEST_FILE).read_bytes())
-        ca.issue(authority, request, clearance, certs, now, valid_days=30)
+        ca.issue(authority, request, clearance, certs, now, valid_days=365)
     world.directory_path.write_bytes(build_directory(authority, certs, now, valid_days=7))
     (root / "policy.cpp").write_bytes(sign_policy(policy_text, authority, now, valid_days=7))
     world.directory = Directory.load(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class DirectoryFeed:
         self.on_update = on_update
         self.declare = declare
         self.refused = 0
+        self.refusals: list[str] = []  # the latest reasons, newest last (also logged)
         self._lock = threading.Lock()
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
@@ -68,6 +70,7 @@ class DirectoryFeed:
                 )
             except Refused as e:
                 self.refused += 1
+                self.refusals = [*self.refusals[-19:], str(e)]
                 log.warning("directory_refused", reason=str(e), kept_version=self.current.version)
                 return None
             if new.version <= self.current.version:
@@ -141,8 +144,20 @@ class DirectoryFeed:
             self._thread.join(10)
 
 
-def publish_directory(broker: BrokerConfig, data: bytes) -> None:
+def publish_directory(broker: BrokerConfig, data: bytes, attempts: int = 3) -> None:
     """Publish one directory version to every holder (confirmed by the broker)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            _publish_once(broker, data)
+            return
+        except BrokerError as e:
+            if attempt == attempts:
+                raise
+            log.warning("directory_publish_retry", attempt=attempt, error=str(e))
+            time.sleep(2.0 * attempt)
+
+
+def _publish_once(broker: BrokerConfig, data: bytes) -> None:
     with ConfirmingPublisher(broker) as publisher:
         future = publisher.publish(
             DIRECTORY_EXCHANGE,

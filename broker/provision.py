@@ -146,7 +146,7 @@ def provision(
         _queue(mgmt, vhost, queue, topology.QUEUE_ARGUMENTS, result)
         _bind(mgmt, vhost, topology.DELIVER_EXCHANGE, queue, entry.code.text, result)
         feed = topology.directory_queue(entry.code)
-        _queue(mgmt, vhost, feed, topology.QUEUE_ARGUMENTS, result)
+        _queue(mgmt, vhost, feed, topology.FEED_QUEUE_ARGUMENTS, result)
         _bind(mgmt, vhost, topology.DIRECTORY_EXCHANGE, feed, "", result)
         if entry.revoked:
             if mgmt.get(f"/api/users/{mgmt.q(login)}") is not None:

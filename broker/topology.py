@@ -43,9 +43,10 @@ QUEUE_ARGUMENTS: dict[str, object] = {
     "x-overflow": "reject-publish",
 }
 DEAD_QUEUE_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum"}
-# A gateway declares its own directory queue: no dead-lettering (it may not write cp.dead),
-# and nothing there can be poison (every version is verified, then acked).
-FEED_QUEUE_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum"}
+# Directory feeds: classic durable queues. Nothing there can be poison (every version is
+# verified, then acked) and a lost one is replaced by the next version; quorum queues
+# would double the Raft groups per agency (150 for 75 communes) for no gain.
+FEED_QUEUE_ARGUMENTS: dict[str, object] = {"x-queue-type": "classic"}
 
 
 def inbox_queue(code: AgencyCode) -> str:

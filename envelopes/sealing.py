@@ -94,6 +94,11 @@ def seal(
         )
     entries = []
     for code in to:
+        successor = directory.successor(code)
+        if successor is not None:
+            raise EnvelopeRefused(
+                f"recipient {code} is retired (merged into {successor}): send to {successor}"
+            )
         entry = directory.get(code, "recipient")
         entry.check_usable(now, "recipient")
         if level > entry.clearance:

@@ -86,6 +86,7 @@ NO_ENVELOPE = b"\0" * 16
 
 # Which invariant a refusal broke, for the rule id (no rule can switch these off).
 _INVARIANTS = (
+    ("retired", "invariant:retired"),
     ("clearance", "invariant:clearance"),
     ("revoked", "invariant:revoked"),
     ("not in the directory", "invariant:unknown-party"),
@@ -391,6 +392,15 @@ class Gateway:
         if publisher != sender:
             raise EnvelopeRefused(f"published by {publisher} but signed by {sender}")
 
+    def _check_not_retired(self, h: Header) -> None:
+        """Merged communes: the notice names the code that took over."""
+        for r in h.recipients:
+            successor = self.directory.successor(r.code)
+            if successor is not None:
+                raise EnvelopeRefused(
+                    f"recipient {r.code} is retired (merged into {successor}): send to {successor}"
+                )
+
     def _part(self, d: Delivery) -> None:
         now = _now()
         try:
@@ -415,6 +425,7 @@ class Gateway:
         try:
             checked = check_header_rest(h, sender, self.directory, now)
             check_segment(checked, part.segment)
+            self._check_not_retired(h)
         except EnvelopeRefused as e:
             self._refuse(d, h, "submission", rule_for(str(e)), str(e), once_key=eid, now=now)
             return

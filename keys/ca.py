@@ -296,6 +296,27 @@ def issue_audit(
     return path
 
 
+def retire(ca: CertificateAuthority, code: AgencyCode, successor: AgencyCode) -> None:
+    """Mark ``code`` retired (merged into ``successor``) for the next directory version."""
+    state = ca.load_state()
+    issued = state["issued"]
+    if code == successor:
+        raise UsageError("a code cannot be its own successor")
+    for c in (code, successor):
+        if c.text not in issued:
+            raise CipherpostError(f"{c} holds no certificates from this CA")
+    retired = state.setdefault("retired", {})
+    if successor.text in retired:
+        raise CipherpostError(f"{successor} is itself retired (into {retired[successor.text]})")
+    if issued[successor.text].get("revoked"):
+        raise CipherpostError(f"{successor} is revoked; choose a successor in good standing")
+    for old, new in list(retired.items()):
+        if new == code.text:
+            retired[old] = successor.text  # keep chains short: A->B, B->C gives A->C
+    retired[code.text] = successor.text
+    ca.save_state(state)
+
+
 def revoke(ca: CertificateAuthority, code: AgencyCode, reason: str, now: dt.datetime) -> bool:
     """Revoke every certificate ever issued to ``code``; False if it already was."""
     state = ca.load_state()

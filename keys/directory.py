@@ -3,7 +3,8 @@
 Wire form: ``msgpack([MAGIC, body, signature])`` where ``signature`` is the
 CA's Ed25519 signature over ``CONTEXT ‖ body`` and ``body`` is
 ``msgpack([version, issued_at, expires_at, ca_cert_der, crl_der,
-[[sign_cert_der, enc_cert_der], ...]])``. The signed bytes are kept as they
+[[sign_cert_der, enc_cert_der], ...], [[retired_code, successor_code], ...]])``
+(the last list, retired codes of merged agencies, may be absent). The signed bytes are kept as they
 came; nothing is re-encoded before checking.
 
 A holder remembers, per trusted CA, the highest version it accepted
@@ -69,6 +70,11 @@ class Directory:
     ca_fingerprint: str
     entries: Mapping[str, DirectoryEntry] = field(repr=False)
     raw: bytes = field(repr=False)
+    retired: Mapping[str, str] = field(default_factory=dict)  # retired code -> successor
+
+    def successor(self, code: AgencyCode) -> str | None:
+        """The successor of a retired code (None if the code is not retired)."""
+        return self.retired.get(code.text)
 
     def get(self, code: AgencyCode, role: str = "agency") -> DirectoryEntry:
         """The entry for ``code``; :class:`Refused` if unknown."""
@@ -107,9 +113,16 @@ class Directory:
             magic, body, sig = msgpack.unpackb(data, raw=False, use_list=False)
             if magic != MAGIC or not isinstance(body, bytes) or not isinstance(sig, bytes):
                 raise ValueError("not a directory")
-            version, issued, expires, ca_der, crl_der, pairs = msgpack.unpackb(
-                body, raw=False, use_list=False
-            )
+            fields = msgpack.unpackb(body, raw=False, use_list=False)
+            if not isinstance(fields, tuple) or len(fields) not in (6, 7):
+                raise ValueError("bad field count")
+            version, issued, expires, ca_der, crl_der, pairs = fields[:6]
+            retired_pairs = fields[6] if len(fields) == 7 else ()
+            if not isinstance(retired_pairs, tuple) or not all(
+                isinstance(p, tuple) and len(p) == 2 and all(isinstance(c, str) for c in p)
+                for p in retired_pairs
+            ):
+                raise ValueError("bad retired list")
             for n in (version, issued, expires):
                 if not isinstance(n, int) or isinstance(n, bool):
                     raise ValueError("bad integer field")
@@ -170,6 +183,15 @@ class Directory:
                 enc=enc,
                 revoked=sign.serial in revoked or enc.serial in revoked,
             )
+        retired: dict[str, str] = {}
+        for old, new in retired_pairs:
+            try:
+                old_code, new_code = AgencyCode.parse(old), AgencyCode.parse(new)
+            except UsageError as e:
+                raise Refused(f"directory retired list: {e}") from None
+            if new_code.text not in entries or new_code.text in dict(retired_pairs):
+                raise Refused(f"directory retires {old_code} into {new_code}, not a live agency")
+            retired[old_code.text] = new_code.text
         trust.accept(fingerprint, version)
         return cls(
             version=version,
@@ -178,6 +200,7 @@ class Directory:
             ca_fingerprint=fingerprint,
             entries=entries,
             raw=data,
+            retired=retired,
         )
 
 
@@ -217,6 +240,7 @@ def build_directory(
             ca.certificate.public_bytes(serialization.Encoding.DER),
             (ca.directory / CRL_FILE).read_bytes(),
             pairs,
+            sorted([old, new] for old, new in state.get("retired", {}).items()),
         ],
         use_bin_type=True,
     )

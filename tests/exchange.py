@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import time
 from collections.abc import Callable
@@ -9,9 +10,13 @@ from pathlib import Path
 
 import pika
 
+import envelopes
 from agents.world import World, build_world
 from broker.connection import BrokerConfig
+from broker.directory_feed import publish_directory
+from broker.provision import PUBLISHER_LOGIN
 from broker.topology import SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY
+from keys.codes import AgencyCode
 from keys.levels import Level
 
 ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
@@ -114,3 +119,25 @@ def submit(
         )
     finally:
         conn.close()
+
+
+def sealed_by(world: World, code: str, to: str) -> bytes:
+    with world.client(code) as c:
+        out = io.BytesIO()
+        doc = b"before the revocation\n" * 10
+        envelopes.seal(
+            io.BytesIO(doc),
+            out,
+            keys=c.keys,
+            directory=c.directory,
+            to=[AgencyCode.parse(to)],
+            level=Level.MAT,
+            size=len(doc),
+        )
+    return out.getvalue()
+
+
+def publish_raw(world: World, data: bytes) -> None:
+    """Publish without the CLI's own check (it refuses to publish a bad version)."""
+    creds = world.root / "broker-credentials" / f"{world.prefix}{PUBLISHER_LOGIN}.broker.json"
+    publish_directory(BrokerConfig.load(creds), data)

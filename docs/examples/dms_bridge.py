@@ -1,0 +1,96 @@
+"""Example: bridge a document-management system (DMS) to cipherpost.
+
+The province's DMS sends an official letter (công văn) with its edXML
+metadata; the commune's DMS takes every arriving document into its register,
+replies "accepted" (03) and, once handled, "completed" (06); the province's
+DMS then reads the signed history. Run by tests/test_sdk_example.py against the
+real RabbitMQ; run it yourself with two agent configs:
+
+    CIPHERPOST_PASSPHRASE=... python docs/examples/dms_bridge.py \
+        /srv/province/agent.toml /srv/commune/agent.toml 000.01.12.H41
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from agents import edxml_fields, open_agent
+from keys.codes import AgencyCode
+from keys.levels import Level, Urgency
+
+
+def send_letter(province_config: Path, commune: str, workdir: Path) -> str:
+    """The province's DMS hands a letter to cipherpost; returns the envelope id."""
+    letter = workdir / "cong-van-12-UBND-VP.pdf"
+    letter.write_bytes(b"%PDF-1.7\n% Cong van ve viec sap nhap xa (demo)\n" * 200)
+    with open_agent(province_config) as agent:
+        return agent.send(
+            letter,
+            to=[AgencyCode.parse(commune)],
+            level=Level.MAT,
+            urgency=Urgency.KHAN,
+            subject="Về việc sắp xếp đơn vị hành chính cấp xã",
+            fields=edxml_fields(
+                document_code="000.00.00.H41-2026-000123",
+                notation="12/UBND-VP",
+                document_type="Công văn",
+                promulgation_date=dt.date(2026, 11, 28),
+                promulgation_place="Tỉnh H41",
+                signer="Nguyễn Văn A",
+                steering_type="Khẩn",
+                due_date=dt.date(2026, 12, 5),
+            ),
+            progress=False,
+        )
+
+
+def take_in(commune_config: Path, register: Path) -> list[dict[str, object]]:
+    """The commune's DMS registers each arriving document and answers its sender."""
+    entries = []
+    with open_agent(commune_config) as agent:
+        for doc in agent.documents(idle=1.5):  # verified, decrypted, durable, receipted
+            fields = doc.metadata["fields"]
+            entry = {
+                "envelope_id": doc.envelope_id,
+                "file": str(doc.path),
+                "from": doc.metadata["sender"]["code"],
+                "notation": fields.get("notation"),
+                "type": fields.get("document_type"),
+                "due": fields.get("due_date"),
+                "level": doc.metadata["level_display"],
+            }
+            entries.append(entry)
+            agent.reply_status(doc.envelope_id, "03", note="vào sổ văn bản đến")  # accepted
+            agent.reply_status(doc.envelope_id, "06", note="đã xử lý")  # completed
+    register.write_text(json.dumps(entries, ensure_ascii=False, indent=2))
+    return entries
+
+
+def history(province_config: Path, envelope_id: str) -> dict[str, list[str]]:
+    """What the province's DMS shows: per recipient, each signed status, verified."""
+    with open_agent(province_config) as agent:
+        agent.receive(idle=1.5)  # collect receipts and statuses waiting in the inbox
+        report = agent.status(envelope_id)
+    return {
+        code: [f"{h['status']} {h['status_name']}" for h in items if h["verified"]]
+        for code, items in report["recipients"].items()
+    }
+
+
+def main(province_config: Path, commune_config: Path, commune: str) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        eid = send_letter(province_config, commune, Path(tmp))
+        print(f"sent {eid}")
+        for entry in take_in(commune_config, Path(tmp) / "register.json"):
+            print(f"registered {entry['notation']} ({entry['type']}) due {entry['due']}")
+        for code, statuses in history(province_config, eid).items():
+            print(f"{code}: {', '.join(statuses)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))

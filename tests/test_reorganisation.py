@@ -1,0 +1,66 @@
+"""Merged communes: a retired code is refused with a notice naming its successor, the
+sender's agent proposes the successor, and the audit records it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from agents.world import PASSPHRASE
+from envelopes.errors import EnvelopeRefused
+from keys import ca
+from keys.codes import AgencyCode
+from keys.directory import build_directory
+from keys.errors import CipherpostError
+from keys.levels import Level
+from tests.exchange import PROVINCE, A, B, make_world, publish_raw, sealed_by, submit, wait_for
+from tests.helpers import cli
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CIPHERPOST_PASSPHRASE", PASSPHRASE.decode())
+    w = make_world(tmp_path / "w")
+    yield w
+    w.cleanup()
+
+
+def test_a_retired_code_is_refused_naming_its_successor(world, tmp_path):
+    gateway = world.start_gateway()
+    early = sealed_by(world, PROVINCE, B)  # sealed before the merger
+    assert cli("ca", "retire", B, "--successor", A, "--ca", world.ca_dir) == 0
+    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    publish_raw(world, build_directory(authority, world.root / "certs", dt.datetime.now(dt.UTC)))
+    assert wait_for(lambda: gateway.directory.successor(AgencyCode.parse(B)) == A, 15)
+
+    doc = tmp_path / "d.txt"
+    doc.write_text("sau sáp nhập\n")
+    with world.client(PROVINCE) as province:
+        with pytest.raises(EnvelopeRefused, match=f"merged into {A}\\): send to {A}"):
+            province.send(doc, to=[AgencyCode.parse(B)], level=Level.MAT, progress=False)
+        # The successor is reachable as usual.
+        province.send(doc, to=[AgencyCode.parse(A)], level=Level.MAT, progress=False)
+
+    submit(world, PROVINCE, early)  # an old agent that missed the new directory
+    assert wait_for(
+        lambda: any(r["rule_id"] == "invariant:retired" for r in gateway.audit_records()), 15
+    )
+    record = next(r for r in gateway.audit_records() if r["rule_id"] == "invariant:retired")
+    assert record["decision"] == "refused" and A in str(record["reason"])
+    with world.client(PROVINCE) as province:
+        province.receive(idle=1.5)
+        notices = province.status(record["envelope_id"])["gateway"]
+    assert notices and notices[0]["verified"] and f"send to {A}" in notices[0]["reason"]
+
+
+def test_retire_refuses_nonsense(world):
+    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    with pytest.raises(CipherpostError, match="its own successor"):
+        ca.retire(authority, AgencyCode.parse(A), AgencyCode.parse(A))
+    with pytest.raises(CipherpostError, match="no certificates"):
+        ca.retire(authority, AgencyCode.parse("000.77.77.H41"), AgencyCode.parse(A))
+    ca.retire(authority, AgencyCode.parse(B), AgencyCode.parse(A))
+    with pytest.raises(CipherpostError, match="itself retired"):
+        ca.retire(authority, AgencyCode.parse(PROVINCE), AgencyCode.parse(B))
