@@ -235,8 +235,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_ca_retire(args: argparse.Namespace) -> int:
     authority = ca.open_ca(args.ca, read_passphrase())
     code, successor = AgencyCode.parse(args.code), AgencyCode.parse(args.successor)
-    ca.retire(authority, code, successor)
-    print(f"{code} retired; its successor is {successor}")
+    effective = _now()
+    if args.after:
+        effective += parse_duration(args.after)
+    ca.retire(authority, code, successor, effective)
+    when = (
+        "now"
+        if not args.after
+        else f"from {effective:%Y-%m-%d %H:%M}Z (both codes work until then)"
+    )
+    print(f"{code} retired {when}; its successor is {successor}")
     print("rebuild and distribute the directory: directory build, broker provision --publish")
     return 0
 
@@ -720,6 +728,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("code", metavar="CODE")
     sp.add_argument("--successor", required=True, metavar="CODE")
+    sp.add_argument(
+        "--after",
+        metavar="DURATION",
+        help="a transition: the old code keeps working this long (e.g. 30d), then retires",
+    )
     sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
     sp = add(ca_sub, "revoke", cmd_ca_revoke, "revoke every certificate of an agency (CRL)")
     sp.add_argument("code", metavar="CODE")

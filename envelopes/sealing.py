@@ -94,7 +94,7 @@ def seal(
         )
     entries = []
     for code in to:
-        successor = directory.successor(code)
+        successor = directory.successor(code, now)
         if successor is not None:
             raise EnvelopeRefused(
                 f"recipient {code} is retired (merged into {successor}): send to {successor}"

@@ -395,7 +395,7 @@ class Gateway:
     def _check_not_retired(self, h: Header) -> None:
         """Merged communes: the notice names the code that took over."""
         for r in h.recipients:
-            successor = self.directory.successor(r.code)
+            successor = self.directory.successor(r.code, _now())
             if successor is not None:
                 raise EnvelopeRefused(
                     f"recipient {r.code} is retired (merged into {successor}): send to {successor}"

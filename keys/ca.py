@@ -296,8 +296,14 @@ def issue_audit(
     return path
 
 
-def retire(ca: CertificateAuthority, code: AgencyCode, successor: AgencyCode) -> None:
-    """Mark ``code`` retired (merged into ``successor``) for the next directory version."""
+def retire(
+    ca: CertificateAuthority,
+    code: AgencyCode,
+    successor: AgencyCode,
+    effective: dt.datetime,
+) -> None:
+    """Mark ``code`` retired (merged into ``successor``) from ``effective`` on, for the next
+    directory version; until then both codes work (the transition)."""
     state = ca.load_state()
     issued = state["issued"]
     if code == successor:
@@ -307,13 +313,15 @@ def retire(ca: CertificateAuthority, code: AgencyCode, successor: AgencyCode) ->
             raise CipherpostError(f"{c} holds no certificates from this CA")
     retired = state.setdefault("retired", {})
     if successor.text in retired:
-        raise CipherpostError(f"{successor} is itself retired (into {retired[successor.text]})")
+        raise CipherpostError(
+            f"{successor} is itself retired (into {retired[successor.text]['successor']})"
+        )
     if issued[successor.text].get("revoked"):
         raise CipherpostError(f"{successor} is revoked; choose a successor in good standing")
-    for old, new in list(retired.items()):
-        if new == code.text:
-            retired[old] = successor.text  # keep chains short: A->B, B->C gives A->C
-    retired[code.text] = successor.text
+    for r in retired.values():
+        if r["successor"] == code.text:
+            r["successor"] = successor.text  # keep chains short: A->B, B->C gives A->C
+    retired[code.text] = {"successor": successor.text, "from": int(effective.timestamp())}
     ca.save_state(state)
 
 

@@ -3,8 +3,10 @@
 Wire form: ``msgpack([MAGIC, body, signature])`` where ``signature`` is the
 CA's Ed25519 signature over ``CONTEXT ‖ body`` and ``body`` is
 ``msgpack([version, issued_at, expires_at, ca_cert_der, crl_der,
-[[sign_cert_der, enc_cert_der], ...], [[retired_code, successor_code], ...]])``
-(the last list, retired codes of merged agencies, may be absent). The signed bytes are kept as they
+[[sign_cert_der, enc_cert_der], ...], [[retired_code, successor_code, from], ...]])``
+(the last list, retired codes of merged agencies and the Unix time their
+retirement takes effect, may be absent; until then the old code still works:
+the transition during which an agency holds both codes). The signed bytes are kept as they
 came; nothing is re-encoded before checking.
 
 A holder remembers, per trusted CA, the highest version it accepted
@@ -71,10 +73,14 @@ class Directory:
     entries: Mapping[str, DirectoryEntry] = field(repr=False)
     raw: bytes = field(repr=False)
     retired: Mapping[str, str] = field(default_factory=dict)  # retired code -> successor
+    retired_from: Mapping[str, dt.datetime] = field(default_factory=dict)
 
-    def successor(self, code: AgencyCode) -> str | None:
-        """The successor of a retired code (None if the code is not retired)."""
-        return self.retired.get(code.text)
+    def successor(self, code: AgencyCode, now: dt.datetime | None = None) -> str | None:
+        """The successor of a code retired at ``now`` (None if it is not, or not yet)."""
+        successor = self.retired.get(code.text)
+        if successor is None or (now is not None and now < self.retired_from[code.text]):
+            return None
+        return successor
 
     def get(self, code: AgencyCode, role: str = "agency") -> DirectoryEntry:
         """The entry for ``code``; :class:`Refused` if unknown."""
@@ -119,7 +125,11 @@ class Directory:
             version, issued, expires, ca_der, crl_der, pairs = fields[:6]
             retired_pairs = fields[6] if len(fields) == 7 else ()
             if not isinstance(retired_pairs, tuple) or not all(
-                isinstance(p, tuple) and len(p) == 2 and all(isinstance(c, str) for c in p)
+                isinstance(p, tuple)
+                and len(p) == 3
+                and isinstance(p[0], str)
+                and isinstance(p[1], str)
+                and isinstance(p[2], int)
                 for p in retired_pairs
             ):
                 raise ValueError("bad retired list")
@@ -184,14 +194,17 @@ class Directory:
                 revoked=sign.serial in revoked or enc.serial in revoked,
             )
         retired: dict[str, str] = {}
-        for old, new in retired_pairs:
+        retired_from: dict[str, dt.datetime] = {}
+        olds = {p[0] for p in retired_pairs}
+        for old, new, effective in retired_pairs:
             try:
                 old_code, new_code = AgencyCode.parse(old), AgencyCode.parse(new)
             except UsageError as e:
                 raise Refused(f"directory retired list: {e}") from None
-            if new_code.text not in entries or new_code.text in dict(retired_pairs):
+            if new_code.text not in entries or new_code.text in olds:
                 raise Refused(f"directory retires {old_code} into {new_code}, not a live agency")
             retired[old_code.text] = new_code.text
+            retired_from[old_code.text] = dt.datetime.fromtimestamp(effective, dt.UTC)
         trust.accept(fingerprint, version)
         return cls(
             version=version,
@@ -201,6 +214,7 @@ class Directory:
             entries=entries,
             raw=data,
             retired=retired,
+            retired_from=retired_from,
         )
 
 
@@ -240,7 +254,7 @@ def build_directory(
             ca.certificate.public_bytes(serialization.Encoding.DER),
             (ca.directory / CRL_FILE).read_bytes(),
             pairs,
-            sorted([old, new] for old, new in state.get("retired", {}).items()),
+            sorted([old, r["successor"], r["from"]] for old, r in state.get("retired", {}).items()),
         ],
         use_bin_type=True,
     )

@@ -55,12 +55,32 @@ def test_a_retired_code_is_refused_naming_its_successor(world, tmp_path):
     assert notices and notices[0]["verified"] and f"send to {A}" in notices[0]["reason"]
 
 
+def test_during_a_transition_both_codes_work(world, tmp_path):
+    """The cipher department lets the merged commune keep its old code for 30 days."""
+    gateway = world.start_gateway()
+    assert cli("ca", "retire", B, "--successor", A, "--after", "30d", "--ca", world.ca_dir) == 0
+    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    now = dt.datetime.now(dt.UTC)
+    publish_raw(world, build_directory(authority, world.root / "certs", now))
+    assert wait_for(lambda: gateway.directory.successor(AgencyCode.parse(B)) == A, 15)
+    assert gateway.directory.successor(AgencyCode.parse(B), now) is None  # not yet
+    doc = tmp_path / "d.txt"
+    doc.write_text("trong thời gian chuyển tiếp\n")
+    with world.client(PROVINCE) as province:
+        eid = province.send(doc, to=[AgencyCode.parse(B)], level=Level.MAT, progress=False)
+    with world.client(B) as old_code:
+        assert [d.envelope_id for d in old_code.receive(idle=1.5)] == [eid]
+    later = now + dt.timedelta(days=31)
+    assert gateway.directory.successor(AgencyCode.parse(B), later) == A
+
+
 def test_retire_refuses_nonsense(world):
     authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    now = dt.datetime.now(dt.UTC)
     with pytest.raises(CipherpostError, match="its own successor"):
-        ca.retire(authority, AgencyCode.parse(A), AgencyCode.parse(A))
+        ca.retire(authority, AgencyCode.parse(A), AgencyCode.parse(A), now)
     with pytest.raises(CipherpostError, match="no certificates"):
-        ca.retire(authority, AgencyCode.parse("000.77.77.H41"), AgencyCode.parse(A))
-    ca.retire(authority, AgencyCode.parse(B), AgencyCode.parse(A))
+        ca.retire(authority, AgencyCode.parse("000.77.77.H41"), AgencyCode.parse(A), now)
+    ca.retire(authority, AgencyCode.parse(B), AgencyCode.parse(A), now)
     with pytest.raises(CipherpostError, match="itself retired"):
-        ca.retire(authority, AgencyCode.parse(PROVINCE), AgencyCode.parse(B))
+        ca.retire(authority, AgencyCode.parse(PROVINCE), AgencyCode.parse(B), now)
