@@ -254,9 +254,10 @@ class Client:
     ) -> list[ReceivedDocument]:
         """Consume the inbox: once (until ``idle`` seconds pass quietly) or until stopped."""
         self.received = []
-        self.refresh_directory()
         if follow:
-            self.feed.start()  # new versions apply while following
+            self.feed.start()  # what is waiting and every new version, while following
+        else:
+            self.refresh_directory()
         consumer = Consumer(
             self.broker,
             inbox_queue(self.keys.code),

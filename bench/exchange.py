@@ -180,7 +180,9 @@ def wait_for_consumers(world: World, codes: list[str], timeout: float = 300) -> 
                 < 1
             ):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"no agent attached to the inbox of {code}")
+                    log = world.root / f"receiver-{code}.log"
+                    tail = log.read_text(errors="replace")[-600:] if log.exists() else "(no log)"
+                    raise RuntimeError(f"no agent attached to the inbox of {code}: {tail}")
                 time.sleep(0.1)
     finally:
         conn.close()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pika
+import pika.adapters.utils.connection_workflow
 
 from keys.errors import CipherpostError
 from keys.keystore import read_private_file, write_private_file
@@ -15,6 +16,7 @@ from keys.keystore import read_private_file, write_private_file
 HEARTBEAT_S = 20
 BLOCKED_CONNECTION_TIMEOUT_S = 60.0
 SOCKET_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 30.0
 RECONNECT_INITIAL_S = 0.5
 RECONNECT_MAX_S = 15.0
 
@@ -50,6 +52,9 @@ class BrokerConfig:
             heartbeat=self.heartbeat,
             blocked_connection_timeout=BLOCKED_CONNECTION_TIMEOUT_S,
             socket_timeout=SOCKET_TIMEOUT_S,
+            # The whole TCP + AMQP handshake: a busy node (a burst of agents starting, many
+            # queues being declared) can take longer than a socket timeout to say hello.
+            stack_timeout=HANDSHAKE_TIMEOUT_S,
             connection_attempts=1,
             client_properties={"connection_name": f"cipherpost {self.login}"},
         )
@@ -104,7 +109,11 @@ def connect_blocking(config: BrokerConfig) -> pika.BlockingConnection:
         raise BrokerError(f"broker refused the login {config.login!r} (wrong credentials?)") from e
     except pika.exceptions.ProbableAccessDeniedError as e:
         raise BrokerError(f"broker denied {config.login!r} access to vhost {config.vhost!r}") from e
-    except pika.exceptions.AMQPError as e:
+    except (
+        pika.exceptions.AMQPError,
+        pika.adapters.utils.connection_workflow.AMQPConnectorException,
+        pika.adapters.utils.connection_workflow.AMQPConnectionWorkflowFailed,
+    ) as e:
         raise BrokerError(f"broker not reachable at {config.describe()}: {type(e).__name__}") from e
     except OSError as e:
         raise BrokerError(f"broker not reachable at {config.describe()}: {e.strerror or e}") from e
