@@ -93,6 +93,7 @@ def main() -> int:
             work / "w", {PROVINCE: ("UBND tỉnh H41", Level.TOI_MAT)}, admin_url=ADMIN_URL
         )
         codes = [code(i) for i in range(n)]
+        world.agencies.update({c: Level.MAT for c in codes})  # cleanup removes their users
         try:
             csv = work / "agencies.csv"
             csv.write_text(
@@ -158,7 +159,6 @@ def main() -> int:
             finally:
                 sys.stdout = stdout
                 devnull.close()
-            world.agencies.update({c: Level.MAT for c in codes})
         finally:
             world.cleanup()
         say("baseline: bare management-API provisioning ...")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +19,13 @@ from typing import Any
 from keys.errors import CipherpostError
 
 TIMEOUT_S = 15.0
+
+
+ATTEMPTS = 3
+
+
+class _Timeout(Exception):
+    """The management API did not answer in time (retried)."""
 
 
 class ManagementError(CipherpostError):
@@ -45,6 +54,21 @@ class Management:
         )
 
     def _request(self, method: str, path: str, body: object | None = None) -> Any:
+        """One call; a timeout (a node busy declaring many queues) is retried with backoff:
+        every call provisioning makes is idempotent."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._request_once(method, path, body)
+            except _Timeout as e:
+                if attempt == ATTEMPTS:
+                    raise ManagementError(
+                        f"RabbitMQ management API at {self.base_url} did not answer {method} "
+                        f"{path} within {TIMEOUT_S:.0f} s, {ATTEMPTS} times"
+                    ) from e
+                time.sleep(2.0 * attempt)
+        raise AssertionError("unreachable")
+
+    def _request_once(self, method: str, path: str, body: object | None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(  # noqa: S310 - the URL scheme is checked in from_url
             self.base_url + path, data=data, method=method
@@ -62,7 +86,16 @@ class Management:
             raise ManagementError(
                 f"management API {method} {path}: HTTP {e.code} {detail}"
             ) from None
-        except (urllib.error.URLError, OSError) as e:
+        except TimeoutError as e:
+            raise _Timeout() from e
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, TimeoutError | socket.timeout):
+                raise _Timeout() from e
+            raise ManagementError(
+                f"RabbitMQ management API not reachable at {self.base_url} ({e}); "
+                "enable it with: rabbitmq-plugins enable rabbitmq_management"
+            ) from None
+        except OSError as e:
             raise ManagementError(
                 f"RabbitMQ management API not reachable at {self.base_url} ({e}); "
                 "enable it with: rabbitmq-plugins enable rabbitmq_management"

@@ -32,6 +32,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_75_communes_onboard_and_exchange_with_the_province(env, tmp_path, capsys):
     world = env
+    world.agencies.update({c: Level.MAT for c in COMMUNES})  # so cleanup removes their users
     gateway = world.start_gateway()
     start = time.monotonic()
     csv = tmp_path / "communes.csv"
@@ -92,7 +93,6 @@ def test_75_communes_onboard_and_exchange_with_the_province(env, tmp_path, capsy
     # 5. each agency
     for code in COMMUNES:
         assert cli("agency", "finish", kits / code, "--dir", tmp_path / "agencies" / code) == 0
-    world.agencies.update({c: Level.MAT for c in COMMUNES})  # so cleanup removes their users
     onboarded = time.monotonic() - start
 
     # The running gateway learnt the new version from the broker, without a restart.
