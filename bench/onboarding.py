@@ -80,7 +80,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--agencies", type=int, default=75)
+    parser.add_argument(
+        "--admin-url", default=ADMIN_URL, help="management API (a throwaway node for 1,000+)"
+    )
+    parser.add_argument("--amqp-port", type=int, default=5672)
     args = parser.parse_args()
+    admin_url = args.admin_url
     logs.configure(json_lines=False, level=logging.ERROR)
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     os.environ["CIPHERPOST_PASSPHRASE"] = PASSPHRASE.decode()
@@ -90,7 +95,10 @@ def main() -> int:
         work = Path(tmp)
         os.environ["CIPHERPOST_STATE_DIR"] = str(work / "state")
         world = build_world(
-            work / "w", {PROVINCE: ("UBND tỉnh H41", Level.TOI_MAT)}, admin_url=ADMIN_URL
+            work / "w",
+            {PROVINCE: ("UBND tỉnh H41", Level.TOI_MAT)},
+            admin_url=admin_url,
+            amqp_port=args.amqp_port,
         )
         codes = [code(i) for i in range(n)]
         world.agencies.update({c: Level.MAT for c in codes})  # cleanup removes their users
@@ -142,7 +150,9 @@ def main() -> int:
                         "--ca-cert",
                         world.ca_dir / "ca.crt",
                         "--admin-url",
-                        ADMIN_URL,
+                        admin_url,
+                        "--amqp-port",
+                        args.amqp_port,
                         "--vhost",
                         world.vhost,
                         "--login-prefix",
@@ -162,7 +172,7 @@ def main() -> int:
         finally:
             world.cleanup()
         say("baseline: bare management-API provisioning ...")
-        base = baseline(Management.from_url(ADMIN_URL), n)
+        base = baseline(Management.from_url(admin_url), n)
     total = sum(phases.values())
     result = {
         "agencies": n,
