@@ -451,6 +451,15 @@ class AuditStore:
             )
             return cursor.rowcount == 1
 
+    def checkpoint_sizes(self, log_id: str, below: int, limit: int) -> list[int]:
+        """The sizes of the latest ``limit`` stored checkpoints of a log smaller than ``below``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT size FROM checkpoints WHERE log_id=? AND size<? ORDER BY size DESC LIMIT ?",
+                (log_id, below, limit),
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
     def checkpoints(self, log_id: str | None = None) -> list[bytes]:
         """Stored signed checkpoint notes, oldest first."""
         query = "SELECT note FROM checkpoints"
