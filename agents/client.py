@@ -45,7 +45,7 @@ from broker.directory_feed import DirectoryFeed
 from broker.publisher import ConfirmingPublisher
 from broker.topology import SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, directory_queue, inbox_queue
 from envelopes.checking import check_header, check_segment
-from envelopes.errors import EnvelopeRefused
+from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.notices import (
     KIND_RECEIPT,
     KIND_STATUS,
@@ -374,7 +374,7 @@ class Client:
             notice, _ = parse_notice(d.body)
             verified = False
         if notice.addressee != self.keys.code:
-            raise EnvelopeRefused("notice addressed to another agency")
+            raise EnvelopeRefused(Reason.NOTICE_EDGE, "notice addressed to another agency")
         if self.state.record_status(notice, verified):
             log.info(
                 "status_received",
@@ -397,7 +397,7 @@ class Client:
             if not isinstance(entries, list):
                 raise ValueError("entries is not a list")
         except (ValueError, KeyError, TypeError, Refused) as e:
-            raise EnvelopeRefused(f"audit proof message refused: {e}") from None
+            raise EnvelopeRefused(Reason.FORMAT, f"audit proof message refused: {e}") from None
         cp = checked.checkpoint
         kept = 0
         for entry in entries:
@@ -439,7 +439,9 @@ class Client:
         if index not in batch and not self.state.has_part(eid, index):
             checked = check_header(part.header.raw, part.header_signature, self.directory, now)
             if part.header.recipient(self.keys.code) is None:
-                raise EnvelopeRefused(f"{self.keys.code} is not a recipient of {eid}")
+                raise EnvelopeRefused(
+                    Reason.NOT_RECIPIENT, f"{self.keys.code} is not a recipient of {eid}"
+                )
             check_segment(checked, part.segment)
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             _write_durably(folder / "header", part.header_frame, sync=False)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from envelopes.errors import EnvelopeRefused
+from envelopes.errors import EnvelopeRefused, Reason
 
 HEADER_CONTEXT = b"cipherpost envelope v1 header\x00"
 SEGMENT_CONTEXT = b"cipherpost envelope v1 segment\x00"
@@ -88,7 +88,9 @@ def unwrap_key(wrapped: bytes, private: X25519PrivateKey, info: bytes) -> bytes:
     try:
         return _SUITE.decrypt(wrapped, private, info)
     except (InvalidTag, ValueError) as e:
-        raise EnvelopeRefused("payload key does not open with this agency's key") from e
+        raise EnvelopeRefused(
+            Reason.DECRYPT, "payload key does not open with this agency's key"
+        ) from e
 
 
 class StreamEncryptor:
@@ -119,7 +121,7 @@ class StreamDecryptor:
         try:
             sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, key)
         except (nacl.exceptions.CryptoError, ValueError, TypeError) as e:
-            raise EnvelopeRefused("payload stream header is not valid") from e
+            raise EnvelopeRefused(Reason.DECRYPT, "payload stream header is not valid") from e
         self._ad = associated_data
 
     def pull(self, chunk: bytes, final: bool) -> bytes:
@@ -129,7 +131,7 @@ class StreamDecryptor:
                 self._state, chunk, self._ad
             )
         except (nacl.exceptions.CryptoError, ValueError, TypeError) as e:
-            raise EnvelopeRefused("payload segment does not decrypt") from e
+            raise EnvelopeRefused(Reason.DECRYPT, "payload segment does not decrypt") from e
         if (tag == TAG_FINAL) != final:
-            raise EnvelopeRefused("payload stream ends in the wrong place")
+            raise EnvelopeRefused(Reason.DECRYPT, "payload stream ends in the wrong place")
         return bytes(plaintext)

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from envelopes import _crypto
 from envelopes._pipeline import prefetch
-from envelopes.errors import EnvelopeRefused
+from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import (
     FrameReader,
     SegmentFrame,
@@ -99,17 +99,23 @@ def check_header_signature(
     """The sender is a valid directory entry and signed these exact header bytes."""
     sender = directory.entries.get(header.sender.text)
     if sender is None:
-        raise EnvelopeRefused(f"sender {header.sender} is not in the directory")
+        raise EnvelopeRefused(
+            Reason.SENDER_UNKNOWN, f"sender {header.sender} is not in the directory"
+        )
     if sender.revoked:
-        raise EnvelopeRefused(f"sender {header.sender} is revoked")
+        raise EnvelopeRefused(Reason.SENDER_REVOKED, f"sender {header.sender} is revoked")
     if not sender.sign.valid_at(now):
-        raise EnvelopeRefused(f"sender {header.sender} has no currently valid certificate")
+        raise EnvelopeRefused(
+            Reason.SENDER_CERTIFICATE, f"sender {header.sender} has no currently valid certificate"
+        )
     if header.sender_key_id != sender.sign.key_id:
-        raise EnvelopeRefused(f"envelope is not signed with the certified key of {header.sender}")
+        raise EnvelopeRefused(
+            Reason.SENDER_KEY, f"envelope is not signed with the certified key of {header.sender}"
+        )
     if not _crypto.verify_signature(
         sender.sign.public_key, signature, _crypto.HEADER_CONTEXT, header.raw
     ):
-        raise EnvelopeRefused("bad header signature")
+        raise EnvelopeRefused(Reason.SIGNATURE, "bad header signature")
     return sender
 
 
@@ -118,27 +124,38 @@ def check_header_rest(
 ) -> CheckedHeader:
     """Lifetime, clearances and recipients of a header whose signature checked out."""
     if now > header.expires:
-        raise EnvelopeRefused(f"envelope expired at {header.expires:%Y-%m-%d %H:%M}Z")
+        raise EnvelopeRefused(
+            Reason.EXPIRED, f"envelope expired at {header.expires:%Y-%m-%d %H:%M}Z"
+        )
     if header.created > now + CLOCK_SKEW:
-        raise EnvelopeRefused("envelope is dated in the future")
+        raise EnvelopeRefused(Reason.CLOCK, "envelope is dated in the future")
     if header.level > sender.clearance:
         raise EnvelopeRefused(
-            f"level {header.level.value} is above the clearance of sender {sender.code}"
+            Reason.SENDER_CLEARANCE,
+            f"level {header.level.value} is above the clearance of sender {sender.code}",
         )
     recipients = []
     for r in header.recipients:
         entry = directory.entries.get(r.code.text)
         if entry is None:
-            raise EnvelopeRefused(f"recipient {r.code} is not in the directory")
+            raise EnvelopeRefused(
+                Reason.RECIPIENT_UNKNOWN, f"recipient {r.code} is not in the directory"
+            )
         if entry.revoked:
-            raise EnvelopeRefused(f"recipient {r.code} is revoked")
+            raise EnvelopeRefused(Reason.RECIPIENT_REVOKED, f"recipient {r.code} is revoked")
         if not entry.enc.valid_at(now):
-            raise EnvelopeRefused(f"recipient {r.code} has no currently valid certificate")
+            raise EnvelopeRefused(
+                Reason.RECIPIENT_CERTIFICATE,
+                f"recipient {r.code} has no currently valid certificate",
+            )
         if r.key_id != entry.enc.key_id:
-            raise EnvelopeRefused(f"recipient {r.code} is addressed under a key not certified")
+            raise EnvelopeRefused(
+                Reason.RECIPIENT_KEY, f"recipient {r.code} is addressed under a key not certified"
+            )
         if header.level > entry.clearance:
             raise EnvelopeRefused(
-                f"level {header.level.value} is above the clearance of recipient {r.code}"
+                Reason.RECIPIENT_CLEARANCE,
+                f"level {header.level.value} is above the clearance of recipient {r.code}",
             )
         recipients.append(entry)
     return CheckedHeader(header, sender, tuple(recipients))
@@ -148,17 +165,19 @@ def check_segment(checked: CheckedHeader, segment: SegmentFrame) -> None:
     """Check one segment on its own: size, signature, position and finality."""
     header = checked.header
     if segment.index >= header.segment_count:
-        raise EnvelopeRefused("envelope has more segments than its header announces")
+        raise EnvelopeRefused(
+            Reason.SEGMENT, "envelope has more segments than its header announces"
+        )
     if segment.final != (segment.index == header.segment_count - 1):
-        raise EnvelopeRefused("envelope segment has the wrong final flag")
+        raise EnvelopeRefused(Reason.SEGMENT, "envelope segment has the wrong final flag")
     want = header.segment_plaintext_size(segment.index) + _crypto.STREAM_ABYTES
     if len(segment.ciphertext) != want:
-        raise EnvelopeRefused("envelope segment has the wrong size")
+        raise EnvelopeRefused(Reason.SEGMENT, "envelope segment has the wrong size")
     message = segment_signed_message(header.hash, segment.index, segment.final, segment.ciphertext)
     if not _crypto.verify_signature(
         checked.sender.sign.public_key, segment.signature, _crypto.SEGMENT_CONTEXT, message
     ):
-        raise EnvelopeRefused(f"bad signature on segment {segment.index}")
+        raise EnvelopeRefused(Reason.SEGMENT_SIGNATURE, f"bad signature on segment {segment.index}")
 
 
 def _walk(
@@ -172,7 +191,7 @@ def _walk(
     reader = FrameReader(src)
     first = reader.next()
     if first is None:
-        raise EnvelopeRefused("envelope is empty")
+        raise EnvelopeRefused(Reason.FORMAT, "envelope is empty")
     header_raw, signature = parse_header_frame(first)
     checked = check_header(header_raw, signature, directory, now)
     on_header(checked)
@@ -181,14 +200,16 @@ def _walk(
         for index in range(checked.header.segment_count):
             obj = reader.next()
             if obj is None:
-                raise EnvelopeRefused("envelope is truncated: segments are missing")
+                raise EnvelopeRefused(Reason.SEGMENT, "envelope is truncated: segments are missing")
             segment = parse_segment_frame(obj)
             if segment.index != index:
-                raise EnvelopeRefused(f"envelope segment {segment.index} is out of order")
+                raise EnvelopeRefused(
+                    Reason.SEGMENT, f"envelope segment {segment.index} is out of order"
+                )
             check_segment(checked, segment)
             yield segment
         if reader.next() is not None:
-            raise EnvelopeRefused("envelope has data after its final segment")
+            raise EnvelopeRefused(Reason.SEGMENT, "envelope has data after its final segment")
 
     if on_segment is None:
         for _ in checked_segments():
@@ -228,15 +249,21 @@ def open_envelope(
         header = checked.header
         mine = header.recipient(keys.code)
         if mine is None:
-            raise EnvelopeRefused(f"{keys.code} is not a recipient of this envelope")
+            raise EnvelopeRefused(
+                Reason.NOT_RECIPIENT, f"{keys.code} is not a recipient of this envelope"
+            )
         if mine.key_id != keys.enc_key_id:
-            raise EnvelopeRefused(f"envelope is addressed to another key of {keys.code}")
+            raise EnvelopeRefused(
+                Reason.STALE_KEY, f"envelope is addressed to another key of {keys.code}"
+            )
         info = _crypto.wrap_info(
             header.envelope_id, header.sender_key_id, mine.key_id, mine.code.text
         )
         payload_key = _crypto.unwrap_key(mine.wrapped_key, keys.encryption_key, info)
         if _crypto.key_commitment(header.envelope_id, payload_key) != header.key_commitment:
-            raise EnvelopeRefused("payload key does not match the header's key commitment")
+            raise EnvelopeRefused(
+                Reason.KEY_COMMITMENT, "payload key does not match the header's key commitment"
+            )
         state["stream"] = _crypto.StreamDecryptor(payload_key, header.stream_header, header.hash)
 
     def on_segment(segment: SegmentFrame) -> None:

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import msgpack
 
 from envelopes import _crypto
-from envelopes.errors import EnvelopeRefused
+from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.header import MAX_HEADER_BYTES, MAX_SEGMENT_SIZE
 
 MAX_SEGMENT_CIPHERTEXT = MAX_SEGMENT_SIZE + _crypto.STREAM_ABYTES
@@ -82,9 +82,9 @@ def parse_header_frame(obj: object) -> tuple[bytes, bytes]:
         or not isinstance(obj[1], bytes)
         or len(obj[1]) != _crypto.SIGNATURE_BYTES
     ):
-        raise EnvelopeRefused("envelope header frame is malformed")
+        raise EnvelopeRefused(Reason.FORMAT, "envelope header frame is malformed")
     if len(obj[0]) > MAX_HEADER_BYTES:
-        raise EnvelopeRefused("envelope header is larger than the limit")
+        raise EnvelopeRefused(Reason.OVERSIZED, "envelope header is larger than the limit")
     return obj[0], obj[1]
 
 
@@ -101,7 +101,7 @@ def parse_segment_frame(obj: object) -> SegmentFrame:
         or not isinstance(obj[3], bytes)
         or len(obj[3]) != _crypto.SIGNATURE_BYTES
     ):
-        raise EnvelopeRefused("envelope segment frame is malformed")
+        raise EnvelopeRefused(Reason.FORMAT, "envelope segment frame is malformed")
     return SegmentFrame(obj[0], obj[1], obj[2], obj[3])
 
 
@@ -110,9 +110,9 @@ def decode_frame(data: bytes) -> object:
     src = io.BytesIO(data)
     frame = FrameReader(src).next()
     if frame is None:
-        raise EnvelopeRefused("envelope frame is empty")
+        raise EnvelopeRefused(Reason.FORMAT, "envelope frame is empty")
     if src.read(1):
-        raise EnvelopeRefused("envelope frame has trailing bytes")
+        raise EnvelopeRefused(Reason.FORMAT, "envelope frame has trailing bytes")
     return frame
 
 
@@ -140,7 +140,7 @@ class FrameReader:
                 got += len(more)
             data = b"".join(parts)
             if len(data) != n:
-                raise EnvelopeRefused("envelope ends in the middle of a frame")
+                raise EnvelopeRefused(Reason.FORMAT, "envelope ends in the middle of a frame")
         self.bytes_read += n
         return data
 
@@ -152,7 +152,9 @@ class FrameReader:
         self.bytes_read += 1
         marker = first[0]
         if not 0x91 <= marker <= 0x9F:
-            raise EnvelopeRefused("envelope frame is malformed (not a msgpack array)")
+            raise EnvelopeRefused(
+                Reason.FORMAT, "envelope frame is malformed (not a msgpack array)"
+            )
         items: list[object] = []
         for _ in range(marker & 0x0F):
             t = self._read(1)[0]
@@ -165,8 +167,12 @@ class FrameReader:
             elif t in _BIN:
                 n = int.from_bytes(self._read(_BIN[t]), "big")
                 if n > MAX_FRAME_BIN:
-                    raise EnvelopeRefused("envelope frame is larger than the limit")
+                    raise EnvelopeRefused(
+                        Reason.OVERSIZED, "envelope frame is larger than the limit"
+                    )
                 items.append(self._read(n))
             else:
-                raise EnvelopeRefused("envelope frame is malformed (unexpected msgpack type)")
+                raise EnvelopeRefused(
+                    Reason.FORMAT, "envelope frame is malformed (unexpected msgpack type)"
+                )
         return tuple(items)

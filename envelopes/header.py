@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import msgpack
 
 from envelopes import _crypto
-from envelopes.errors import EnvelopeRefused
+from envelopes.errors import EnvelopeRefused, Reason
 from keys.certs import KEY_ID_BYTES
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError
@@ -139,7 +139,7 @@ class Header:
     def parse(cls, raw: bytes) -> Header:
         """Strictly decode header bytes; :class:`EnvelopeRefused` for anything off."""
         if len(raw) > MAX_HEADER_BYTES:
-            raise EnvelopeRefused("envelope header is larger than the limit")
+            raise EnvelopeRefused(Reason.OVERSIZED, "envelope header is larger than the limit")
         try:
             fields = msgpack.unpackb(
                 raw,
@@ -153,17 +153,17 @@ class Header:
                 max_ext_len=0,
             )
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as e:
-            raise EnvelopeRefused("envelope header is not valid msgpack") from e
+            raise EnvelopeRefused(Reason.FORMAT, "envelope header is not valid msgpack") from e
         if not isinstance(fields, tuple) or len(fields) < 2 or fields[0] != MAGIC:
-            raise EnvelopeRefused("not a cipherpost envelope")
+            raise EnvelopeRefused(Reason.FORMAT, "not a cipherpost envelope")
         if fields[1] != VERSION:
-            raise EnvelopeRefused(f"unsupported envelope version {fields[1]!r}")
+            raise EnvelopeRefused(Reason.VERSION, f"unsupported envelope version {fields[1]!r}")
         if len(fields) != _FIELDS:
-            raise EnvelopeRefused("envelope header has the wrong number of fields")
+            raise EnvelopeRefused(Reason.FORMAT, "envelope header has the wrong number of fields")
         try:
             return cls._from_fields(raw, fields)
         except (ValueError, TypeError, OverflowError, CipherpostError) as e:
-            raise EnvelopeRefused(f"envelope header is malformed: {e}") from e
+            raise EnvelopeRefused(Reason.FORMAT, f"envelope header is malformed: {e}") from e
 
     @classmethod
     def _from_fields(cls, raw: bytes, f: tuple[object, ...]) -> Header:

@@ -20,7 +20,7 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from envelopes import _crypto
-from envelopes.errors import EnvelopeRefused
+from envelopes.errors import EnvelopeRefused, Reason
 from keys.codes import AgencyCode
 from keys.directory import Directory
 from keys.errors import UsageError
@@ -130,7 +130,7 @@ def sign_notice(
 def parse_notice(raw: bytes) -> tuple[Notice, bytes]:
     """Decode a notice without checking its signature; returns it and the signature."""
     if len(raw) > MAX_NOTICE_BYTES:
-        raise EnvelopeRefused("notice is larger than the limit")
+        raise EnvelopeRefused(Reason.OVERSIZED, "notice is larger than the limit")
     try:
         magic, body, sig = msgpack.unpackb(
             raw, raw=False, use_list=False, max_map_len=0, max_ext_len=0
@@ -138,7 +138,7 @@ def parse_notice(raw: bytes) -> tuple[Notice, bytes]:
         if magic != MAGIC or not isinstance(body, bytes) or not isinstance(sig, bytes):
             raise ValueError("not a notice")
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as e:
-        raise EnvelopeRefused("notice is malformed") from e
+        raise EnvelopeRefused(Reason.FORMAT, "notice is malformed") from e
     return _parse_body(raw, body), sig
 
 
@@ -147,12 +147,16 @@ def verify_notice(raw: bytes, directory: Directory, now: dt.datetime) -> Notice:
     notice, sig = parse_notice(raw)
     entry = directory.entries.get(notice.signer.text)
     if entry is None:
-        raise EnvelopeRefused(f"notice signer {notice.signer} is not in the directory")
+        raise EnvelopeRefused(
+            Reason.SENDER_UNKNOWN, f"notice signer {notice.signer} is not in the directory"
+        )
     if entry.revoked or not entry.sign.valid_at(now):
-        raise EnvelopeRefused(f"notice signer {notice.signer} is revoked or not valid")
+        raise EnvelopeRefused(
+            Reason.SENDER_REVOKED, f"notice signer {notice.signer} is revoked or not valid"
+        )
     body = msgpack.unpackb(raw, raw=False, use_list=False)[1]
     if not _crypto.verify_signature(entry.sign.public_key, sig, CONTEXT, body):
-        raise EnvelopeRefused("bad notice signature")
+        raise EnvelopeRefused(Reason.SIGNATURE, "bad notice signature")
     return notice
 
 
@@ -188,4 +192,4 @@ def _parse_body(raw: bytes, body: bytes) -> Notice:
             note,
         )
     except (ValueError, TypeError, UsageError, msgpack.ExtraData, msgpack.FormatError) as e:
-        raise EnvelopeRefused("notice is malformed") from e
+        raise EnvelopeRefused(Reason.FORMAT, "notice is malformed") from e

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from envelopes.errors import EnvelopeRefused
+from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import (
     FrameReader,
     SegmentFrame,
@@ -50,14 +50,14 @@ def parse_part(body: bytes) -> Part:
     reader = FrameReader(src)
     first = reader.next()
     if first is None:
-        raise EnvelopeRefused("envelope part is empty")
+        raise EnvelopeRefused(Reason.FORMAT, "envelope part is empty")
     header_raw, signature = parse_header_frame(first)
     second = reader.next()
     if second is None:
-        raise EnvelopeRefused("envelope part has no segment")
+        raise EnvelopeRefused(Reason.FORMAT, "envelope part has no segment")
     segment = parse_segment_frame(second)
     if reader.next() is not None:
-        raise EnvelopeRefused("envelope part has trailing frames")
+        raise EnvelopeRefused(Reason.FORMAT, "envelope part has trailing frames")
     return Part(Header.parse(header_raw), signature, segment)
 
 
@@ -66,7 +66,7 @@ def iter_parts(src: BinaryIO) -> Iterator[tuple[int, int, bytes]]:
     reader = FrameReader(src)
     first = reader.next()
     if first is None:
-        raise EnvelopeRefused("envelope is empty")
+        raise EnvelopeRefused(Reason.FORMAT, "envelope is empty")
     header_raw, signature = parse_header_frame(first)
     header = Header.parse(header_raw)
     header_frame = encode_header_frame(header_raw, signature)
@@ -74,7 +74,7 @@ def iter_parts(src: BinaryIO) -> Iterator[tuple[int, int, bytes]]:
     for index in range(count):
         obj = reader.next()
         if obj is None:
-            raise EnvelopeRefused("envelope is truncated: segments are missing")
+            raise EnvelopeRefused(Reason.SEGMENT, "envelope is truncated: segments are missing")
         s = parse_segment_frame(obj)
         yield (
             index,

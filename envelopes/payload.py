@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import msgpack
 
-from envelopes.errors import EnvelopeRefused
+from envelopes.errors import EnvelopeRefused, Reason
 from keys.errors import UsageError
 
 MAX_METADATA_BYTES = 64 * 1024
@@ -62,7 +62,7 @@ class Metadata:
             ):
                 raise ValueError("bad fields")
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as e:
-            raise EnvelopeRefused("document metadata is malformed") from e
+            raise EnvelopeRefused(Reason.PAYLOAD, "document metadata is malformed") from e
         return cls(subject=subject, filename=filename, fields=fields)
 
     def as_dict(self) -> dict[str, object]:
@@ -87,7 +87,7 @@ class PayloadSplitter:
             if self._meta_len is None and len(self._prefix) >= _LEN.size:
                 (self._meta_len,) = _LEN.unpack_from(self._prefix)
                 if self._meta_len > MAX_METADATA_BYTES:
-                    raise EnvelopeRefused("document metadata is too large")
+                    raise EnvelopeRefused(Reason.PAYLOAD, "document metadata is too large")
             if self._meta_len is None or len(self._prefix) < _LEN.size + self._meta_len:
                 return
             end = _LEN.size + self._meta_len
@@ -100,5 +100,5 @@ class PayloadSplitter:
     def finish(self) -> Metadata:
         """The metadata, once the whole payload went through."""
         if self.metadata is None:
-            raise EnvelopeRefused("payload ends before its metadata")
+            raise EnvelopeRefused(Reason.PAYLOAD, "payload ends before its metadata")
         return self.metadata

@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 from envelopes import _crypto
 from envelopes._pipeline import WriteBehind
-from envelopes.errors import EnvelopeRefused
+from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import encode_header_frame, segment_frame_parts, segment_signed_message
 from envelopes.header import (
     DEFAULT_SEGMENT_SIZE,
@@ -89,22 +89,25 @@ def seal(
         )
     if level > sender.clearance:
         raise EnvelopeRefused(
+            Reason.SENDER_CLEARANCE,
             f"level {level.value} is above the clearance of sender {keys.code}"
-            f" ({sender.clearance.value})"
+            f" ({sender.clearance.value})",
         )
     entries = []
     for code in to:
         successor = directory.successor(code, now)
         if successor is not None:
             raise EnvelopeRefused(
-                f"recipient {code} is retired (merged into {successor}): send to {successor}"
+                Reason.RETIRED,
+                f"recipient {code} is retired (merged into {successor}): send to {successor}",
             )
         entry = directory.get(code, "recipient")
         entry.check_usable(now, "recipient")
         if level > entry.clearance:
             raise EnvelopeRefused(
+                Reason.RECIPIENT_CLEARANCE,
                 f"level {level.value} is above the clearance of recipient {code}"
-                f" ({entry.clearance.value})"
+                f" ({entry.clearance.value})",
             )
         entries.append(entry)
 

@@ -55,7 +55,7 @@ from envelopes.checking import (
     check_header_signature,
     check_segment,
 )
-from envelopes.errors import EnvelopeRefused
+from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.header import Header
 from envelopes.notices import (
     GATEWAY_REFUSED,
@@ -84,32 +84,9 @@ MESSAGE_NOTICE = "notice"
 MESSAGE_AUDIT_PROOF = "audit-proof"
 NO_ENVELOPE = b"\0" * 16
 
-# Which invariant a refusal broke, for the rule id (no rule can switch these off).
-_INVARIANTS = (
-    ("retired", "invariant:retired"),
-    ("clearance", "invariant:clearance"),
-    ("revoked", "invariant:revoked"),
-    ("not in the directory", "invariant:unknown-party"),
-    ("certificate", "invariant:certificate"),
-    ("expired", "invariant:expired"),
-    ("future", "invariant:clock"),
-    ("published by", "invariant:publisher"),
-    ("user_id", "invariant:publisher"),
-    ("signature", "invariant:signature"),
-    ("signed with", "invariant:signature"),
-)
-
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def rule_for(reason: str) -> str:
-    """The invariant rule id for a refusal reason ("invariant:format" if none fits)."""
-    for needle, rule in _INVARIANTS:
-        if needle in reason:
-            return rule
-    return "invariant:format"
 
 
 @dataclass(frozen=True)
@@ -388,9 +365,13 @@ class Gateway:
     def _check_publisher(self, d: Delivery, sender: AgencyCode) -> None:
         publisher = self._publisher_code(d)
         if publisher is None:
-            raise EnvelopeRefused("submission has no valid user_id (publisher unknown)")
+            raise EnvelopeRefused(
+                Reason.PUBLISHER_MISSING, "submission has no valid user_id (publisher unknown)"
+            )
         if publisher != sender:
-            raise EnvelopeRefused(f"published by {publisher} but signed by {sender}")
+            raise EnvelopeRefused(
+                Reason.PUBLISHER, f"published by {publisher} but signed by {sender}"
+            )
 
     def _check_not_retired(self, h: Header) -> None:
         """Merged communes: the notice names the code that took over."""
@@ -398,7 +379,8 @@ class Gateway:
             successor = self.directory.successor(r.code, _now())
             if successor is not None:
                 raise EnvelopeRefused(
-                    f"recipient {r.code} is retired (merged into {successor}): send to {successor}"
+                    Reason.RETIRED,
+                    f"recipient {r.code} is retired (merged into {successor}): send to {successor}",
                 )
 
     def _part(self, d: Delivery) -> None:
@@ -406,7 +388,7 @@ class Gateway:
         try:
             part = parse_part(d.body)
         except EnvelopeRefused as e:
-            self._refuse(d, None, "malformed", rule_for(str(e)), str(e), once_key=None, now=now)
+            self._refuse(d, None, "malformed", e.reason.rule_id, str(e), once_key=None, now=now)
             return
         h = part.header
         eid = h.envelope_id.hex()
@@ -420,14 +402,14 @@ class Gateway:
         except EnvelopeRefused as e:
             # Not proven to come from the signer: recorded, but it does not decide the
             # envelope id (else anyone could block a real envelope by sending junk first).
-            self._refuse(d, h, "submission", rule_for(str(e)), str(e), once_key=None, now=now)
+            self._refuse(d, h, "submission", e.reason.rule_id, str(e), once_key=None, now=now)
             return
         try:
             checked = check_header_rest(h, sender, self.directory, now)
             check_segment(checked, part.segment)
             self._check_not_retired(h)
         except EnvelopeRefused as e:
-            self._refuse(d, h, "submission", rule_for(str(e)), str(e), once_key=eid, now=now)
+            self._refuse(d, h, "submission", e.reason.rule_id, str(e), once_key=eid, now=now)
             return
         decision = self.policy.decide(checked)
         record = self._record(
@@ -488,7 +470,7 @@ class Gateway:
             self._check_publisher(d, h.sender)
             check_segment(checked, part.segment)
         except EnvelopeRefused as e:
-            self._refuse(d, h, "part-refused", rule_for(str(e)), str(e), once_key=None, now=now)
+            self._refuse(d, h, "part-refused", e.reason.rule_id, str(e), once_key=None, now=now)
             return
         # The decision may still be in this batch's open transaction: forward after the commit.
         self._later(d, lambda: self._forward(d, checked, part))
@@ -643,10 +625,10 @@ class Gateway:
             notice = verify_notice(d.body, self.directory, now)
             self._check_publisher(d, notice.signer)
             if notice.kind == KIND_REJECTION:
-                raise EnvelopeRefused("only the gateway issues rejection notices")
+                raise EnvelopeRefused(Reason.NOTICE_KIND)
         except EnvelopeRefused as e:
             self._refuse(
-                d, None, "notice-refused", rule_for(str(e)), str(e), once_key=None, now=now
+                d, None, "notice-refused", e.reason.rule_id, str(e), once_key=None, now=now
             )
             return
         digest = hashlib.sha256(notice.raw).hexdigest()

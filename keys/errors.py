@@ -38,3 +38,28 @@ class Refused(CipherpostError):
 
 class KeyStoreError(CipherpostError):
     """A private key file could not be read: wrong passphrase, damaged, wrong mode."""
+
+
+MAX_MESSAGE = 200
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` made safe to log, record or sign: at most ``limit`` characters, one line.
+
+    Error messages may quote bytes an attacker chose (a version field, a code);
+    unbounded they would grow logs and audit leaves without limit. Control and
+    other non-printable characters are escaped (``\\x07``), so one message is
+    always one line and cannot forge another.
+    """
+    out = []
+    size = 0
+    for ch in text:
+        piece = ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+        if size + len(piece) > limit:
+            while out and size > limit - 1:  # room for the ellipsis
+                size -= len(out.pop())
+            out.append("…")
+            break
+        size += len(piece)
+        out.append(piece)
+    return "".join(out)

@@ -57,7 +57,9 @@ def test_new_versions_reach_running_holders_and_bad_ones_are_refused(world, tmp_
         # The revoked sender is refused from that moment, with the invariant's rule id.
         submit(world, A, early)
         assert wait_for(
-            lambda: any(r["rule_id"] == "invariant:revoked" for r in gateway.audit_records()),
+            lambda: any(
+                r["rule_id"] == "invariant:revoked-sender" for r in gateway.audit_records()
+            ),
             15,
         ), gateway.audit_records()
 
