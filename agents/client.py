@@ -43,7 +43,7 @@ from broker.connection import BrokerConfig
 from broker.consumer import Consumer, Delivery
 from broker.directory_feed import DirectoryFeed
 from broker.publisher import ConfirmingPublisher
-from broker.topology import SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, directory_queue, inbox_queue
+from broker.topology import SUBMIT_EXCHANGE, directory_queue, inbox_queue
 from envelopes.checking import check_header, check_segment
 from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.notices import (
@@ -228,7 +228,9 @@ class Client:
                 content_type="application/x-cipherpost-part",
                 headers={"x-cp-envelope-id": envelope_id, "x-cp-part": index, "x-cp-parts": count},
             )
-            futures.append(self.publisher.publish(SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, body, props))
+            futures.append(
+                self.publisher.publish(SUBMIT_EXCHANGE, self.keys.code.text, body, props)
+            )
             failed = next((f for f in futures if f.done() and f.exception() is not None), None)
             if failed is not None:
                 raise CipherpostError(f"submission failed: {failed.exception()}")
@@ -443,6 +445,10 @@ class Client:
                     Reason.NOT_RECIPIENT, f"{self.keys.code} is not a recipient of {eid}"
                 )
             check_segment(checked, part.segment)
+            spooled_header = folder / "header"
+            if spooled_header.exists() and spooled_header.read_bytes() != part.header_frame:
+                # One id, two headers: never mix their parts (the gateway refuses it too).
+                raise EnvelopeRefused(Reason.ID_REUSE, f"{eid} arrived under another header")
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             _write_durably(folder / "header", part.header_frame, sync=False)
             _write_durably(folder / f"{index:08d}.seg", part.segment_frame, sync=False)
@@ -562,7 +568,7 @@ class Client:
             user_id=self.broker.login,
             content_type="application/x-cipherpost-notice",
         )
-        return self.publisher.publish(SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, notice.raw, props)
+        return self.publisher.publish(SUBMIT_EXCHANGE, self.keys.code.text, notice.raw, props)
 
     def reply_status(self, envelope_id: str, status: str, note: str = "") -> None:
         """Send a signed status (02..06) about a received envelope back to its sender."""

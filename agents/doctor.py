@@ -17,7 +17,7 @@ import pika
 
 from agents.config import AgentConfig
 from broker.connection import BrokerConfig, BrokerError, connect_blocking
-from broker.topology import SUBMIT_QUEUE, directory_queue, inbox_queue
+from broker.topology import directory_queue, inbox_queue, submit_queue
 from keys.agency import PUBLIC_FILE, TRUST_FILE, AgencyKeys, load_agency
 from keys.ca import load_ca_certificate
 from keys.codes import AgencyCode
@@ -244,14 +244,15 @@ class Doctor:
                             "ask the cipher department to run `broker provision`",
                         )
             ch = connection.channel()
-            consumers = ch.queue_declare(SUBMIT_QUEUE, passive=True).method.consumer_count
+            lane = submit_queue(code)
+            consumers = ch.queue_declare(lane, passive=True).method.consumer_count
             if consumers:
-                self._add("gateway", "ok", f"{consumers} gateway instance(s) consuming submissions")
+                self._add("gateway", "ok", f"{consumers} gateway instance(s) consuming {lane}")
             else:
                 self._add(
                     "gateway",
                     "FAIL",
-                    "no gateway is consuming submissions",
+                    f"no gateway is consuming {lane}",
                     "ask the cipher department to start `cipherpost gateway run`",
                 )
         except pika.exceptions.AMQPError as e:

@@ -64,10 +64,16 @@ class AgentState:
             self._db.execute("BEGIN")
         try:
             yield
-        finally:
+        except BaseException:
+            # Nothing of a failed batch is recorded: its messages are redelivered and
+            # must not then look like duplicates of documents never announced.
             with self._lock:
                 if self._db.in_transaction:
-                    self._db.execute("COMMIT")
+                    self._db.execute("ROLLBACK")
+            raise
+        with self._lock:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from gateway import merkle  # noqa: E402
-from gateway.audit import ACCEPTED, AuditStore, Record  # noqa: E402
+from gateway.audit import ACCEPTED, AuditStore, Entry, Record  # noqa: E402
 from gateway.auditlog import verify_store  # noqa: E402
 from gateway.checkpoint import parse_checkpoint, sign_checkpoint  # noqa: E402
 from keys.codes import AgencyCode  # noqa: E402
@@ -104,7 +104,8 @@ def main() -> int:
         checkpoints = []
         start = time.perf_counter()
         for k in range(0, args.leaves, args.batch):
-            store.commit([(r, None) for r in records[k : k + args.batch]])
+            batch = records[k : k + args.batch]
+            store.commit([Entry(r, decides=(r.envelope_id, r.digest)) for r in batch])
             if store.size() % every < args.batch or k + args.batch >= args.leaves:
                 size, root = store.root()
                 note = sign_checkpoint(key, GATEWAY, "gw1", size, root, T0)

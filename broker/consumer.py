@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pika
@@ -34,6 +34,8 @@ from broker.connection import (
 
 log = structlog.get_logger("cipherpost.broker")
 POLL_S = 0.2
+REFRESH_S = 5.0  # a many-queue consumer looks for new (or re-created) queues this often
+Queues = str | Sequence[str] | Callable[[], Sequence[str]]
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Delivery:
     _channel: pika.adapters.blocking_connection.BlockingChannel
     _thread: int = 0
     _settled: bool = False
+    queue: str = ""
 
     @property
     def user_id(self) -> str | None:
@@ -71,8 +74,14 @@ class Delivery:
         self._settled = True
 
         def run() -> None:
-            if self._channel.is_open:
+            if not self._channel.is_open:
+                return
+            try:
                 action()
+            except (pika.exceptions.AMQPError, OSError) as e:
+                # The link died under us: the broker redelivers, and the consumer
+                # deduplicates. Whatever the caller does after settling still happens.
+                log.info("settle_lost", delivery=self.delivery_tag, error=type(e).__name__)
 
         if threading.get_ident() == self._thread:
             run()  # on the connection's own thread: no hand-off needed
@@ -92,12 +101,18 @@ class Delivery:
 
 
 class Consumer:
-    """Consume one queue until :meth:`stop`, reconnecting with backoff."""
+    """Consume one queue, or many on one channel, until :meth:`stop`, reconnecting with backoff.
+
+    ``queue`` is one name, a list, or a function giving the current list (asked
+    again on every connect and every :data:`REFRESH_S` seconds). With many
+    queues, one that does not exist (yet) is skipped and looked for again later:
+    a missing queue must not close the channel every other queue is consumed on.
+    """
 
     def __init__(
         self,
         config: BrokerConfig,
-        queue: str,
+        queue: Queues,
         handler: Callable[[Delivery], None],
         *,
         prefetch: int = 64,
@@ -105,7 +120,8 @@ class Consumer:
         on_batch_end: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
-        self.queue = queue
+        self.queue = queue if isinstance(queue, str) else "+".join(self._names(queue)[:3])
+        self._queues = queue
         self.handler = handler
         self.prefetch = prefetch
         self.on_connected = on_connected
@@ -117,6 +133,12 @@ class Consumer:
         self._drain: Callable[[], None] | None = None
         self._last = time.monotonic()
         self.connected = threading.Event()
+
+    @staticmethod
+    def _names(queues: Queues) -> list[str]:
+        if isinstance(queues, str):
+            return [queues]
+        return list(queues() if callable(queues) else queues)
 
     def stop(self) -> None:
         """Ask the loop to finish after the current message."""
@@ -181,6 +203,7 @@ class Consumer:
     def _consume(self, connection: pika.BlockingConnection, until_idle: float | None) -> bool:
         channel = connection.channel()
         channel.basic_qos(prefetch_count=self.prefetch)
+        by_tag: dict[str, str] = {}
 
         def on_message(
             ch: pika.adapters.blocking_connection.BlockingChannel,
@@ -198,23 +221,37 @@ class Consumer:
                     connection,
                     ch,
                     threading.get_ident(),
+                    queue=by_tag.get(method.consumer_tag or "", ""),
                 )
             )
             self._in_batch += 1
             if self._in_batch >= self.batch_max:
                 self._batch_end()
 
-        consumer_tag = channel.basic_consume(self.queue, on_message)
+        def consume_new() -> None:
+            for name in self._names(self._queues):
+                if name in by_tag.values():
+                    continue
+                if not isinstance(self._queues, str) and not _exists(connection, name):
+                    continue  # not provisioned yet: looked for again at the next refresh
+                by_tag[channel.basic_consume(name, on_message)] = name
+
+        consume_new()
         self.connected.set()
         if self.on_connected is not None:
             self.on_connected()
+        refreshed = time.monotonic()
         while not self._stop.is_set():
             connection.process_data_events(time_limit=POLL_S)
             self._batch_end()
             if until_idle is not None and time.monotonic() - self._last > until_idle:
                 self._stop.set()
+            if not isinstance(self._queues, str) and time.monotonic() - refreshed > REFRESH_S:
+                refreshed = time.monotonic()
+                consume_new()
         # No new deliveries from here; unacked ones are requeued when the connection closes.
-        channel.basic_cancel(consumer_tag)
+        for consumer_tag in by_tag:
+            channel.basic_cancel(consumer_tag)
         self._batch_end()
         if self._drain is not None:
             drain_done = threading.Event()
@@ -238,3 +275,17 @@ class Consumer:
         # make a whole batch durable at once (one commit, one fsync round) and settle it.
         if self.on_batch_end is not None:
             self.on_batch_end()
+
+
+def _exists(connection: pika.BlockingConnection, queue: str) -> bool:
+    """Whether ``queue`` exists, asked on a scratch channel (a 404 closes the channel)."""
+    scratch = connection.channel()
+    try:
+        scratch.queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code != 404:
+            raise
+        log.warning("consumer_queue_missing", queue=queue)
+        return False
+    scratch.close()
+    return True

@@ -1,5 +1,9 @@
 """Provisioning: vhost, topology, one broker user per agency, anchored permissions.
 
+Each agency gets a submit lane (``cp.submit.<code>``, routing key = its code, a
+topic permission so it can publish nowhere else) and per-user connection and
+channel limits: one agency's flood stays in its own lane.
+
 Idempotent: running it again changes nothing and says so. A revoked agency
 loses its permissions and its user (its connections close); its inbox queue
 is kept so nothing already delivered is lost. New passwords are written to
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from broker import topology
 from broker.connection import BrokerConfig
-from broker.management import Management
+from broker.management import Management, ManagementError
 from keys.directory import Directory
 
 GATEWAY_LOGIN = "cp-gateway"
@@ -35,28 +39,25 @@ def declare_topology(mgmt: Management, vhost: str, result: ProvisionResult) -> N
     """Exchanges, the submit and dead-letter queues and their bindings."""
     v = mgmt.q(vhost)
     for name, kind in (
-        (topology.SUBMIT_EXCHANGE, "direct"),
+        (topology.SUBMIT_EXCHANGE, "topic"),
         (topology.DELIVER_EXCHANGE, "direct"),
         (topology.DEAD_EXCHANGE, "fanout"),
         (topology.CHECKPOINT_EXCHANGE, "fanout"),
         (topology.DIRECTORY_EXCHANGE, "fanout"),
     ):
-        if mgmt.get(f"/api/exchanges/{v}/{mgmt.q(name)}") is None:
+        existing = mgmt.get(f"/api/exchanges/{v}/{mgmt.q(name)}")
+        if existing is None:
             mgmt.put(f"/api/exchanges/{v}/{mgmt.q(name)}", {"type": kind, "durable": True})
             result.changes.append(f"exchange {name} created")
+        elif existing.get("type") != kind:
+            raise ManagementError(
+                f"exchange {name} in vhost {vhost} is of type {existing.get('type')}, not {kind}:"
+                " this vhost has an older topology; provision a new vhost"
+            )
     _queue(mgmt, vhost, topology.DEAD_QUEUE, topology.DEAD_QUEUE_ARGUMENTS, result)
     _bind(mgmt, vhost, topology.DEAD_EXCHANGE, topology.DEAD_QUEUE, "", result)
     _queue(mgmt, vhost, topology.WITNESS_QUEUE, topology.QUEUE_ARGUMENTS, result)
     _bind(mgmt, vhost, topology.CHECKPOINT_EXCHANGE, topology.WITNESS_QUEUE, "", result)
-    _queue(mgmt, vhost, topology.SUBMIT_QUEUE, topology.QUEUE_ARGUMENTS, result)
-    _bind(
-        mgmt,
-        vhost,
-        topology.SUBMIT_EXCHANGE,
-        topology.SUBMIT_QUEUE,
-        topology.SUBMIT_ROUTING_KEY,
-        result,
-    )
 
 
 def _queue(
@@ -86,6 +87,9 @@ def _user(
     result: ProvisionResult,
     host: str,
     port: int,
+    *,
+    topic: dict[str, str] | None = None,
+    limits: dict[str, int] | None = None,
 ) -> None:
     path = f"/api/users/{mgmt.q(login)}"
     if mgmt.get(path) is None:
@@ -99,6 +103,20 @@ def _user(
     if current is None or any(current.get(k) != v for k, v in want.items()):
         mgmt.put(perm_path, want)
         result.changes.append(f"permissions of {login} set")
+    if topic is not None:
+        topic_path = f"/api/topic-permissions/{mgmt.q(vhost)}/{mgmt.q(login)}"
+        held_topic = mgmt.get(topic_path) or []
+        current_topic = [t for t in held_topic if t["exchange"] == topic["exchange"]]
+        if not current_topic or any(current_topic[0].get(k) != v for k, v in topic.items()):
+            mgmt.put(topic_path, topic)
+            result.changes.append(f"topic permissions of {login} on {topic['exchange']} set")
+    if limits:
+        held = mgmt.get(f"/api/user-limits/{mgmt.q(login)}") or []
+        values = {k: v for item in held for k, v in item.get("value", {}).items()}
+        for name, value in limits.items():
+            if values.get(name) != value:
+                mgmt.put(f"/api/user-limits/{mgmt.q(login)}/{name}", {"value": value})
+                result.changes.append(f"limit {name}={value} of {login} set")
 
 
 def provision(
@@ -141,6 +159,10 @@ def provision(
         _user(mgmt, vhost, login_prefix + login, permissions, result, amqp_host, amqp_port)
     for entry in sorted(directory.entries.values(), key=lambda e: e.code.text):
         login = login_prefix + entry.code.text
+        lane = topology.submit_queue(entry.code)
+        # Kept for a revoked agency too: what it queued before is decided (and refused).
+        _queue(mgmt, vhost, lane, topology.SUBMIT_QUEUE_ARGUMENTS, result)
+        _bind(mgmt, vhost, topology.SUBMIT_EXCHANGE, lane, entry.code.text, result)
         queue = topology.inbox_queue(entry.code)
         # The inbox is kept even for a revoked agency: what was delivered is not lost.
         _queue(mgmt, vhost, queue, topology.QUEUE_ARGUMENTS, result)
@@ -162,6 +184,8 @@ def provision(
             result,
             amqp_host,
             amqp_port,
+            topic=topology.agency_topic_permissions(entry.code),
+            limits=topology.USER_LIMITS,
         )
     if credentials_dir is not None:
         for login, config in result.new_credentials.items():

@@ -1,6 +1,8 @@
 """Names and arguments of the RabbitMQ topology, in one place.
 
-- ``cp.submit`` (direct) -> ``cp.gateway.submit``: every agency may only publish here.
+- ``cp.submit`` (topic) -> ``cp.submit.<code>``: one submit lane per agency; an agency may
+  publish only there, with its own code as routing key (a topic permission), so one
+  agency's flood fills its own lane and nobody else's. The gateway consumes every lane.
 - ``cp.deliver`` (direct, routing key = agency code) -> ``cp.inbox.<code>``: only the
   gateway publishes here.
 - ``cp.dead`` (fanout) -> ``cp.dead``: poison and unroutable messages; nothing is dropped.
@@ -20,10 +22,10 @@ from __future__ import annotations
 import re
 
 from keys.codes import AgencyCode
+from keys.errors import UsageError
 
 SUBMIT_EXCHANGE = "cp.submit"
-SUBMIT_QUEUE = "cp.gateway.submit"
-SUBMIT_ROUTING_KEY = "submit"
+SUBMIT_PREFIX = "cp.submit."
 DELIVER_EXCHANGE = "cp.deliver"
 DEAD_EXCHANGE = "cp.dead"
 DEAD_QUEUE = "cp.dead"
@@ -42,11 +44,38 @@ QUEUE_ARGUMENTS: dict[str, object] = {
     "x-dead-letter-strategy": "at-least-once",
     "x-overflow": "reject-publish",
 }
+# A submit lane holds at most this much: beyond it the broker nacks the flooder's own
+# publishes (reject-publish), and nobody else's lane is touched.
+SUBMIT_MAX_LENGTH = 20_000
+SUBMIT_MAX_BYTES = 2 * 1024 * 1024 * 1024
+SUBMIT_QUEUE_ARGUMENTS: dict[str, object] = {
+    **QUEUE_ARGUMENTS,
+    "x-max-length": SUBMIT_MAX_LENGTH,
+    "x-max-length-bytes": SUBMIT_MAX_BYTES,
+}
+# Per broker user (an agency's login): its agent needs a publisher, a consumer and a
+# directory-feed connection, twice over for a `receive --follow` beside a `send`.
+USER_LIMITS: dict[str, int] = {"max-connections": 8, "max-channels": 32}
 DEAD_QUEUE_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum"}
 # Directory feeds: classic durable queues. Nothing there can be poison (every version is
 # verified, then acked) and a lost one is replaced by the next version; quorum queues
 # would double the Raft groups per agency (150 for 75 communes) for no gain.
 FEED_QUEUE_ARGUMENTS: dict[str, object] = {"x-queue-type": "classic"}
+
+
+def submit_queue(code: AgencyCode) -> str:
+    """The submit lane of an agency (routing key: its code)."""
+    return f"{SUBMIT_PREFIX}{code.text}"
+
+
+def lane_code(queue: str) -> AgencyCode | None:
+    """The agency whose submit lane ``queue`` is (None for any other queue)."""
+    if not queue.startswith(SUBMIT_PREFIX):
+        return None
+    try:
+        return AgencyCode.parse(queue[len(SUBMIT_PREFIX) :])
+    except UsageError:
+        return None
 
 
 def inbox_queue(code: AgencyCode) -> str:
@@ -73,6 +102,11 @@ def agency_permissions(code: AgencyCode) -> dict[str, str]:
     }
 
 
+def agency_topic_permissions(code: AgencyCode) -> dict[str, str]:
+    """On ``cp.submit`` an agency may publish with its own code as routing key only."""
+    return {"exchange": SUBMIT_EXCHANGE, "write": f"^{re.escape(code.text)}$", "read": "^$"}
+
+
 def gateway_permissions() -> dict[str, str]:
     """The gateway reads the submit queue, writes deliveries and checkpoints, and keeps one
     directory queue per instance (declared and bound by the instance itself)."""
@@ -80,7 +114,7 @@ def gateway_permissions() -> dict[str, str]:
     return {
         "configure": f"^{own}$",
         "write": f"^({re.escape(DELIVER_EXCHANGE)}|{re.escape(CHECKPOINT_EXCHANGE)}|{own})$",
-        "read": f"^({re.escape(SUBMIT_QUEUE)}|{re.escape(DIRECTORY_EXCHANGE)}|{own})$",
+        "read": f"^({re.escape(SUBMIT_PREFIX)}.+|{re.escape(DIRECTORY_EXCHANGE)}|{own})$",
     }
 
 

@@ -27,13 +27,14 @@ from keys.errors import UsageError
 
 MAGIC = "cipherpost.notice/1"
 CONTEXT = b"cipherpost notice v1\x00"
-MAX_NOTICE_BYTES = 16 * 1024
-MAX_TEXT = 1000
+MAX_NOTICE_BYTES = 4 * 1024
+MAX_TEXT = 280  # characters of free text (note, reason): a notice is not a letter
 
 KIND_RECEIPT = "receipt"
 KIND_STATUS = "status"
-KIND_REJECTION = "rejection"
-KINDS = (KIND_RECEIPT, KIND_STATUS, KIND_REJECTION)
+KIND_RECALL = "recall"  # from the sender to a recipient (status 13)
+KIND_REJECTION = "rejection"  # from the gateway only
+KINDS = (KIND_RECEIPT, KIND_STATUS, KIND_RECALL, KIND_REJECTION)
 
 STATUS_NAMES = {
     "01": "arrived",

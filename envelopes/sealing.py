@@ -59,12 +59,17 @@ def seal(
     lifetime: dt.timedelta = DEFAULT_LIFETIME,
     now: dt.datetime | None = None,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
+    envelope_id: bytes | None = None,
 ) -> Sealed:
     """Read exactly ``size`` bytes from ``src`` and write one envelope to ``dst``.
 
     Refuses (:class:`EnvelopeRefused`, exit 3) what every verifier would
     refuse: a level above the sender's or a recipient's clearance, an
     unknown or revoked party, keys that are not the ones the directory holds.
+
+    ``envelope_id`` is random unless given. Anyone holding agency keys can
+    choose an id (tests do, to play that attacker); the gateway and the agents
+    bind every decision to the whole signed header, never to the id alone.
     """
     now = now or dt.datetime.now(dt.UTC)
     if not to:
@@ -111,7 +116,10 @@ def seal(
             )
         entries.append(entry)
 
-    envelope_id = secrets.token_bytes(ENVELOPE_ID_BYTES)
+    if envelope_id is None:
+        envelope_id = secrets.token_bytes(ENVELOPE_ID_BYTES)
+    elif len(envelope_id) != ENVELOPE_ID_BYTES:
+        raise UsageError(f"an envelope id is {ENVELOPE_ID_BYTES} bytes")
     payload_key = _crypto.new_payload_key()
     stream = _crypto.StreamEncryptor(payload_key)
     recipients = tuple(

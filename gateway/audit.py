@@ -5,44 +5,147 @@ a fixed order, :data:`LEAF_FIELDS`) and becomes the next leaf of its gateway's
 RFC 6962 log (``log_id``); the perfect-subtree hashes are stored beside it
 (``nodes``) so roots and proofs cost O(log n) reads. Never plaintext, never
 keys. UPDATE and DELETE are refused by triggers (an operator with the file can
-still edit it: that is what the signed checkpoints and the witness catch);
-``decided_once`` makes the first decision per envelope (or per notice) unique
-even with several gateway processes on one store.
+still edit it: that is what the signed checkpoints and the witness catch).
+
+Beside the leaves, three tables drive the gateway and are **derived from the
+leaves** (:meth:`AuditStore.state_problems` checks them against the leaves;
+``audit verify`` reports any difference):
+
+- ``decisions``: the one decision per exact signed header, keyed on
+  (envelope id, header hash). A second header under a decided id never gets a
+  decision of its own: :meth:`AuditStore.commit` records what ``on_conflict``
+  says instead (the gateway: an ``invariant:id-reuse`` refusal).
+- ``relayed``: notices relayed once (by the digest of their bytes).
+- ``forwarded``: parts whose forward the broker confirmed, with the digest of
+  the part's bytes (a byte-identical copy is a duplicate, another copy a
+  conflict); each must belong to an accepted decision.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import msgpack
 
 from gateway import merkle
+from keys.errors import CipherpostError
 
-LEAF_VERSION = 1
-SCHEMA = """
+LEAF_VERSION = 2
+ACCEPTED = "accepted"
+REFUSED = "refused"
+SUBMISSION = "submission"  # the event of a decision on one verified header
+NOTICE_EVENTS = ("receipt", "status", "recall")  # relayed notices
+
+
+@dataclass(frozen=True)
+class Record:
+    """One audit record (no plaintext, no keys).
+
+    Before any signature was verified a record names only ``publisher`` (the
+    broker-validated login, or ``none``), ``size``, ``digest``, ``count`` and a
+    typed reason: ``envelope_id``, ``sender``, ``recipients`` and ``level`` stay
+    empty. ``count`` > 1: one record for that many refused messages of one
+    publisher (``digest`` then chains their digests, :mod:`gateway.junk`).
+    """
+
+    time: dt.datetime
+    event: str
+    envelope_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    level: str
+    urgency: str
+    size: int
+    digest: str
+    decision: str
+    rule_id: str
+    reason: str
+    gateway_id: str
+    publisher: str = ""
+    count: int = 1
+    policy_version: int = 0
+    directory_version: int = 0
+
+    def values(self) -> dict[str, object]:
+        """Every field by name, as stored (time ISO 8601, recipients a list)."""
+        out = {f: getattr(self, f) for f in RECORD_FIELDS}
+        out["time"] = self.time.isoformat()
+        out["recipients"] = list(self.recipients)
+        return out
+
+    def leaf(self, seq: int) -> bytes:
+        """Canonical leaf bytes: fixed field order (:data:`LEAF_FIELDS`), integers and strings."""
+        values = self.values()
+        values["time"] = int(self.time.timestamp() * 1000)
+        return bytes(
+            msgpack.packb(
+                [LEAF_VERSION, seq, *(values[f] for f in RECORD_FIELDS)], use_bin_type=True
+            )
+        )
+
+
+# The one list of a record's fields, in leaf order. Everything else derives from it.
+RECORD_FIELDS = (
+    "time",
+    "event",
+    "envelope_id",
+    "publisher",
+    "sender",
+    "recipients",
+    "level",
+    "urgency",
+    "size",
+    "digest",
+    "count",
+    "decision",
+    "rule_id",
+    "reason",
+    "policy_version",
+    "directory_version",
+    "gateway_id",
+)
+assert set(RECORD_FIELDS) == {f.name for f in fields(Record)}
+LEAF_FIELDS = ("version", "leaf_index", "time_ms", *RECORD_FIELDS[1:])
+RECORD_COLUMNS = ("seq", "log_id", "leaf_index", *RECORD_FIELDS)
+_INTEGER = {"size", "count", "policy_version", "directory_version"}
+# Version 1 leaves (before decisions were bound to headers): same order, fewer fields.
+_V1_FIELDS = (
+    "version",
+    "leaf_index",
+    "time_ms",
+    "event",
+    "envelope_id",
+    "sender",
+    "recipients",
+    "level",
+    "urgency",
+    "size",
+    "digest",
+    "decision",
+    "rule_id",
+    "reason",
+    "gateway_id",
+)
+_V2_DEFAULTS: dict[str, object] = {
+    "publisher": "",
+    "count": 1,
+    "policy_version": 0,
+    "directory_version": 0,
+}
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     log_id TEXT NOT NULL,
     leaf_index INTEGER NOT NULL,
-    time TEXT NOT NULL,
-    event TEXT NOT NULL,
-    envelope_id TEXT NOT NULL,
-    sender TEXT NOT NULL,
-    recipients TEXT NOT NULL,
-    level TEXT NOT NULL,
-    urgency TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    rule_id TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    gateway_id TEXT NOT NULL,
+    {", ".join(f"{f} {'INTEGER' if f in _INTEGER else 'TEXT'} NOT NULL" for f in RECORD_FIELDS)},
     leaf BLOB NOT NULL,
     leaf_hash BLOB NOT NULL,
     UNIQUE (log_id, leaf_index)
@@ -63,16 +166,28 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     note BLOB NOT NULL,
     PRIMARY KEY (log_id, size)
 );
-CREATE TABLE IF NOT EXISTS decided_once (
-    once_key TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS decisions (
+    envelope_id TEXT NOT NULL,
+    header_hash TEXT NOT NULL,
     decision TEXT NOT NULL,
     rule_id TEXT NOT NULL,
-    seq INTEGER NOT NULL
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    log_id TEXT NOT NULL,
+    leaf_index INTEGER NOT NULL,
+    PRIMARY KEY (envelope_id, header_hash)
+);
+CREATE TABLE IF NOT EXISTS relayed (
+    digest TEXT PRIMARY KEY,
+    log_id TEXT NOT NULL,
+    leaf_index INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS forwarded (
     envelope_id TEXT NOT NULL,
+    header_hash TEXT NOT NULL,
     part INTEGER NOT NULL,
-    PRIMARY KEY (envelope_id, part)
+    digest TEXT NOT NULL,
+    PRIMARY KEY (envelope_id, header_hash, part)
 );
 """
 APPEND_ONLY = ("records", "nodes", "checkpoints")
@@ -85,70 +200,31 @@ BEGIN SELECT RAISE(ABORT, 'audit {t} are append-only'); END;"""
     for t in APPEND_ONLY
 )
 
-ACCEPTED = "accepted"
-REFUSED = "refused"
+
+@dataclass(frozen=True)
+class Decided:
+    """The decision standing for one exact header."""
+
+    decision: str
+    rule_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    leaf_index: int
 
 
 @dataclass(frozen=True)
-class Record:
-    """One audit record (no plaintext, no keys)."""
+class Entry:
+    """One record to append, and what it settles.
 
-    time: dt.datetime
-    event: str
-    envelope_id: str
-    sender: str
-    recipients: tuple[str, ...]
-    level: str
-    urgency: str
-    size: int
-    digest: str
-    decision: str
-    rule_id: str
-    reason: str
-    gateway_id: str
+    ``decides``: (envelope id, header hash) it decides; if already decided the
+    standing decision is returned and nothing is appended; if the id is decided
+    under another header, ``on_conflict`` of :meth:`AuditStore.commit` says what
+    to record instead. ``relays``: the digest of a notice relayed once.
+    """
 
-    def columns(self) -> tuple[object, ...]:
-        """The record's stored columns (after log id and leaf index), as in the leaf."""
-        return (
-            self.time.isoformat(),
-            self.event,
-            self.envelope_id,
-            self.sender,
-            json.dumps(list(self.recipients)),
-            self.level,
-            self.urgency,
-            self.size,
-            self.digest,
-            self.decision,
-            self.rule_id,
-            self.reason,
-            self.gateway_id,
-        )
-
-    def leaf(self, seq: int) -> bytes:
-        """Canonical leaf bytes: fixed field order (:data:`LEAF_FIELDS`), integers and strings."""
-        return bytes(
-            msgpack.packb(
-                [
-                    LEAF_VERSION,
-                    seq,
-                    int(self.time.timestamp() * 1000),
-                    self.event,
-                    self.envelope_id,
-                    self.sender,
-                    list(self.recipients),
-                    self.level,
-                    self.urgency,
-                    self.size,
-                    self.digest,
-                    self.decision,
-                    self.rule_id,
-                    self.reason,
-                    self.gateway_id,
-                ],
-                use_bin_type=True,
-            )
-        )
+    record: Record
+    decides: tuple[str, str] | None = None
+    relays: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,52 +237,22 @@ class Outcome:
     new: bool
 
 
-LEAF_FIELDS = (
-    "version",
-    "leaf_index",
-    "time_ms",
-    "event",
-    "envelope_id",
-    "sender",
-    "recipients",
-    "level",
-    "urgency",
-    "size",
-    "digest",
-    "decision",
-    "rule_id",
-    "reason",
-    "gateway_id",
-)
-RECORD_COLUMNS = (
-    "seq",
-    "log_id",
-    "leaf_index",
-    "time",
-    "event",
-    "envelope_id",
-    "sender",
-    "recipients",
-    "level",
-    "urgency",
-    "size",
-    "digest",
-    "decision",
-    "rule_id",
-    "reason",
-    "gateway_id",
-)
-
-
 def decode_leaf(leaf: bytes) -> dict[str, object]:
-    """The fields of canonical leaf bytes (ValueError if they are not a v1 leaf)."""
+    """The fields of canonical leaf bytes (ValueError if they are not an audit leaf).
+
+    Version 1 leaves read with the fields they lack at their defaults.
+    """
     try:
         items = msgpack.unpackb(leaf, raw=False, use_list=True, strict_map_key=True)
     except Exception as e:
         raise ValueError(f"leaf is not msgpack: {e}") from None
-    if not isinstance(items, list) or len(items) != len(LEAF_FIELDS) or items[0] != LEAF_VERSION:
-        raise ValueError("leaf is not a v1 audit leaf")
-    return dict(zip(LEAF_FIELDS, items, strict=True))
+    if not isinstance(items, list) or not items:
+        raise ValueError("leaf is not an audit leaf")
+    if items[0] == LEAF_VERSION and len(items) == len(LEAF_FIELDS):
+        return dict(zip(LEAF_FIELDS, items, strict=True))
+    if items[0] == 1 and len(items) == len(_V1_FIELDS):
+        return {**_V2_DEFAULTS, **dict(zip(_V1_FIELDS, items, strict=True))}
+    raise ValueError("leaf is not a v1 or v2 audit leaf")
 
 
 class AuditStore:
@@ -214,10 +260,10 @@ class AuditStore:
 
     :meth:`commit` appends a group of records in one short transaction (one
     fsync): each becomes the next leaf of the log ``log_id``, its Merkle nodes
-    are stored with it, and ``once_key`` makes the first decision per envelope
-    (or notice) final even with several gateway processes on one store. The
-    write lock is held only for the commit itself, so processes take turns.
-    Thread-safe.
+    and the state it decides are stored with it. The write lock is held only
+    for the commit itself, so several gateway processes on one store take
+    turns, and the first decision per header is final across all of them.
+    Thread-safe. Created mode 0600.
     """
 
     def __init__(self, path: Path, *, log_id: str = "", readonly: bool = False) -> None:
@@ -232,41 +278,63 @@ class AuditStore:
             )
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                # Who can read the store can read every party and level exchanged.
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             self._db = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=60.0
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._check_format()
             self._db.executescript(SCHEMA + TRIGGERS)
         self._range: merkle.CompactRange | None = None
-        self._marks: set[tuple[str, int]] = set()
+        self._marks: dict[tuple[str, str, int], str] = {}
+
+    def _check_format(self) -> None:
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(records)")}
+        if columns and not set(RECORD_FIELDS) <= columns:
+            self._db.close()
+            raise CipherpostError(
+                f"audit store {self.path} is of an older format (leaf version 1): keep it for "
+                "the auditors and start the gateway on a new store and log id "
+                "(docs/operations.md, recovery)"
+            )
 
     def close(self) -> None:
         with self._lock:
             if self._marks:
+                self._db.execute("BEGIN IMMEDIATE")
                 self._write_marks()
+                self._db.execute("COMMIT")
             self._db.close()
 
     # --- appending ---------------------------------------------------------------------------
 
-    def append(self, record: Record, *, once_key: str | None = None) -> Outcome:
+    def append(self, record: Record, *, decides: tuple[str, str] | None = None) -> Outcome:
         """Append one record durably (see :meth:`commit`)."""
-        return self.commit([(record, once_key)])[0]
+        return self.commit([Entry(record, decides)])[0]
 
-    def commit(self, items: Sequence[tuple[Record, str | None]]) -> list[Outcome]:
-        """Append ``items`` in order, durably, in one transaction; one outcome per item.
+    def commit(
+        self,
+        entries: Sequence[Entry],
+        on_conflict: Callable[[Record], Record] | None = None,
+    ) -> list[Outcome]:
+        """Append ``entries`` in order, durably, in one transaction; one outcome per entry.
 
-        With a ``once_key`` already decided (a redelivery, another gateway
-        process, or an earlier item of this group) nothing is appended and the
-        standing decision is returned with ``new=False``. Forwards remembered
-        with :meth:`mark_forwarded` are written in the same transaction.
+        An entry that decides an already decided header (a redelivery, another
+        gateway process, or an earlier entry of this group) appends nothing and
+        returns the standing decision with ``new=False``; one that decides a
+        second header under a decided envelope id appends ``on_conflict(record)``
+        instead (required then). Forwards remembered with :meth:`mark_forwarded`
+        are written in the same transaction.
         """
         with self._lock:
-            if not items and not self._marks:
+            if not entries and not self._marks:
                 return []
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                outcomes = self._append_all(items)
+                outcomes = self._append_all(entries, on_conflict)
                 self._write_marks()
                 self._db.execute("COMMIT")
             except BaseException:
@@ -275,16 +343,29 @@ class AuditStore:
                 raise
             return outcomes
 
-    def _append_all(self, items: Sequence[tuple[Record, str | None]]) -> list[Outcome]:
+    def _append_all(
+        self, entries: Sequence[Entry], on_conflict: Callable[[Record], Record] | None
+    ) -> list[Outcome]:
         tree = self._tree()
         outcomes: list[Outcome] = []
-        decided: dict[str, Outcome] = {}
-        rows = []
-        nodes = []
-        once_rows = []
-        for record, once_key in items:
-            if once_key is not None:
-                prior = decided.get(once_key) or self._decided(once_key)
+        decided: dict[tuple[str, str], Outcome] = {}  # in this group
+        ids: set[str] = set()
+        relayed: dict[str, Outcome] = {}
+        rows, nodes, decision_rows, relay_rows = [], [], [], []
+        for entry in entries:
+            record = entry.record
+            if entry.decides is not None:
+                key = entry.decides
+                prior = decided.get(key) or self._standing(key)
+                if prior is not None:
+                    outcomes.append(prior)
+                    continue
+                if key[0] in ids or self._has_envelope(key[0]):
+                    if on_conflict is None:
+                        raise ValueError(f"envelope {key[0]} is decided under another header")
+                    record = on_conflict(record)
+            if entry.relays is not None:
+                prior = relayed.get(entry.relays) or self._relayed(entry.relays)
                 if prior is not None:
                     outcomes.append(prior)
                     continue
@@ -292,20 +373,37 @@ class AuditStore:
             leaf = record.leaf(index)
             lh = merkle.leaf_hash(leaf)
             nodes += [(self.log_id, lvl, i, h) for lvl, i, h in tree.append(lh) if lvl > 0]
-            rows.append((self.log_id, index, *record.columns(), leaf, lh))
-            outcome = Outcome(index, record.decision, record.rule_id, True)
-            if once_key is not None:
-                decided[once_key] = Outcome(index, record.decision, record.rule_id, False)
-                once_rows.append((once_key, record.decision, record.rule_id, index))
-            outcomes.append(outcome)
+            values = record.values()
+            values["recipients"] = json.dumps(values["recipients"])
+            rows.append((self.log_id, index, *(values[f] for f in RECORD_FIELDS), leaf, lh))
+            outcomes.append(Outcome(index, record.decision, record.rule_id, True))
+            standing = Outcome(index, record.decision, record.rule_id, False)
+            if entry.decides is not None:
+                decided[entry.decides] = standing
+                ids.add(entry.decides[0])
+                decision_rows.append(
+                    (
+                        *entry.decides,
+                        record.decision,
+                        record.rule_id,
+                        record.sender,
+                        json.dumps(list(record.recipients)),
+                        self.log_id,
+                        index,
+                    )
+                )
+            if entry.relays is not None:
+                relayed[entry.relays] = standing
+                relay_rows.append((entry.relays, self.log_id, index))
+        columns = ", ".join(RECORD_COLUMNS[1:])
         self._db.executemany(
-            "INSERT INTO records (log_id, leaf_index, time, event, envelope_id, sender,"
-            " recipients, level, urgency, size, digest, decision, rule_id, reason, gateway_id,"
-            " leaf, leaf_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO records ({columns}, leaf, leaf_hash)"  # noqa: S608 - fixed names
+            f" VALUES ({', '.join('?' * (len(RECORD_COLUMNS) + 1))})",
             rows,
         )
         self._db.executemany("INSERT INTO nodes VALUES (?,?,?,?)", nodes)
-        self._db.executemany("INSERT INTO decided_once VALUES (?,?,?,?)", once_rows)
+        self._db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?)", decision_rows)
+        self._db.executemany("INSERT INTO relayed VALUES (?,?,?)", relay_rows)
         return outcomes
 
     def _tree(self) -> merkle.CompactRange:
@@ -315,37 +413,116 @@ class AuditStore:
             self._range = merkle.CompactRange.from_store(size, self._node_reader(self.log_id))
         return self._range
 
-    def _decided(self, once_key: str) -> Outcome | None:
+    def _standing(self, key: tuple[str, str]) -> Outcome | None:
         row = self._db.execute(
-            "SELECT decision, rule_id, seq FROM decided_once WHERE once_key=?", (once_key,)
+            "SELECT decision, rule_id, leaf_index FROM decisions"
+            " WHERE envelope_id=? AND header_hash=?",
+            key,
         ).fetchone()
         return None if row is None else Outcome(int(row[2]), str(row[0]), str(row[1]), False)
 
-    def decision_for(self, once_key: str) -> tuple[str, str] | None:
-        """The decision and rule id recorded under ``once_key``, if any."""
-        with self._lock:
-            prior = self._decided(once_key)
-        return None if prior is None else (prior.decision, prior.rule_id)
-
-    # --- forwards ----------------------------------------------------------------------------
-
-    def was_forwarded(self, envelope_id: str, part: int) -> bool:
-        with self._lock:
-            if (envelope_id, part) in self._marks:
-                return True
-            row = self._db.execute(
-                "SELECT 1 FROM forwarded WHERE envelope_id=? AND part=?", (envelope_id, part)
-            ).fetchone()
+    def _has_envelope(self, envelope_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM decisions WHERE envelope_id=? LIMIT 1", (envelope_id,)
+        ).fetchone()
         return row is not None
 
-    def mark_forwarded(self, envelope_id: str, part: int) -> None:
+    def _relayed(self, digest: str) -> Outcome | None:
+        row = self._db.execute(
+            "SELECT leaf_index FROM relayed WHERE digest=?", (digest,)
+        ).fetchone()
+        return None if row is None else Outcome(int(row[0]), ACCEPTED, "notice", False)
+
+    # --- the state the gateway decides on (see gateway.decide.State) -------------------------
+
+    def decision(self, envelope_id: str, header_hash: str) -> Decided | None:
+        """The decision standing for this exact header, if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT decision, rule_id, sender, recipients, leaf_index FROM decisions"
+                " WHERE envelope_id=? AND header_hash=?",
+                (envelope_id, header_hash),
+            ).fetchone()
+        if row is None:
+            return None
+        return Decided(
+            str(row[0]), str(row[1]), str(row[2]), tuple(json.loads(row[3])), int(row[4])
+        )
+
+    def has_envelope(self, envelope_id: str) -> bool:
+        """Whether any header was decided under this envelope id."""
+        with self._lock:
+            return self._has_envelope(envelope_id)
+
+    def relayed(self, digest: str) -> bool:
+        """Whether the notice with these bytes was relayed already."""
+        with self._lock:
+            return self._relayed(digest) is not None
+
+    def forwarded(self, envelope_id: str, header_hash: str, part: int) -> str | None:
+        """The digest of the part forwarded at this position, if one was."""
+        key = (envelope_id, header_hash, part)
+        with self._lock:
+            if key in self._marks:
+                return self._marks[key]
+            row = self._db.execute(
+                "SELECT digest FROM forwarded WHERE envelope_id=? AND header_hash=? AND part=?",
+                key,
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def mark_forwarded(self, envelope_id: str, header_hash: str, part: int, digest: str) -> None:
         """Remember a confirmed forward; written with the next :meth:`commit`."""
         with self._lock:
-            self._marks.add((envelope_id, part))
+            self._marks[(envelope_id, header_hash, part)] = digest
 
     def _write_marks(self) -> None:
-        marks, self._marks = self._marks, set()
-        self._db.executemany("INSERT OR IGNORE INTO forwarded VALUES (?,?)", sorted(marks))
+        marks, self._marks = self._marks, {}
+        self._db.executemany(
+            "INSERT OR IGNORE INTO forwarded VALUES (?,?,?,?)",
+            sorted((*k, v) for k, v in marks.items()),
+        )
+
+    def state_problems(self) -> list[str]:
+        """Differences between the decision state and the leaves it derives from."""
+        with self._lock:
+            leaves = {
+                (str(r[0]), str(r[1])): tuple(r[2:])
+                for r in self._db.execute(
+                    "SELECT envelope_id, digest, decision, rule_id, sender, recipients, log_id,"
+                    " leaf_index FROM records WHERE event=? AND sender != '' ORDER BY seq DESC",
+                    (SUBMISSION,),
+                )
+            }
+            rows = {
+                (str(r[0]), str(r[1])): tuple(r[2:])
+                for r in self._db.execute(
+                    "SELECT envelope_id, header_hash, decision, rule_id, sender, recipients,"
+                    " log_id, leaf_index FROM decisions"
+                )
+            }
+            forwarded = self._db.execute(
+                "SELECT envelope_id, header_hash, part FROM forwarded"
+            ).fetchall()
+            relays = self._db.execute(
+                "SELECT x.digest, r.digest, x.log_id, x.leaf_index, r.event FROM relayed x"
+                " LEFT JOIN records r ON r.log_id = x.log_id AND r.leaf_index = x.leaf_index"
+            ).fetchall()
+        problems = []
+        for key in sorted(rows.keys() - leaves.keys()):
+            problems.append(f"decision for envelope {key[0]} header {key[1][:16]} has no leaf")
+        for key in sorted(leaves.keys() - rows.keys()):
+            problems.append(f"leaf deciding envelope {key[0]} has no decision row")
+        for key in sorted(rows.keys() & leaves.keys()):
+            if rows[key] != leaves[key]:
+                problems.append(f"decision for envelope {key[0]} differs from its leaf")
+        for eid, header_hash, part in forwarded:
+            if rows.get((eid, header_hash), (None,))[0] != ACCEPTED:
+                problems.append(f"part {part} of envelope {eid} marked forwarded, not accepted")
+        for digest, leaf_digest, log_id, index, event in relays:
+            if event not in NOTICE_EVENTS or digest != leaf_digest:
+                problems.append(f"relayed notice at {log_id}#{index} has no notice leaf")
+        return [f"state: {p}" for p in problems]
 
     # --- the Merkle log ----------------------------------------------------------------------
 
@@ -408,36 +585,48 @@ class AuditStore:
             raise LookupError(f"audit log {log_id!r} has no leaf {index}")
         return bytes(row[0])
 
-    def leaves(self, log_id: str) -> Iterator[tuple[int, bytes, bytes, tuple[object, ...]]]:
-        """``(leaf_index, leaf, leaf hash, record columns)`` of a log in order (for verifiers)."""
+    def leaves(self, log_id: str) -> Iterator[tuple[int, bytes, bytes, dict[str, object]]]:
+        """``(leaf_index, leaf, leaf hash, stored fields)`` of a log in order (for verifiers)."""
         cursor = self._db.execute(
-            "SELECT leaf_index, leaf, leaf_hash, " + ", ".join(RECORD_COLUMNS[3:]) + " FROM records"  # noqa: S608 - fixed names
-            " WHERE log_id=? ORDER BY leaf_index",
+            "SELECT leaf_index, leaf, leaf_hash, "  # noqa: S608 - fixed names
+            + ", ".join(RECORD_FIELDS)
+            + " FROM records WHERE log_id=? ORDER BY leaf_index",
             (log_id,),
         )
         for row in cursor:
-            yield int(row[0]), bytes(row[1]), bytes(row[2]), tuple(row[3:])
+            yield (
+                int(row[0]),
+                bytes(row[1]),
+                bytes(row[2]),
+                dict(zip(RECORD_FIELDS, row[3:], strict=True)),
+            )
 
     def accepted_between(self, log_id: str, start: int, end: int) -> list[tuple[int, str, str]]:
-        """``(leaf_index, envelope_id, sender)`` of accepted submissions in leaves [start, end)."""
+        """``(leaf_index, envelope_id, sender)`` of accepted decisions in leaves [start, end)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT leaf_index, envelope_id, sender FROM records WHERE log_id=?"
-                " AND leaf_index>=? AND leaf_index<? AND event='submission'"
-                " AND decision='accepted' ORDER BY leaf_index",
-                (log_id, start, end),
+                " AND leaf_index>=? AND leaf_index<? AND event=?"
+                " AND decision=? ORDER BY leaf_index",
+                (log_id, start, end, SUBMISSION, ACCEPTED),
             ).fetchall()
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def find(self, envelope_id: str, log_id: str | None = None) -> list[tuple[str, int]]:
-        """``(log_id, leaf_index)`` of every record about an envelope."""
-        query = "SELECT log_id, leaf_index FROM records WHERE envelope_id=?"
+        """``(log_id, leaf_index)`` of every verified record about an envelope, decisions first.
+
+        Only records whose sender was verified name an envelope: junk that merely
+        quotes an id cannot stand in for the envelope's own record.
+        """
+        query = "SELECT log_id, leaf_index FROM records WHERE envelope_id=? AND sender != ''"
         args: tuple[str, ...] = (envelope_id,)
         if log_id is not None:
             query += " AND log_id=?"
             args += (log_id,)
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
+            rows = self._db.execute(
+                query + " ORDER BY event != ?, seq", (*args, SUBMISSION)
+            ).fetchall()
         return [(str(r[0]), int(r[1])) for r in rows]
 
     # --- checkpoints -------------------------------------------------------------------------

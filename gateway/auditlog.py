@@ -157,53 +157,74 @@ class Checkpointer:
 # --- verification ------------------------------------------------------------------------------
 
 
+class Unwitnessed(CipherpostError):
+    """Everything checked holds, but some leaves are covered by no witnessed checkpoint.
+
+    Exit code 4: not "OK" (nobody outside the gateway vouches for those leaves
+    yet; a running gateway has such a tail for up to its checkpoint interval),
+    and not a proof of tampering either.
+    """
+
+    exit_code = 4
+
+
 @dataclass
 class Report:
-    """What :func:`verify_store` found; ``problems`` in the order found (first = earliest)."""
+    """What :func:`verify_store` found; ``problems`` in the order found (first = earliest).
+
+    ``witnessed``: per log, the size of the largest checkpoint checked against
+    it; leaves beyond it (``unwitnessed``) are recomputed but vouched for by
+    no checkpoint.
+    """
 
     logs: dict[str, int] = field(default_factory=dict)
     checkpoints: int = 0
     problems: list[str] = field(default_factory=list)
+    witnessed: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def unwitnessed(self) -> dict[str, tuple[int, int]]:
+        """Per log with an unwitnessed tail: (first unwitnessed leaf, leaves in the log)."""
+        return {
+            log_id: (self.witnessed.get(log_id, 0), size)
+            for log_id, size in self.logs.items()
+            if size > self.witnessed.get(log_id, 0)
+        }
+
+    def tails(self) -> list[str]:
+        """One line per unwitnessed tail."""
+        return [
+            f"log {log_id!r}: leaves {start}..{size - 1} are not covered by any witnessed "
+            "checkpoint" + ("" if start else " (the log has no witnessed checkpoint at all)")
+            for log_id, (start, size) in self.unwitnessed.items()
+        ]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "complete": self.ok and not self.unwitnessed,
             "logs": self.logs,
+            "witnessed": self.witnessed,
+            "unwitnessed": self.tails(),
             "checkpoints_checked": self.checkpoints,
             "problems": self.problems,
         }
 
 
-def _column_problem(index: int, fields: dict[str, Any], columns: tuple[Any, ...]) -> str | None:
+def _column_problem(index: int, fields: dict[str, Any], stored: dict[str, Any]) -> str | None:
     """Compare the stored columns of a record with its leaf bytes."""
-    (time_s, event, envelope_id, sender, recipients, level, urgency, size, digest) = columns[:9]
-    (decision, rule_id, reason, gateway_id) = columns[9:]
     try:
-        time_ms = int(dt.datetime.fromisoformat(str(time_s)).timestamp() * 1000)
-        recipient_list = json.loads(str(recipients))
+        values = dict(stored)
+        values["time_ms"] = int(dt.datetime.fromisoformat(str(stored["time"])).timestamp() * 1000)
+        values["recipients"] = json.loads(str(stored["recipients"]))
     except ValueError:
         return f"leaf {index}: stored time or recipients are malformed"
-    stored = {
-        "time_ms": time_ms,
-        "event": event,
-        "envelope_id": envelope_id,
-        "sender": sender,
-        "recipients": recipient_list,
-        "level": level,
-        "urgency": urgency,
-        "size": size,
-        "digest": digest,
-        "decision": decision,
-        "rule_id": rule_id,
-        "reason": reason,
-        "gateway_id": gateway_id,
-    }
     for name in LEAF_FIELDS[2:]:
-        if stored[name] != fields[name]:
+        if values[name] != fields[name]:
             return f"leaf {index}: stored {name} differs from the signed-over leaf bytes"
     return None
 
@@ -233,6 +254,7 @@ def verify_store(
             )
     for log_id in held if logs is None else [x for x in held if x in logs]:
         _verify_log(store, log_id, sorted(by_log.get(log_id, []), key=lambda c: c.size), report)
+    report.problems += store.state_problems()
     return report
 
 
@@ -254,6 +276,7 @@ def _verify_log(store: AuditStore, log_id: str, cps: list[Checkpoint], report: R
                 )
             else:
                 last_good = cp.size
+                report.witnessed[log_id] = cp.size
 
     check_checkpoints()
     for position, leaf, stored_hash, columns in store.leaves(log_id):

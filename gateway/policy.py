@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import hashlib
+import json
 import re
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
@@ -21,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from envelopes.checking import CheckedHeader
 from keys.ca import CertificateAuthority
 from keys.errors import CipherpostError, Refused, UsageError
+from keys.keystore import write_private_file
 from keys.levels import Level, Urgency
 
 MAGIC = "cipherpost.policy/1"
@@ -89,6 +93,11 @@ class Policy:
     version: int
     rules: tuple[Rule, ...]
     expires: dt.datetime | None = None
+    digest: str = ""  # SHA-256 of the policy text: one text per version
+
+    def expired(self, now: dt.datetime) -> bool:
+        """True once the signed validity is over: no decision may be made on it."""
+        return self.expires is not None and now > self.expires
 
     def decide(self, checked: CheckedHeader) -> Decision:
         """The first rule that applies decides; none applies: deny."""
@@ -142,7 +151,53 @@ class Policy:
         if now > expires_at:
             raise Refused(f"policy expired at {expires_at:%Y-%m-%d %H:%M}Z")
         policy = cls.parse(text)
-        return cls(policy.name, policy.version, policy.rules, expires_at)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        return cls(policy.name, policy.version, policy.rules, expires_at, digest)
+
+
+class PolicyTrust:
+    """The highest policy version a gateway accepted, kept in a file (mode 0600).
+
+    A gateway restarted on an older signed policy (a laxer one, still within its
+    validity) refuses it: versions only go up. One version has one text: the
+    same version re-signed with a later expiry is a renewal and is accepted,
+    another text under an accepted version is refused.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.version = 0
+        self.digest = ""
+        if path.exists():
+            try:
+                raw = json.loads(path.read_text())
+                self.version, self.digest = int(raw["version"]), str(raw["digest"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise CipherpostError(f"{path}: damaged policy trust state") from e
+
+    def check(self, policy: Policy) -> None:
+        """Refuse (exit 3) a policy older than, or different from, the accepted one."""
+        if policy.version < self.version:
+            raise Refused(
+                f"policy version {policy.version} is older than version {self.version}"
+                " already accepted (rollback refused)"
+            )
+        if policy.version == self.version and policy.digest != self.digest:
+            raise Refused(
+                f"policy version {policy.version} has other rules than the version"
+                f" {self.version} already accepted: sign changed rules under a new version"
+            )
+
+    def accept(self, policy: Policy) -> None:
+        """Check, then remember ``policy`` as the one in force."""
+        self.check(policy)
+        if (policy.version, policy.digest) != (self.version, self.digest):
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private_file(
+                self.path,
+                json.dumps({"version": policy.version, "digest": policy.digest}).encode(),
+            )
+            self.version, self.digest = policy.version, policy.digest
 
 
 def sign_policy(text: str, ca: CertificateAuthority, now: dt.datetime, valid_days: int) -> bytes:

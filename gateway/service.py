@@ -1,23 +1,22 @@
-"""The gateway: check every submission without reading it, decide, forward or refuse, audit.
+"""The gateway service: consume every submit lane, decide, settle.
 
-Per message on ``cp.gateway.submit`` (ack order: verify -> audit record durable
--> forwards confirmed -> ack):
+Each message goes through :func:`gateway.decide.decide` (pure: verified facts
+in, a verdict out) and the verdict is settled here over a small transport
+(:mod:`gateway.transport`). Settlement order, for every verdict (ack order:
+verify -> audit record durable -> forwards confirmed -> ack):
 
-- a **part** (header frame + one segment frame): strict parse; the AMQP
-  ``user_id`` must be the signed sender's login; header and segment signatures;
-  parties known, valid, not revoked, cleared; not expired; the envelope's one
-  decision (policy) recorded once; accepted parts go to every recipient's inbox
-  in one publish (``CC`` header), refused ones get a signed rejection notice;
-- a **notice** (receipt or status from a recipient): signature, signer equal to
-  the publisher, recorded, forwarded to its addressee.
+- records of one consumer batch are committed together (group commit: one
+  fsync); forwards, notices and acks of the batch run only after that commit,
+  so nothing acts on a decision that is not durable;
+- an accepted part goes to every recipient's inbox in one publish (``CC``),
+  marked forwarded (with the digest of its bytes) once the broker confirmed;
+- a refusal gets one signed rejection notice, to the verified publisher only;
+- junk (refused before any signature verified) is tallied per publisher and
+  written as one leaf per tally (:mod:`gateway.junk`); it is acked after that.
 
-Group commit: the audit records of one consumer batch are committed together
-(one fsync); forwards, notices and acks of that batch run only after the
-commit, so nothing acts on a decision that is not yet durable.
-
-Redeliveries (``redelivered`` flag, after a crash or a lost connection) of a
-part already forwarded are acked without a second forward; the same part
-published again (no redelivered flag) is a replay and is refused.
+The gateway decides only on a policy and a directory that are in force: when
+either expires it holds what it receives (unacknowledged, bounded by the
+prefetch windows) and decides again once a newer version is installed.
 """
 
 from __future__ import annotations
@@ -25,12 +24,12 @@ from __future__ import annotations
 import base64
 import collections
 import datetime as dt
-import hashlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import pika
 import structlog
@@ -39,50 +38,55 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.connection import BrokerConfig
-from broker.consumer import Consumer, Delivery
+from broker.consumer import Consumer
 from broker.directory_feed import DirectoryFeed
 from broker.publisher import ConfirmingPublisher, Unroutable
 from broker.topology import (
     CHECKPOINT_EXCHANGE,
     DELIVER_EXCHANGE,
-    SUBMIT_QUEUE,
     gateway_directory_queue,
+    submit_queue,
 )
-from envelopes.checking import (
-    CheckedHeader,
-    check_header,
-    check_header_rest,
-    check_header_signature,
-    check_segment,
-)
-from envelopes.errors import EnvelopeRefused, Reason
+from envelopes.errors import Reason
 from envelopes.header import Header
-from envelopes.notices import (
-    GATEWAY_REFUSED,
-    KIND_REJECTION,
-    Notice,
-    sign_notice,
-    verify_notice,
-)
-from envelopes.parts import Part, parse_part
-from gateway.audit import ACCEPTED, REFUSED, AuditStore, Outcome, Record
+from envelopes.notices import GATEWAY_REFUSED, KIND_REJECTION, Notice, sign_notice
+from envelopes.parts import Part
+from gateway.audit import ACCEPTED, AuditStore, Decided, Entry, Outcome, Record
 from gateway.auditlog import Checkpointer
 from gateway.config import GatewayConfig
-from gateway.policy import Policy
+from gateway.decide import (
+    MESSAGE_AUDIT_PROOF,
+    MESSAGE_NOTICE,
+    MESSAGE_PART,
+    Context,
+    Decide,
+    Duplicate,
+    Forward,
+    Incoming,
+    Junk,
+    Refuse,
+    Relay,
+    decide,
+    id_reuse,
+)
+from gateway.junk import JunkLedger
+from gateway.policy import Policy, PolicyTrust
+from gateway.transport import Settleable, Transport
 from keys.agency import AgencyKeys, load_agency
 from keys.auditkey import AUDIT_CERT_FILE, load_audit_certificate, load_audit_key
 from keys.ca import load_ca_certificate
 from keys.certs import AgencyCertificate
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState
-from keys.errors import CipherpostError, UsageError
+from keys.errors import CipherpostError, clip
+
+__all__ = ["MESSAGE_AUDIT_PROOF", "MESSAGE_NOTICE", "MESSAGE_PART", "Gateway", "Loaded", "load"]
 
 log = structlog.get_logger("cipherpost.gateway")
 
-MESSAGE_PART = "part"
-MESSAGE_NOTICE = "notice"
-MESSAGE_AUDIT_PROOF = "audit-proof"
 NO_ENVELOPE = b"\0" * 16
+POLICY_FILE_CHECK = dt.timedelta(seconds=5)  # a running gateway looks for a newer policy file
+PAUSED_REMINDER = dt.timedelta(seconds=60)
 
 
 def _now() -> dt.datetime:
@@ -110,11 +114,11 @@ def load(config: GatewayConfig, passphrase: bytes, now: dt.datetime | None = Non
     trust = TrustState(config.state_dir / "trust.json")
     try:
         directory_bytes = config.directory.read_bytes()
-        policy_bytes = config.policy.read_bytes()
     except OSError as e:
         raise CipherpostError(f"cannot read {e.filename}: {e.strerror}") from e
     directory = Directory.load(directory_bytes, trust, now=now, ca_certificate=ca_cert)
-    policy = Policy.load_signed(policy_bytes, ca_cert.public_key(), now)  # type: ignore[arg-type]
+    policy = _read_policy(config, ca_cert, now)
+    PolicyTrust(config.state_dir / "policy.json").accept(policy)  # versions never go back
     keys = load_agency(config.agency_dir, passphrase)
     entry = directory.get(keys.code, "gateway")
     if entry.sign.public_key != keys.sign_public:
@@ -142,15 +146,63 @@ def load(config: GatewayConfig, passphrase: bytes, now: dt.datetime | None = Non
     )
 
 
-class Gateway:
-    """One gateway instance. ``run()`` blocks; ``stop()`` (any thread, or SIGTERM) drains."""
+def _read_policy(config: GatewayConfig, ca_cert: x509.Certificate, now: dt.datetime) -> Policy:
+    try:
+        data = config.policy.read_bytes()
+    except OSError as e:
+        raise CipherpostError(f"cannot read {e.filename}: {e.strerror}") from e
+    return Policy.load_signed(data, ca_cert.public_key(), now)  # type: ignore[arg-type]
 
-    def __init__(self, config: GatewayConfig, loaded: Loaded) -> None:
+
+class _State:
+    """The audit store's decision state, plus the forwards still waiting for a confirm."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+        self.in_flight: dict[tuple[str, str, int], str] = {}
+        self._lock = threading.Lock()
+
+    def decision(self, envelope_id: str, header_hash: str) -> Decided | None:
+        return self.store.decision(envelope_id, header_hash)
+
+    def has_envelope(self, envelope_id: str) -> bool:
+        return self.store.has_envelope(envelope_id)
+
+    def relayed(self, digest: str) -> bool:
+        return self.store.relayed(digest)
+
+    def forwarded(self, envelope_id: str, header_hash: str, part: int) -> str | None:
+        with self._lock:
+            flying = self.in_flight.get((envelope_id, header_hash, part))
+        return flying or self.store.forwarded(envelope_id, header_hash, part)
+
+    def flying(self, key: tuple[str, str, int], digest: str | None) -> None:
+        with self._lock:
+            if digest is None:
+                self.in_flight.pop(key, None)
+            else:
+                self.in_flight[key] = digest
+
+
+Then = Callable[[Outcome | None], None]
+
+
+class Gateway:
+    """One gateway instance. ``run()`` blocks; ``stop()`` (any thread, or SIGTERM) drains.
+
+    ``transport`` replaces the broker publisher (the in-memory one of the fast
+    tests, which call :meth:`handle` and :meth:`commit_batch` themselves).
+    """
+
+    def __init__(
+        self, config: GatewayConfig, loaded: Loaded, *, transport: Transport | None = None
+    ) -> None:
         self.config = config
         self.directory = loaded.directory
         self.policy = loaded.policy
         self.keys = loaded.keys
         self.broker = loaded.broker
+        self.ca_certificate = loaded.ca_certificate
         self.feed = DirectoryFeed(
             self.broker,
             gateway_directory_queue(config.gateway_id),
@@ -162,6 +214,7 @@ class Gateway:
             declare=True,
         )
         self.audit = AuditStore(config.audit_db, log_id=config.gateway_id)
+        self.state = _State(self.audit)
         self.checkpointer = Checkpointer(
             self.audit,
             loaded.audit_key,
@@ -176,15 +229,19 @@ class Gateway:
         except BaseException:
             self.audit.close()
             raise
+        self.policy_trust = PolicyTrust(config.state_dir / "policy.json")
+        self._policy_checked = _now()
+        self._policy_problem = ""
         self.counters: collections.Counter[str] = collections.Counter()
-        self._publisher: ConfirmingPublisher | None = None
+        self._transport: Transport | None = transport
         self._consumer: Consumer | None = None
         self._stopping = threading.Event()
-        # Staged for the batch end: (delivery, audit record or None, once key, then).
-        self._pending: list[
-            tuple[Delivery, Record | None, str | None, Callable[[Outcome | None], None]]
-        ] = []
+        self._pending: list[tuple[list[Settleable], Entry | None, Then]] = []
         self._pending_lock = threading.Lock()
+        self.junk: JunkLedger[tuple[Settleable, AgencyCode | None]] = JunkLedger()
+        self._held: list[Settleable] = []  # received while no policy or directory was in force
+        self._paused_since: dt.datetime | None = None
+        self._paused_told = _now()
         self._proofs = ThreadPoolExecutor(1, thread_name_prefix="audit-proofs")
         self.ready = threading.Event()
 
@@ -192,33 +249,45 @@ class Gateway:
 
     def run(self, *, until_idle: float | None = None) -> None:
         """Consume until stopped; in-flight work is finished and acked before returning."""
-        self._publisher = ConfirmingPublisher(self.broker)
+        if self._transport is None:
+            self._transport = ConfirmingPublisher(self.broker)
         self.feed.start()  # new directory versions apply while running
         self._consumer = Consumer(
             self.broker,
-            SUBMIT_QUEUE,
+            self.lanes,
             self.handle,
             prefetch=self.config.prefetch,
             on_connected=self.ready.set,
-            on_batch_end=self._commit_batch,
+            on_batch_end=self.commit_batch,
         )
         log.info(
             "gateway_started",
             gateway=self.config.gateway_id,
             policy=self.policy.name,
+            policy_version=self.policy.version,
             directory_version=self.directory.version,
+            lanes=len(self.lanes()),
         )
         try:
-            self._consumer.run(until_idle=until_idle, drain=self._publisher.flush)
+            self._consumer.run(until_idle=until_idle, drain=self._transport.flush)
         finally:
-            self.feed.stop()
-            self.counters["directory_refused"] = self.feed.refused
-            self._commit_batch()
-            self._checkpoint(force=True)  # the log as it stands at shutdown is signed too
-            self._proofs.shutdown(wait=True)
-            self._publisher.close()
-            self.audit.close()
-            log.info("gateway_stopped", gateway=self.config.gateway_id, **dict(self.counters))
+            self.close()
+
+    def close(self) -> None:
+        """Write what is pending (junk tallies included), sign a last checkpoint, let go."""
+        self.feed.stop()
+        self.counters["directory_refused"] = self.feed.refused
+        self.commit_batch(everything=True)
+        self._checkpoint(force=True)  # the log as it stands at shutdown is signed too
+        self._proofs.shutdown(wait=True)
+        if self._transport is not None:
+            self._transport.close()
+        self.audit.close()
+        log.info("gateway_stopped", gateway=self.config.gateway_id, **dict(self.counters))
+
+    def lanes(self) -> list[str]:
+        """The submit lane of every agency in the directory in force."""
+        return [submit_queue(e.code) for e in self.directory.entries.values()]
 
     def _directory_updated(self, directory: Directory) -> None:
         """A new verified directory version: revocations and new agencies apply from now."""
@@ -227,7 +296,7 @@ class Gateway:
 
     def audit_records(self) -> list[dict[str, object]]:
         """Every audit record so far (opens the store read-side; usable after ``run``)."""
-        store = AuditStore(self.config.audit_db)
+        store = AuditStore(self.config.audit_db, readonly=True)
         try:
             return store.records()
         finally:
@@ -239,42 +308,336 @@ class Gateway:
         if self._consumer is not None:
             self._consumer.stop()
 
+    # --- per message -------------------------------------------------------------------------
+
+    def context(self, now: dt.datetime) -> Context:
+        return Context(
+            self.directory, self.policy, now, self.config.gateway_id, self.config.login_prefix
+        )
+
+    def handle(self, d: Settleable) -> None:
+        """Entry point for every delivery (consumer thread)."""
+        if self._stopping.is_set():
+            return  # not acked: redelivered after restart or to another instance
+        now = _now()
+        if not self._in_force(now):
+            self._held.append(d)
+            return
+        try:
+            verdict = decide(
+                Incoming(d.body, d.kind, d.user_id, d.queue), self.state, self.context(now)
+            )
+            self._settle(d, verdict, now)
+        except Exception as e:  # our own failure, never a verdict: retry, then dead-letter
+            self.counters["internal_error"] += 1
+            log.error(
+                "gateway_internal_error", error=type(e).__name__, detail=clip(str(e)), exc_info=True
+            )
+            d.reject(requeue=True)
+
+    def _settle(self, d: Settleable, verdict: object, now: dt.datetime) -> None:
+        if isinstance(verdict, Junk):
+            self.counters[f"junk_{verdict.reason.value}"] += 1
+            self.junk.add(verdict.publisher, verdict.reason, d.body, (d, verdict.notify), now)
+            d.body = b""  # only its digest and size are kept
+        elif isinstance(verdict, Decide):
+            self._stage([d], Entry(verdict.record, decides=verdict.key), self._decided(d, verdict))
+        elif isinstance(verdict, Refuse):
+            self._refused(d, verdict)
+        elif isinstance(verdict, Forward):
+            h = verdict.checked.header
+            key = (h.envelope_id.hex(), h.hash.hex(), verdict.part.segment.index)
+            self.state.flying(key, verdict.digest)
+            self._later(d, lambda: self._forward(d, h, verdict.part, verdict.digest))
+        elif isinstance(verdict, Duplicate):
+            self.counters["duplicate"] += 1
+            self._later(d, d.ack)
+        elif isinstance(verdict, Relay):
+            notice = verdict.notice
+            self._stage(
+                [d],
+                Entry(verdict.record, relays=verdict.record.digest),
+                lambda o: self._relay(d, notice) if o is not None and o.new else d.ack(),
+            )
+
+    def _decided(self, d: Settleable, v: Decide) -> Then:
+        h = v.part.header
+
+        def then(o: Outcome | None) -> None:
+            assert o is not None
+            log.info(
+                "gateway_decision",
+                envelope=h.envelope_id.hex(),
+                sender=h.sender.text,
+                recipients=len(h.recipients),
+                label=h.level.value,
+                decision=o.decision,
+                rule=o.rule_id,
+                leaf=o.leaf_index,
+            )
+            if o.decision == ACCEPTED:
+                key = (h.envelope_id.hex(), h.hash.hex(), v.part.segment.index)
+                digest = Incoming(d.body, None, None).digest
+                if self.state.forwarded(*key) is not None:
+                    self.counters["duplicate"] += 1
+                    d.ack()
+                    return
+                self.state.flying(key, digest)
+                self._forward(d, h, v.part, digest)
+            elif o.new:
+                self.counters["refused"] += 1
+                reason = v.record.reason if o.rule_id == v.record.rule_id else Reason.ID_REUSE.text
+                self._notify([d], v.notify, h, o.rule_id, reason)
+            else:
+                self.counters["refused_envelope_part"] += 1
+                d.ack()  # audited and notified once already
+
+        return then
+
+    def _refused(self, d: Settleable, v: Refuse) -> None:
+        self.counters[f"refused_{v.record.event}"] += 1
+        log.warning(
+            "gateway_refused",
+            kind=v.record.event,
+            envelope=v.record.envelope_id or None,
+            publisher=v.record.publisher,
+            rule=v.record.rule_id,
+        )
+        self._stage(
+            [d],
+            Entry(v.record),
+            lambda o: self._notify([d], v.notify, v.header, v.record.rule_id, v.record.reason),
+        )
+
     # --- group commit ------------------------------------------------------------------------
 
-    def _stage(
-        self,
-        d: Delivery,
-        record: Record | None,
-        once_key: str | None,
-        then: Callable[[Outcome | None], None],
-    ) -> None:
-        """Audit ``record`` at the batch end; ``then`` (forward, notify, ack) runs after it."""
+    def _stage(self, ds: list[Settleable], entry: Entry | None, then: Then) -> None:
+        """Audit ``entry`` at the batch end; ``then`` (forward, notify, ack) runs after it."""
         with self._pending_lock:
-            self._pending.append((d, record, once_key, then))
+            self._pending.append((ds, entry, then))
 
-    def _later(self, d: Delivery, action: Callable[[], None]) -> None:
+    def _later(self, d: Settleable, action: Callable[[], None]) -> None:
         """Run ``action`` after the batch's audit records are durable."""
-        self._stage(d, None, None, lambda _: action())
+        self._stage([d], None, lambda _: action())
 
-    def _commit_batch(self) -> None:
+    def commit_batch(self, *, everything: bool = False) -> None:
         """End of a consumer batch: one durable audit commit, then the batch's actions."""
+        now = _now()
+        self._tallies(now, everything)
         with self._pending_lock:
             pending, self._pending = self._pending, []
+        entries = [e for _, e, _ in pending if e is not None]
         try:
-            outcomes = iter(self.audit.commit([(r, k) for _, r, k, _ in pending if r is not None]))
+            outcomes = iter(self.audit.commit(entries, on_conflict=id_reuse))
         except Exception as e:  # the records are not durable: nothing may act on them
-            log.error("gateway_audit_commit_failed", error=type(e).__name__, detail=str(e)[:200])
-            for d, *_ in pending:
-                d.reject(requeue=True)
+            log.error("gateway_audit_commit_failed", error=type(e).__name__, detail=clip(str(e)))
+            for ds, _, _ in pending:
+                for d in ds:
+                    d.reject(requeue=True)
             return
-        for d, record, _, then in pending:
+        for ds, entry, then in pending:
             try:
-                then(next(outcomes) if record is not None else None)
+                then(next(outcomes) if entry is not None else None)
             except Exception as e:
                 self.counters["internal_error"] += 1
-                log.error("gateway_internal_error", error=type(e).__name__, detail=str(e)[:200])
-                d.reject(requeue=True)
+                log.error("gateway_internal_error", error=type(e).__name__, detail=clip(str(e)))
+                for d in ds:
+                    d.reject(requeue=True)
         self._checkpoint()
+        self._resume(now)
+
+    def _tallies(self, now: dt.datetime, everything: bool) -> None:
+        """Junk tallies that are due become one record each; their messages are acked after."""
+        for tally in self.junk.due(now, everything=everything):
+            ds = [d for d, _ in tally.held]
+            notify = tally.held[0][1]
+            record = tally.record(now, self.config.gateway_id, self.context(now).versions)
+            log.warning(
+                "gateway_junk",
+                publisher=tally.publisher,
+                count=tally.count,
+                rule=record.rule_id,
+            )
+
+            def then(o: Outcome | None, ds: list[Settleable] = ds, record: Record = record,
+                     notify: AgencyCode | None = notify) -> None:  # fmt: skip
+                self._notify(ds, notify, None, record.rule_id, record.reason)
+
+            self._stage(ds, Entry(record), then)
+
+    # --- policy and directory in force -------------------------------------------------------
+
+    def _in_force(self, now: dt.datetime) -> bool:
+        """Whether a decision may be made now: policy and directory both unexpired."""
+        if self.policy.expired(now):
+            why = f"policy version {self.policy.version} expired"
+        elif now > self.directory.expires_at:
+            why = f"directory version {self.directory.version} expired"
+        else:
+            return True
+        if self._paused_since is None or (now - self._paused_told) >= PAUSED_REMINDER:
+            self._paused_since = self._paused_since or now
+            self._paused_told = now
+            log.error(
+                "gateway_paused",
+                reason=why,
+                held=len(self._held),
+                since=self._paused_since.isoformat(),
+                fix="install a newer signed policy file / publish a newer directory version",
+            )
+        return False
+
+    def _resume(self, now: dt.datetime) -> None:
+        """Pick up a newer policy file; decide what was held once everything is in force."""
+        self._refresh_policy(now, paused=self._paused_since is not None)
+        if self._paused_since is None or not self._in_force(now):
+            return
+        log.info("gateway_resumed", held=len(self._held), policy_version=self.policy.version)
+        self._paused_since = None
+        held, self._held = self._held, []
+        for d in held:
+            self.handle(d)
+
+    def _refresh_policy(self, now: dt.datetime, *, paused: bool = False) -> None:
+        """A newer signed policy file replaces the one in force (never an older one)."""
+        if not paused and (now - self._policy_checked) < POLICY_FILE_CHECK:
+            return
+        self._policy_checked = now
+        try:
+            policy = _read_policy(self.config, self.ca_certificate, now)
+            if (policy.version, policy.digest, policy.expires) == (
+                self.policy.version,
+                self.policy.digest,
+                self.policy.expires,
+            ):
+                return
+            self.policy_trust.accept(policy)
+        except CipherpostError as e:  # Refused included: rollback, bad signature, expired
+            if str(e) != self._policy_problem:
+                self._policy_problem = str(e)
+                log.error("policy_refused", reason=str(e), kept_version=self.policy.version)
+            return
+        self._policy_problem = ""
+        self.policy = policy
+        self.counters["policy_updates"] += 1
+        log.info(
+            "policy_updated",
+            policy=policy.name,
+            version=policy.version,
+            expires=policy.expires.isoformat() if policy.expires else None,
+        )
+
+    # --- settling ----------------------------------------------------------------------------
+
+    def _forward(self, d: Settleable, h: Header, part: Part, digest: str) -> None:
+        eid, hh, index = h.envelope_id.hex(), h.hash.hex(), part.segment.index
+        codes = [r.code.text for r in h.recipients]
+        props = pika.BasicProperties(
+            type=MESSAGE_PART,
+            content_type="application/x-cipherpost-part",
+            headers={
+                "CC": codes[1:],
+                "x-cp-envelope-id": eid,
+                "x-cp-part": index,
+                "x-cp-parts": h.segment_count,
+                "x-cp-sender": h.sender.text,
+            },
+        )
+        assert self._transport is not None
+        future = self._transport.publish(DELIVER_EXCHANGE, codes[0], d.body, props)
+
+        def done(f: Future[None]) -> None:
+            error = f.exception()
+            if error is None:
+                self.audit.mark_forwarded(eid, hh, index, digest)
+                self.state.flying((eid, hh, index), None)
+                self.counters["forwarded"] += 1
+                d.ack()
+                return
+            self.state.flying((eid, hh, index), None)
+            if isinstance(error, Unroutable):
+                self.counters["undeliverable"] += 1
+                reason = Reason.UNDELIVERABLE
+                record = Record(
+                    time=_now(),
+                    event="undeliverable",
+                    envelope_id=eid,
+                    sender=h.sender.text,
+                    recipients=tuple(codes),
+                    level=h.level.value,
+                    urgency=h.urgency.value,
+                    size=h.payload_size,
+                    digest=hh,
+                    decision="refused",
+                    rule_id=reason.rule_id,
+                    reason=clip(str(error)),
+                    gateway_id=self.config.gateway_id,
+                    publisher=d.user_id or "",
+                    policy_version=self.policy.version,
+                    directory_version=self.directory.version,
+                )
+                # To the dead-letter queue (kept, not dropped) once the record is durable.
+                self._stage([d], Entry(record), lambda _: d.reject(requeue=False))
+            else:
+                d.reject(requeue=True)
+
+        future.add_done_callback(done)
+
+    def _notify(
+        self,
+        ds: Sequence[Settleable],
+        addressee: AgencyCode | None,
+        h: Header | None,
+        rule_id: str,
+        reason: str,
+    ) -> None:
+        """One signed rejection notice to the verified publisher; then ack ``ds``."""
+        if addressee is None or addressee.text not in self.directory.entries:
+            for d in ds:
+                d.ack()  # nobody verified to tell; the audit record is the trace
+            return
+        notice = sign_notice(
+            self.keys.signing_key,
+            kind=KIND_REJECTION,
+            envelope_id=h.envelope_id if h else NO_ENVELOPE,
+            header_hash=h.hash if h else b"",
+            signer=self.keys.code,
+            addressee=addressee,
+            status=GATEWAY_REFUSED,
+            now=_now(),
+            rule_id=rule_id,
+            reason=clip(reason),
+        )
+        self._publish_notice(ds, addressee, notice)
+
+    def _relay(self, d: Settleable, notice: Notice) -> None:
+        self.counters["notices"] += 1
+        self._publish_notice([d], notice.addressee, notice)
+
+    def _publish_notice(
+        self, ds: Sequence[Settleable], addressee: AgencyCode, notice: Notice
+    ) -> None:
+        assert self._transport is not None
+        future = self._transport.publish(
+            DELIVER_EXCHANGE,
+            addressee.text,
+            notice.raw,
+            pika.BasicProperties(
+                type=MESSAGE_NOTICE, content_type="application/x-cipherpost-notice"
+            ),
+        )
+
+        def done(f: Future[None]) -> None:
+            error = f.exception()
+            for d in ds:
+                if error is None or isinstance(error, Unroutable):
+                    d.ack()
+                else:
+                    d.reject(requeue=True)
+
+        future.add_done_callback(done)
+
+    # --- checkpoints and proofs --------------------------------------------------------------
 
     def _checkpoint(self, *, force: bool = False) -> None:
         """Sign, store and publish a checkpoint when N leaves or T seconds have passed."""
@@ -285,12 +648,12 @@ class Gateway:
                 return
             message = self.checkpointer.sign(now)
         except Exception as e:  # the log goes on; the next checkpoint covers this one
-            log.error("checkpoint_failed", error=type(e).__name__, detail=str(e)[:200])
+            log.error("checkpoint_failed", error=type(e).__name__, detail=clip(str(e)))
             return
-        if message is None or self._publisher is None:
+        if message is None or self._transport is None:
             return
         self.counters["checkpoints"] += 1
-        future = self._publisher.publish(
+        future = self._transport.publish(
             CHECKPOINT_EXCHANGE,
             self.config.gateway_id,
             message,
@@ -313,7 +676,7 @@ class Gateway:
             log_id = self.audit.log_id
             checkpoint = json.loads(message)
             checkpoint.pop("consistency", None)
-            by_sender: dict[str, list[dict[str, object]]] = {}
+            by_sender: dict[str, list[dict[str, Any]]] = {}
             for index, eid, sender in self.audit.accepted_between(log_id, start, end):
                 proof = self.audit.inclusion_proof(log_id, index, end)
                 by_sender.setdefault(sender, []).append(
@@ -324,346 +687,14 @@ class Gateway:
                         "proof": [base64.b64encode(h).decode() for h in proof],
                     }
                 )
-            assert self._publisher is not None
+            assert self._transport is not None
             for sender, entries in by_sender.items():
                 body = json.dumps({"checkpoint": checkpoint, "entries": entries}).encode()
-                self._publisher.publish(
+                self._transport.publish(
                     DELIVER_EXCHANGE,
                     sender,
                     body,
                     pika.BasicProperties(type=MESSAGE_AUDIT_PROOF, content_type="application/json"),
                 )
         except Exception as e:  # proofs can be made again any time: `cipherpost audit prove`
-            log.error("audit_proofs_failed", error=type(e).__name__, detail=str(e)[:200])
-
-    # --- per message -------------------------------------------------------------------------
-
-    def handle(self, d: Delivery) -> None:
-        """Entry point for every delivery (consumer thread)."""
-        if self._stopping.is_set():
-            return  # not acked: redelivered after restart or to another instance
-        try:
-            if d.kind == MESSAGE_NOTICE:
-                self._notice(d)
-            else:
-                self._part(d)
-        except Exception as e:  # an internal failure is not a verdict: retry, then dead-letter
-            self.counters["internal_error"] += 1
-            log.error("gateway_internal_error", error=type(e).__name__, detail=str(e)[:200])
-            d.reject(requeue=True)
-
-    def _publisher_code(self, d: Delivery) -> AgencyCode | None:
-        login = d.user_id
-        prefix = self.config.login_prefix
-        if not login or not login.startswith(prefix):
-            return None
-        try:
-            return AgencyCode.parse(login[len(prefix) :])
-        except UsageError:
-            return None
-
-    def _check_publisher(self, d: Delivery, sender: AgencyCode) -> None:
-        publisher = self._publisher_code(d)
-        if publisher is None:
-            raise EnvelopeRefused(
-                Reason.PUBLISHER_MISSING, "submission has no valid user_id (publisher unknown)"
-            )
-        if publisher != sender:
-            raise EnvelopeRefused(
-                Reason.PUBLISHER, f"published by {publisher} but signed by {sender}"
-            )
-
-    def _check_not_retired(self, h: Header) -> None:
-        """Merged communes: the notice names the code that took over."""
-        for r in h.recipients:
-            successor = self.directory.successor(r.code, _now())
-            if successor is not None:
-                raise EnvelopeRefused(
-                    Reason.RETIRED,
-                    f"recipient {r.code} is retired (merged into {successor}): send to {successor}",
-                )
-
-    def _part(self, d: Delivery) -> None:
-        now = _now()
-        try:
-            part = parse_part(d.body)
-        except EnvelopeRefused as e:
-            self._refuse(d, None, "malformed", e.reason.rule_id, str(e), once_key=None, now=now)
-            return
-        h = part.header
-        eid = h.envelope_id.hex()
-        prior = self.audit.decision_for(eid)
-        if prior is not None:
-            self._known_envelope(d, part, prior[0], now)
-            return
-        try:
-            sender = check_header_signature(h, part.header_signature, self.directory, now)
-            self._check_publisher(d, h.sender)
-        except EnvelopeRefused as e:
-            # Not proven to come from the signer: recorded, but it does not decide the
-            # envelope id (else anyone could block a real envelope by sending junk first).
-            self._refuse(d, h, "submission", e.reason.rule_id, str(e), once_key=None, now=now)
-            return
-        try:
-            checked = check_header_rest(h, sender, self.directory, now)
-            check_segment(checked, part.segment)
-            self._check_not_retired(h)
-        except EnvelopeRefused as e:
-            self._refuse(d, h, "submission", e.reason.rule_id, str(e), once_key=eid, now=now)
-            return
-        decision = self.policy.decide(checked)
-        record = self._record(
-            h,
-            "submission",
-            ACCEPTED if decision.allow else REFUSED,
-            decision.rule_id,
-            decision.reason,
-            now,
-        )
-
-        def decided(o: Outcome | None) -> None:
-            assert o is not None
-            log.info(
-                "gateway_decision",
-                envelope=eid,
-                sender=h.sender.text,
-                recipients=len(h.recipients),
-                label=h.level.value,
-                decision=o.decision,
-                rule=o.rule_id,
-                leaf=o.leaf_index,
-            )
-            if o.decision == ACCEPTED:
-                self._forward(d, checked, part)
-            elif o.new:
-                self.counters["refused"] += 1
-                self._notify(d, h, o.rule_id, decision.reason, now)
-            else:
-                d.ack()
-
-        self._stage(d, record, eid, decided)
-
-    def _known_envelope(self, d: Delivery, part: Part, decision: str, now: dt.datetime) -> None:
-        h = part.header
-        eid = h.envelope_id.hex()
-        if decision != ACCEPTED:
-            self.counters["refused_envelope_part"] += 1
-            self._later(d, d.ack)  # already audited and notified once
-            return
-        if self.audit.was_forwarded(eid, part.segment.index):
-            if d.redelivered:
-                self.counters["duplicate"] += 1
-                self._later(d, d.ack)  # a redelivery after a crash: forwarded already, never twice
-                return
-            self._refuse(
-                d,
-                h,
-                "replay",
-                "replay",
-                "envelope already delivered (replay refused)",
-                once_key=None,
-                now=now,
-            )
-            return
-        try:
-            checked = check_header(h.raw, part.header_signature, self.directory, now)
-            self._check_publisher(d, h.sender)
-            check_segment(checked, part.segment)
-        except EnvelopeRefused as e:
-            self._refuse(d, h, "part-refused", e.reason.rule_id, str(e), once_key=None, now=now)
-            return
-        # The decision may still be in this batch's open transaction: forward after the commit.
-        self._later(d, lambda: self._forward(d, checked, part))
-
-    def _forward(self, d: Delivery, checked: CheckedHeader, part: Part) -> None:
-        h = checked.header
-        eid = h.envelope_id.hex()
-        codes = [r.code.text for r in h.recipients]
-        props = pika.BasicProperties(
-            type=MESSAGE_PART,
-            content_type="application/x-cipherpost-part",
-            headers={
-                "CC": codes[1:],
-                "x-cp-envelope-id": eid,
-                "x-cp-part": part.segment.index,
-                "x-cp-parts": h.segment_count,
-                "x-cp-sender": h.sender.text,
-            },
-        )
-        assert self._publisher is not None
-        future = self._publisher.publish(DELIVER_EXCHANGE, codes[0], d.body, props)
-        index = part.segment.index
-
-        def done(f: Future[None]) -> None:
-            error = f.exception()
-            if error is None:
-                self.audit.mark_forwarded(eid, index)
-                self.counters["forwarded"] += 1
-                d.ack()
-            elif isinstance(error, Unroutable):
-                self.counters["undeliverable"] += 1
-                # To the dead-letter queue (kept, not dropped) once the record is durable.
-                self._stage(
-                    d,
-                    self._record(h, "undeliverable", REFUSED, "undeliverable", str(error), _now()),
-                    None,
-                    lambda _: d.reject(requeue=False),
-                )
-            else:
-                d.reject(requeue=True)
-
-        future.add_done_callback(done)
-
-    def _record(
-        self,
-        h: Header | None,
-        event: str,
-        decision: str,
-        rule_id: str,
-        reason: str,
-        now: dt.datetime,
-        *,
-        sender: str = "",
-        digest: str = "",
-    ) -> Record:
-        return Record(
-            time=now,
-            event=event,
-            envelope_id=h.envelope_id.hex() if h else "",
-            sender=h.sender.text if h else sender,
-            recipients=tuple(r.code.text for r in h.recipients) if h else (),
-            level=h.level.value if h else "",
-            urgency=h.urgency.value if h else "",
-            size=h.payload_size if h else 0,
-            digest=h.hash.hex() if h else digest,
-            decision=decision,
-            rule_id=rule_id,
-            reason=reason,
-            gateway_id=self.config.gateway_id,
-        )
-
-    def _refuse(
-        self,
-        d: Delivery,
-        h: Header | None,
-        event: str,
-        rule_id: str,
-        reason: str,
-        *,
-        once_key: str | None,
-        now: dt.datetime,
-    ) -> None:
-        publisher = self._publisher_code(d)
-        record = self._record(
-            h,
-            event,
-            REFUSED,
-            rule_id,
-            reason,
-            now,
-            sender=publisher.text if publisher else (d.user_id or "?"),
-            digest=hashlib.sha256(d.body).hexdigest(),
-        )
-        self.counters[f"refused_{event}"] += 1
-        log.info(
-            "gateway_refused",
-            kind=event,
-            envelope=record.envelope_id or None,
-            publisher=publisher.text if publisher else None,
-            rule=rule_id,
-            reason=reason,
-        )
-
-        def decided(o: Outcome | None) -> None:
-            if o is not None and o.new:
-                self._notify(d, h, rule_id, reason, now)
-            else:
-                d.ack()
-
-        self._stage(d, record, once_key, decided)
-
-    def _notify(
-        self, d: Delivery, h: Header | None, rule_id: str, reason: str, now: dt.datetime
-    ) -> None:
-        """A signed rejection notice to the publisher (or, lacking one, the signed sender)."""
-        addressee = self._publisher_code(d) or (h.sender if h else None)
-        if addressee is None or addressee.text not in self.directory.entries:
-            d.ack()  # nobody to tell; the audit record is the trace
-            return
-        notice = sign_notice(
-            self.keys.signing_key,
-            kind=KIND_REJECTION,
-            envelope_id=h.envelope_id if h else NO_ENVELOPE,
-            header_hash=h.hash if h else b"",
-            signer=self.keys.code,
-            addressee=addressee,
-            status=GATEWAY_REFUSED,
-            now=now,
-            rule_id=rule_id,
-            reason=reason,
-        )
-        assert self._publisher is not None
-        future = self._publisher.publish(
-            DELIVER_EXCHANGE,
-            addressee.text,
-            notice.raw,
-            pika.BasicProperties(
-                type=MESSAGE_NOTICE, content_type="application/x-cipherpost-notice"
-            ),
-        )
-        future.add_done_callback(
-            lambda f: (
-                d.ack()
-                if f.exception() is None or isinstance(f.exception(), Unroutable)
-                else d.reject(requeue=True)
-            )
-        )
-
-    def _notice(self, d: Delivery) -> None:
-        now = _now()
-        try:
-            notice = verify_notice(d.body, self.directory, now)
-            self._check_publisher(d, notice.signer)
-            if notice.kind == KIND_REJECTION:
-                raise EnvelopeRefused(Reason.NOTICE_KIND)
-        except EnvelopeRefused as e:
-            self._refuse(
-                d, None, "notice-refused", e.reason.rule_id, str(e), once_key=None, now=now
-            )
-            return
-        digest = hashlib.sha256(notice.raw).hexdigest()
-        record = Record(
-            now,
-            notice.kind,
-            notice.envelope_id.hex(),
-            notice.signer.text,
-            (notice.addressee.text,),
-            "",
-            "",
-            0,
-            digest,
-            ACCEPTED,
-            "notice",
-            f"status {notice.status}",
-            self.config.gateway_id,
-        )
-        self._stage(d, record, f"notice:{digest}", lambda _: self._relay_notice(d, notice))
-
-    def _relay_notice(self, d: Delivery, notice: Notice) -> None:
-        assert self._publisher is not None
-        future = self._publisher.publish(
-            DELIVER_EXCHANGE,
-            notice.addressee.text,
-            notice.raw,
-            pika.BasicProperties(
-                type=MESSAGE_NOTICE, content_type="application/x-cipherpost-notice"
-            ),
-        )
-        self.counters["notices"] += 1
-        future.add_done_callback(
-            lambda f: (
-                d.ack()
-                if f.exception() is None or isinstance(f.exception(), Unroutable)
-                else d.reject(requeue=True)
-            )
-        )
+            log.error("audit_proofs_failed", error=type(e).__name__, detail=clip(str(e)))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway import merkle
-from gateway.audit import ACCEPTED, REFUSED, AuditStore, Record
+from gateway.audit import ACCEPTED, RECORD_FIELDS, REFUSED, AuditStore, Entry, Record
 from gateway.auditlog import Checkpointer, verify_store
 from gateway.checkpoint import parse_checkpoint, verify_checkpoint
 from gateway.witness import Witness, WitnessAlarm
@@ -31,6 +31,7 @@ PASSPHRASE = b"audit-test-passphrase"
 GATEWAY = "000.00.99.G99"
 OTHER_GATEWAY = "000.00.98.G98"
 NOW = dt.datetime(2026, 11, 28, 8, 0, tzinfo=dt.UTC)
+FIELDS = ", ".join(RECORD_FIELDS)
 
 
 @dataclass
@@ -80,6 +81,15 @@ def record(i: int, *, sender: str = "000.00.00.H41", decision: str = ACCEPTED) -
     )
 
 
+def entries(numbers) -> list[Entry]:
+    """Decision records as the gateway commits them: each decides its own header."""
+    out = []
+    for i in numbers:
+        r = record(i)
+        out.append(Entry(r, decides=(r.envelope_id, r.digest)))
+    return out
+
+
 def checkpointer(env: Env, store: AuditStore, code: str = GATEWAY, state: Path | None = None):
     folder = env.audit_dirs[code]
     cert_pem = (folder / "audit.crt").read_bytes()
@@ -106,7 +116,7 @@ def build_log(
     messages = []
     done = store.size()
     for n, size in enumerate(sizes):
-        store.commit([(record(i), f"e{log_id}{i}") for i in range(done, size)])
+        store.commit(entries(range(done, size)))
         done = size
         message = cp.sign(NOW + dt.timedelta(minutes=n + 1))
         assert message is not None
@@ -145,7 +155,7 @@ def tamper(db: Path, *statements: str, params: tuple[object, ...] = ()) -> None:
 
 def test_store_root_matches_a_naive_tree(env: Env, tmp_path: Path) -> None:
     store = AuditStore(tmp_path / "a.db", log_id="gw1")
-    store.commit([(record(i), None) for i in range(37)])
+    store.commit(entries(range(37)))
     leaves = [store.leaf("gw1", i) for i in range(37)]
     for size in (1, 2, 7, 16, 37):
         assert store.root(size=size) == (
@@ -159,7 +169,7 @@ def test_store_root_matches_a_naive_tree(env: Env, tmp_path: Path) -> None:
 
 def test_triggers_refuse_update_and_delete(tmp_path: Path) -> None:
     store = AuditStore(tmp_path / "a.db", log_id="gw1")
-    store.commit([(record(1), None), (record(2), None)])  # two leaves: one node
+    store.commit(entries([1, 2]))  # two leaves: one node
     store.close()
     con = sqlite3.connect(tmp_path / "a.db")
     for sql in ("UPDATE records SET decision='x'", "DELETE FROM records", "DELETE FROM nodes"):
@@ -168,16 +178,34 @@ def test_triggers_refuse_update_and_delete(tmp_path: Path) -> None:
     con.close()
 
 
-def test_once_key_decides_once_across_stores_of_one_file(tmp_path: Path) -> None:
+def test_a_header_is_decided_once_across_stores_of_one_file(tmp_path: Path) -> None:
     a = AuditStore(tmp_path / "a.db", log_id="gw1")
     b = AuditStore(tmp_path / "a.db", log_id="gw2")
-    first = a.commit([(record(1), "env1")])[0]
-    second = b.commit([(record(8, decision=REFUSED), "env1"), (record(2), "env2")])
+    first = a.commit([Entry(record(1), decides=("env1", "h1"))])[0]
+    second = b.commit([Entry(record(8, decision=REFUSED), decides=("env1", "h1")), *entries([2])])
     assert first.new and not second[0].new and second[0].decision == first.decision
     assert second[1].new and second[1].leaf_index == 0  # gw2's own log starts at 0
     assert a.size("gw1") == 1 and a.size("gw2") == 1
     a.close()
     b.close()
+
+
+def test_another_header_under_a_decided_id_records_what_on_conflict_says(tmp_path: Path) -> None:
+    store = AuditStore(tmp_path / "a.db", log_id="gw1")
+    store.commit([Entry(record(1), decides=("env1", "h1"))])
+    with pytest.raises(ValueError, match="decided under another header"):
+        store.commit([Entry(record(2), decides=("env1", "h2"))])
+
+    def refuse(r: Record) -> Record:
+        return Record(**{**r.__dict__, "decision": REFUSED, "rule_id": "invariant:id-reuse"})
+
+    [o] = store.commit([Entry(record(3), decides=("env1", "h2"))], on_conflict=refuse)
+    assert (o.new, o.decision, o.rule_id) == (True, REFUSED, "invariant:id-reuse")
+    assert store.decision("env1", "h2").rule_id == "invariant:id-reuse"  # decided: refused
+    assert store.decision("env1", "h1").decision == ACCEPTED  # the first one stands
+    again = store.commit([Entry(record(4), decides=("env1", "h2"))], on_conflict=refuse)
+    assert not again[0].new and store.size() == 2
+    store.close()
 
 
 # --- verify: the clean log and every tampering -------------------------------------------------
@@ -208,11 +236,8 @@ def test_verify_accepts_the_untouched_log(log, capsys) -> None:
             (
                 "UPDATE records SET leaf_index=leaf_index+1000 WHERE leaf_index>=20",
                 "UPDATE records SET leaf_index=leaf_index-999 WHERE leaf_index>=1000",
-                "INSERT INTO records (log_id, leaf_index, time, event, envelope_id, sender,"
-                " recipients, level, urgency, size, digest, decision, rule_id, reason,"
-                " gateway_id, leaf, leaf_hash) SELECT log_id, 20, time, event, envelope_id,"
-                " sender, recipients, level, urgency, size, digest, decision, rule_id, reason,"
-                " gateway_id, leaf, leaf_hash FROM records WHERE leaf_index=3",
+                f"INSERT INTO records (log_id, leaf_index, {FIELDS}, leaf, leaf_hash)"
+                f" SELECT log_id, 20, {FIELDS}, leaf, leaf_hash FROM records WHERE leaf_index=3",
             ),
             "leaf 20 holds the record of sequence 3",
         ),
@@ -282,7 +307,7 @@ def test_a_checkpoint_from_another_log_is_refused(env, log, tmp_path, capsys) ->
     other = tmp_path / "other"
     other.mkdir()
     other_store = AuditStore(other / "audit.db", log_id="gw9")
-    other_store.commit([(record(i), None) for i in range(5)])
+    other_store.commit(entries(range(5)))
     message = checkpointer(env, other_store, OTHER_GATEWAY).sign(NOW)
     other_store.close()
     (witness / "stray.checkpoint.json").write_bytes(message)
@@ -290,12 +315,25 @@ def test_a_checkpoint_from_another_log_is_refused(env, log, tmp_path, capsys) ->
     assert code == 3 and "which this store does not hold" in out
 
 
-def test_verify_refuses_without_any_checkpoint(log, tmp_path, capsys, env) -> None:
+def test_verify_does_not_say_ok_without_any_witnessed_checkpoint(log, tmp_path, capsys, env):
     db, _ = log
     empty = tmp_path / "empty"
     Witness(empty, env.ca_cert)
     code, out = verify(db, empty, capsys)
-    assert code == 3 and "no signed checkpoint" in out
+    assert code == 4, out
+    assert "UNWITNESSED: log 'gw1': leaves 0..39" in out
+    assert "no witnessed checkpoint at all" in out and "OK" not in out
+
+
+def test_verify_reports_leaves_after_the_last_witnessed_checkpoint(log, capsys) -> None:
+    db, witness = log
+    store = AuditStore(db, log_id="gw1")
+    store.commit(entries(range(40, 43)))  # appended after the last checkpoint
+    store.close()
+    code, out = verify(db, witness, capsys)
+    assert code == 4, out
+    assert "UNWITNESSED: log 'gw1': leaves 40..42 are not covered" in out
+    assert "OK" not in out
 
 
 # --- the gateway's own guard -------------------------------------------------------------------
@@ -320,7 +358,7 @@ def test_gateway_refuses_a_rolled_back_store(env, tmp_path) -> None:
     store.copy_to(old)
     cp = checkpointer(env, store)
     cp.check_on_start()
-    store.commit([(record(i), None) for i in range(10, 20)])
+    store.commit(entries(range(10, 20)))
     assert cp.sign(NOW + dt.timedelta(hours=1)) is not None
     store.close()
     shutil.copy(old, db)  # the operator restores last week's copy; the state file says 20
@@ -433,7 +471,7 @@ def test_export_verifies_offline_and_catches_tampering(log, tmp_path, env, capsy
 def test_store_level_report_for_a_clean_multi_log_store(env, tmp_path) -> None:
     db, witness, _ = build_log(env, tmp_path, sizes=(5,))
     store = AuditStore(db, log_id="gw2")
-    store.commit([(record(i), None) for i in range(4)])
+    store.commit(entries(range(100, 104)))
     report = verify_store(store, [])
     store.close()
     assert report.ok and report.logs == {"gw1": 5, "gw2": 4}

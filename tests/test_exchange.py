@@ -10,7 +10,7 @@ import pika
 import pytest
 
 import envelopes
-from broker.topology import DELIVER_EXCHANGE, SUBMIT_EXCHANGE, SUBMIT_ROUTING_KEY, inbox_queue
+from broker.topology import DELIVER_EXCHANGE, SUBMIT_EXCHANGE, inbox_queue
 from envelopes.notices import parse_notice
 from keys.codes import AgencyCode
 from keys.errors import Refused
@@ -171,11 +171,25 @@ def test_broker_refuses_a_forged_user_id(world):
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
             ch.basic_publish(
                 SUBMIT_EXCHANGE,
-                SUBMIT_ROUTING_KEY,
+                A,
                 b"x",
                 pika.BasicProperties(user_id=world.login(B)),
             )
         assert e.value.reply_code == 406  # PRECONDITION_FAILED: user_id mismatch
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def test_broker_refuses_publishing_into_another_agencys_lane(world):
+    conn = raw_connection(world, A)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.basic_publish(SUBMIT_EXCHANGE, B, b"x", pika.BasicProperties(user_id=world.login(A)))
+        assert e.value.reply_code == 403  # topic permission: its own code only
+        assert "access to topic" in e.value.reply_text
     finally:
         if conn.is_open:
             conn.close()

@@ -20,9 +20,8 @@ from broker.publisher import ConfirmingPublisher
 from broker.topology import (
     DEAD_QUEUE,
     SUBMIT_EXCHANGE,
-    SUBMIT_QUEUE,
-    SUBMIT_ROUTING_KEY,
     inbox_queue,
+    submit_queue,
 )
 from gateway.audit import AuditStore
 from keys.codes import AgencyCode
@@ -38,6 +37,8 @@ from tests.exchange import (
 )
 
 pytestmark = pytest.mark.slow
+
+LANE = submit_queue(AgencyCode.parse(PROVINCE))  # every test here submits as the province
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def publish_all(world, bodies: list[bytes]) -> None:
         futures = [
             pub.publish(
                 SUBMIT_EXCHANGE,
-                SUBMIT_ROUTING_KEY,
+                PROVINCE,
                 body,
                 pika.BasicProperties(type="part", user_id=config.login),
             )
@@ -134,7 +135,7 @@ def test_kill_9_with_2000_in_flight_delivers_each_exactly_once(world):
         assert wait_for(lambda: queue_depth(world, inbox) >= 400, 120), "gateway made no progress"
         gw.send_signal(signal.SIGKILL)
         gw.wait(timeout=30)
-        left = queue_depth(world, SUBMIT_QUEUE)
+        left = queue_depth(world, LANE)
         assert 0 < left < 2000, f"kill came too late or too early ({left} left)"
         gw = gateway_process(world)
         # Ready == 0 is not enough: the gateway may still hold prefetched messages.
@@ -184,7 +185,7 @@ def test_connections_cut_by_the_broker_lose_nothing(world):
             futures.append(
                 pub.publish(
                     SUBMIT_EXCHANGE,
-                    SUBMIT_ROUTING_KEY,
+                    PROVINCE,
                     body,
                     pika.BasicProperties(type="part", user_id=config.login),
                 )
@@ -196,7 +197,7 @@ def test_connections_cut_by_the_broker_lose_nothing(world):
         for f in futures:
             assert f.exception(timeout=120) is None
     assert sum(cuts) >= 3, f"the broker closed too few connections: {cuts}"
-    assert wait_for(lambda: queue_depth(world, SUBMIT_QUEUE) == 0, 120)
+    assert wait_for(lambda: queue_depth(world, LANE) == 0, 120)
     assert wait_for(lambda: queue_depth(world, inbox) >= 300, 60)
     ids: list[str] = []
     with world.client(A) as a:
@@ -227,7 +228,7 @@ def test_two_gateway_instances_share_the_work(world):
     world.start_gateway("gw1")
     world.start_gateway("gw1")  # a second instance of the same gateway, same queue
     publish_all(world, [body for _, body in sealed])
-    assert wait_for(lambda: queue_depth(world, SUBMIT_QUEUE) == 0, 120)
+    assert wait_for(lambda: queue_depth(world, LANE) == 0, 120)
     counts = [gw.counters["forwarded"] for gw, _ in world.gateways]
     ids = receive_all(world, A, 400)
     assert sorted(ids) == sorted(eid for eid, _ in sealed)

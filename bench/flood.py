@@ -1,0 +1,242 @@
+"""One enrolled agency floods the submit path; does another agency's document still go?
+
+    .venv/bin/python bench/flood.py [--json] [--junk 50000] [--docs 200] [--rate 10]
+
+Agency A publishes ``--junk`` 4-byte junk messages as fast as it can (two
+connections, no confirms: the fastest a client can push) while agency B sends
+``--docs`` small documents to R at ``--rate`` per second, each timed from
+B's ``send()`` until R's real agent (a separate ``cipherpost receive --follow``
+process) has it verified, decrypted and durable. The same documents at the
+same rate are timed first without the flood: the two latency distributions
+are measured in one run, on one machine, so the ratio is what counts.
+
+Printed: B's p50/p99 latency without and under flood and their ratio (target
+p99 ratio <= 2), junk published / taken by the broker / decided by the gateway,
+the audit bytes per 1,000 junk messages (target <= 10 KB: leaf bytes of the
+junk records, and the store's growth), the gateway's peak RSS, CPU seconds of
+the gateway and the RabbitMQ node during the flood, and whether the gateway
+kept running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pika  # noqa: E402
+
+from agents import logs  # noqa: E402
+from agents.world import World, build_world  # noqa: E402
+from bench.exchange import (  # noqa: E402
+    ADMIN_URL,
+    Receiver,
+    gateway_process,
+    vm_hwm_mib,
+    wait_for_consumers,
+)
+from broker.connection import BrokerConfig  # noqa: E402
+from broker.topology import SUBMIT_EXCHANGE, submit_queue  # noqa: E402
+from gateway.audit import AuditStore  # noqa: E402
+from keys.codes import AgencyCode  # noqa: E402
+from keys.levels import Level  # noqa: E402
+
+A = "000.01.12.H41"  # the flooder
+B = "000.02.12.H41"  # the honest sender
+R = "000.00.00.H41"  # B's addressee
+AGENCIES = {
+    A: ("UBND xã Lũ Lụt", Level.MAT),
+    B: ("UBND xã Ngay Thẳng", Level.MAT),
+    R: ("UBND tỉnh H41", Level.TOI_MAT),
+}
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def rabbit_pid() -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"beam.smp" in cmd and b"rabbit" in cmd and b"RABBITMQ_NODE_PORT" not in cmd:
+                return int(entry.name)
+    return None
+
+
+def send_timed(world: World, docs: list[Path], rate: float) -> dict[str, float]:
+    sent: dict[str, float] = {}
+    with world.client(B) as b:
+        start = time.monotonic()
+        for i, doc in enumerate(docs):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t = time.monotonic()
+            sent[
+                b.send(doc, to=[AgencyCode.parse(R)], level=Level.MAT, progress=False, wait=False)
+            ] = t
+        b.flush()
+    return sent
+
+
+def latencies(receiver: Receiver, sent: dict[str, float]) -> list[float]:
+    assert receiver.wait_for(set(sent), 600), "not every document of B arrived"
+    return sorted((receiver.arrived[e] - t) * 1000 for e, t in sent.items())
+
+
+def p(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def flood(world: World, n: int, connections: int = 2) -> float:
+    """Publish ``n`` junk messages as A; returns the seconds it took."""
+    config = BrokerConfig.load(world.root / "broker-credentials" / f"{world.login(A)}.broker.json")
+
+    def push(count: int) -> None:
+        conn = pika.BlockingConnection(config.parameters())
+        try:
+            ch = conn.channel()
+            props = pika.BasicProperties(type="part", user_id=config.login)
+            for i in range(count):
+                ch.basic_publish(SUBMIT_EXCHANGE, A, os.urandom(4), props)
+                if i % 1000 == 0:
+                    conn.process_data_events(0)
+        finally:
+            conn.close()
+
+    start = time.monotonic()
+    threads = [
+        threading.Thread(target=push, args=(n // connections,), daemon=True)
+        for _ in range(connections)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - start
+
+
+def lane_depth(world: World) -> int:
+    conn = pika.BlockingConnection(BrokerConfig("guest", "guest", vhost=world.vhost).parameters())
+    try:
+        lane = submit_queue(AgencyCode.parse(A))
+        return int(conn.channel().queue_declare(lane, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
+def junk_audit(world: World) -> tuple[int, int]:
+    """(junk messages recorded, bytes of their leaves) for A."""
+    store = AuditStore(world.root / "audit.db", readonly=True)
+    try:
+        rows = [
+            r
+            for r in store.records()
+            if r["event"] == "unverified" and r["publisher"] == world.login(A)
+        ]
+        return (
+            sum(int(r["count"]) for r in rows),  # type: ignore[call-overload]
+            sum(len(store.leaf(str(r["log_id"]), int(r["leaf_index"]))) for r in rows),  # type: ignore[call-overload]
+        )
+    finally:
+        store.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--junk", type=int, default=50_000, help="junk messages from A (50000)")
+    parser.add_argument("--docs", type=int, default=200, help="documents from B per phase (200)")
+    parser.add_argument("--rate", type=float, default=10.0, help="B's documents per second (10)")
+    args = parser.parse_args()
+    logs.configure(json_lines=False, level=logging.ERROR)
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+
+    with tempfile.TemporaryDirectory(prefix="cp-bench-flood-") as tmp:
+        work = Path(tmp)
+        world = build_world(work / "w", AGENCIES, admin_url=ADMIN_URL)
+        gw = gateway_process(world)
+        receiver = Receiver(world, R)
+        try:
+            wait_for_consumers(world, [R])
+            docs = []
+            for i in range(args.docs):
+                path = work / f"b{i}.txt"
+                path.write_bytes(os.urandom(1024))
+                docs.append(path)
+            say(f"B sends {args.docs} documents at {args.rate}/s, no flood ...")
+            calm = latencies(receiver, send_timed(world, docs, args.rate))
+            db = world.root / "audit.db"
+            db_before = db.stat().st_size
+            rabbit = rabbit_pid()
+            cpu_before = (cpu_seconds(gw.pid), cpu_seconds(rabbit) if rabbit else 0.0)
+            say(f"A floods {args.junk} junk messages while B sends again ...")
+            flood_s: list[float] = []
+            flooder = threading.Thread(
+                target=lambda: flood_s.append(flood(world, args.junk)), daemon=True
+            )
+            flooder.start()
+            stormy = latencies(receiver, send_timed(world, docs, args.rate))
+            flooder.join()
+            cpu_after = (cpu_seconds(gw.pid), cpu_seconds(rabbit) if rabbit else 0.0)
+            junk_counted, junk_leaf_bytes = junk_audit(world)
+            queued = lane_depth(world)
+            db_growth = db.stat().st_size - db_before
+            alive = gw.poll() is None
+            gateway_rss = vm_hwm_mib(gw.pid)
+        finally:
+            receiver.close()
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(120)
+            world.cleanup()
+
+    per_k = 1000 / max(junk_counted, 1)
+    result = {
+        "docs": args.docs,
+        "rate_docs_s": args.rate,
+        "p50_ms_calm": round(statistics.median(calm), 1),
+        "p99_ms_calm": round(p(calm, 0.99), 1),
+        "p50_ms_flood": round(statistics.median(stormy), 1),
+        "p99_ms_flood": round(p(stormy, 0.99), 1),
+        "p99_ratio": round(p(stormy, 0.99) / p(calm, 0.99), 2),
+        "junk_published": args.junk,
+        "junk_publish_s": round(flood_s[0], 1) if flood_s else None,
+        "junk_decided": junk_counted,
+        "junk_still_queued": queued,
+        "junk_refused_by_broker": max(0, args.junk - junk_counted - queued),
+        "audit_leaf_bytes_per_1000_junk": round(junk_leaf_bytes * per_k),
+        "audit_db_bytes_per_1000_junk": round(db_growth * per_k),
+        "gateway_peak_rss_mib": round(gateway_rss, 1),
+        "gateway_cpu_s_during_flood": round(cpu_after[0] - cpu_before[0], 2),
+        "rabbitmq_cpu_s_during_flood": round(cpu_after[1] - cpu_before[1], 2),
+        "gateway_kept_running": alive,
+        "cpus": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>32}: {v}")
+    return 0 if alive else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""Settling verdicts: audit first, then forward / notify / ack (in-memory transport).
+
+The real audit store, keys and policy; only the broker is the in-memory
+transport, so each test runs in milliseconds. The same paths run against
+RabbitMQ in ``test_gateway_attacks.py`` and ``test_gateway_refusals.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+
+from broker.topology import DELIVER_EXCHANGE
+from envelopes.notices import parse_notice
+from gateway.audit import AuditStore
+from gateway.policy import Policy, sign_policy
+from gateway.transport import MemoryTransport
+from keys.levels import Level
+from tests.gateway_kit import OTHER, POLICY, A, B, P, X, delivery, make_gateway, make_kit, parts
+
+
+@pytest.fixture
+def kit(tmp_path):
+    return make_kit(tmp_path / "kit")
+
+
+@pytest.fixture
+def gw(kit, tmp_path):
+    g = make_gateway(kit, tmp_path)
+    yield g
+    g.close()
+
+
+def transport(gw) -> MemoryTransport:
+    return gw._transport
+
+
+def rejections(gw, code: str) -> list:
+    return [parse_notice(p.body)[0] for p in transport(gw).to(code, "notice")]
+
+
+def leaves(gw) -> list[dict]:
+    store = AuditStore(gw.config.audit_db, readonly=True)
+    try:
+        return store.records()
+    finally:
+        store.close()
+
+
+def test_an_accepted_part_is_recorded_then_forwarded_once_to_all_recipients(gw, kit):
+    d = delivery(parts(kit.seal(A, [B, X]))[0], A)
+    gw.handle(d)
+    assert transport(gw).published == []  # nothing leaves before the record is durable
+    assert d.settled is None
+    gw.commit_batch()
+    [fwd] = transport(gw).to(B)
+    assert fwd.exchange == DELIVER_EXCHANGE and fwd.properties.headers["CC"] == [X]
+    assert d.settled == "ack"
+    assert [(r["event"], r["decision"]) for r in leaves(gw)] == [("submission", "accepted")]
+
+
+def test_a_byte_identical_copy_is_a_duplicate_not_a_replay(gw, kit):
+    body = parts(kit.seal(A, [B]))[0]
+    gw.handle(delivery(body, A))
+    gw.commit_batch()
+    again = delivery(body, A)  # the sender's republish after a reconnect
+    gw.handle(again)
+    gw.commit_batch()
+    assert again.settled == "ack"
+    assert len(transport(gw).to(B)) == 1
+    assert rejections(gw, A) == []
+    assert len(leaves(gw)) == 1
+    assert gw.counters["duplicate"] == 1
+
+
+def test_two_copies_in_one_batch_are_forwarded_once(gw, kit):
+    body = parts(kit.seal(A, [B]))[0]
+    first, second = delivery(body, A), delivery(body, A)
+    gw.handle(first)
+    gw.handle(second)
+    gw.commit_batch()
+    assert (first.settled, second.settled) == ("ack", "ack")
+    assert len(transport(gw).to(B)) == 1
+    assert len(leaves(gw)) == 1
+
+
+def test_two_headers_under_one_id_in_one_batch_keep_the_first(gw, kit):
+    eid = os.urandom(16)
+    good = delivery(parts(kit.seal(A, [B], envelope_id=eid))[0], A)
+    evil = delivery(parts(kit.seal(A, [OTHER], level=Level.TOI_MAT, envelope_id=eid))[0], A)
+    gw.handle(good)
+    gw.handle(evil)
+    gw.commit_batch()
+    assert [(r["decision"], r["rule_id"]) for r in leaves(gw)] == [
+        ("accepted", "h41-internal"),
+        ("refused", "invariant:id-reuse"),
+    ]
+    assert transport(gw).to(OTHER) == []
+    [notice] = rejections(gw, A)
+    assert notice.rule_id == "invariant:id-reuse"
+    assert (good.settled, evil.settled) == ("ack", "ack")
+
+
+def test_each_refusal_gets_exactly_one_notice_naming_its_rule(gw, kit):
+    for _ in range(3):
+        gw.handle(delivery(parts(kit.seal(A, [OTHER]))[0], A))  # default deny, 3 envelopes
+    gw.commit_batch()
+    notices = rejections(gw, A)
+    assert [n.rule_id for n in notices] == ["default-deny"] * 3
+    assert len({n.envelope_id for n in notices}) == 3
+    assert all(n.signer.text == "000.00.99.G99" for n in notices)
+
+
+def test_junk_waits_for_its_one_leaf_then_is_acked_and_told_once(gw, kit):
+    held = [delivery(os.urandom(20), A) for _ in range(5)]
+    for d in held:
+        gw.handle(d)
+    gw.commit_batch()  # younger than the tally interval: no leaf yet, nothing acked
+    assert leaves(gw) == [] and all(d.settled is None for d in held)
+    gw.commit_batch(everything=True)
+    [leaf] = leaves(gw)
+    assert (leaf["event"], leaf["count"], leaf["publisher"], leaf["sender"]) == (
+        "unverified",
+        5,
+        "t-" + A,
+        "",
+    )
+    assert leaf["size"] == 100 and leaf["rule_id"] == "invariant:format"
+    assert all(d.settled == "ack" for d in held)
+    assert [n.rule_id for n in rejections(gw, A)] == ["invariant:format"]
+
+
+def test_junk_with_no_user_id_notifies_nobody(gw, kit):
+    d = delivery(parts(kit.seal(A, [B]))[0], None)
+    gw.handle(d)
+    gw.commit_batch(everything=True)
+    assert [r["publisher"] for r in leaves(gw)] == ["none"]
+    assert [p for p in transport(gw).published if p.exchange == DELIVER_EXCHANGE] == []
+    assert d.settled == "ack"
+
+
+def test_an_unroutable_forward_is_recorded_and_dead_lettered(kit, tmp_path):
+    gw = make_gateway(kit, tmp_path, MemoryTransport(unroutable={B}))
+    try:
+        d = delivery(parts(kit.seal(A, [B]))[0], A)
+        gw.handle(d)
+        gw.commit_batch()
+        gw.commit_batch()  # the undeliverable record is staged by the failed confirm
+        assert [(r["event"], r["rule_id"]) for r in leaves(gw)] == [
+            ("submission", "h41-internal"),
+            ("undeliverable", "undeliverable"),
+        ]
+        assert d.settled == "reject"
+    finally:
+        gw.close()
+
+
+def test_a_relayed_notice_goes_once_along_its_edge(gw, kit):
+    cpe = kit.seal(P, [B])
+    gw.handle(delivery(parts(cpe)[0], P))
+    gw.commit_batch()
+    raw = kit.notice(B, P, cpe)
+    first, again = delivery(raw, B, kind="notice"), delivery(raw, B, kind="notice")
+    gw.handle(first)
+    gw.commit_batch()
+    gw.handle(again)
+    gw.commit_batch()
+    relayed = [p for p in transport(gw).to(P, "notice") if p.body == raw]
+    assert len(relayed) == 1 and (first.settled, again.settled) == ("ack", "ack")
+
+
+def test_no_decision_on_an_expired_policy_until_a_newer_one_is_installed(kit, tmp_path):
+    old = kit.now - dt.timedelta(days=3)
+    authority = kit.world.authority
+    ca_key = authority.certificate.public_key()
+    kit.policy_bytes = sign_policy(POLICY, authority, old, 1)
+    kit.policy = Policy.load_signed(kit.policy_bytes, ca_key, old)
+    gw = make_gateway(kit, tmp_path)
+    try:
+        d = delivery(parts(kit.seal(A, [B]))[0], A)
+        gw.handle(d)
+        gw.commit_batch()
+        assert d.settled is None and leaves(gw) == []  # held, not decided, not refused
+        newer = POLICY.replace("version = 5", "version = 6")
+        gw.config.policy.write_bytes(sign_policy(newer, authority, kit.now, 7))
+        gw.commit_batch()
+        assert gw.policy.version == 6
+        gw.commit_batch()
+        assert d.settled == "ack"
+        assert [(r["decision"], r["policy_version"]) for r in leaves(gw)] == [("accepted", 6)]
+    finally:
+        gw.close()
