@@ -47,6 +47,7 @@ EXIT_CODES = """exit codes:
   2  usage error (malformed argument, agency code, level, duration)
   3  refused: verification failed, not a recipient, expired, revoked or
      unknown party, level above a clearance, directory rollback
+  4  audit verify: all checked holds, but leaves no witnessed checkpoint covers
 
 The passphrase of a key file comes from CIPHERPOST_PASSPHRASE or a prompt,
 never from the command line."""

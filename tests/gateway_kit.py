@@ -21,8 +21,10 @@ import envelopes
 from broker.connection import BrokerConfig
 from broker.topology import submit_queue
 from envelopes.frames import encode_header_frame
+from envelopes.header import Header
 from envelopes.notices import sign_notice
 from envelopes.parts import iter_parts
+from gateway.audit import ACCEPTED, Decided
 from gateway.config import GatewayConfig
 from gateway.decide import Context
 from gateway.policy import Policy, sign_policy
@@ -129,6 +131,38 @@ class Kit:
             now=self.now,
             note=note,
         ).raw
+
+
+class FakeState:
+    """The recorded state, in memory (a stub: the real one is the audit store)."""
+
+    def __init__(self) -> None:
+        self.decisions: dict[tuple[str, str], Decided] = {}
+        self.forwards: dict[tuple[str, str, int], str] = {}
+        self.relays: set[str] = set()
+
+    def decision(self, envelope_id: str, header_hash: str) -> Decided | None:
+        return self.decisions.get((envelope_id, header_hash))
+
+    def has_envelope(self, envelope_id: str) -> bool:
+        return any(k[0] == envelope_id for k in self.decisions)
+
+    def forwarded(self, envelope_id: str, header_hash: str, part: int) -> str | None:
+        return self.forwards.get((envelope_id, header_hash, part))
+
+    def relayed(self, digest: str) -> bool:
+        return digest in self.relays
+
+    def accept(self, cpe: bytes, decision: str = ACCEPTED) -> Header:
+        h = Header.parse(_header_raw(cpe))
+        self.decisions[(h.envelope_id.hex(), h.hash.hex())] = Decided(
+            decision,
+            "h41-internal" if decision == ACCEPTED else "default-deny",
+            h.sender.text,
+            tuple(r.code.text for r in h.recipients),
+            0,
+        )
+        return h
 
 
 def parts(cpe: bytes) -> list[bytes]:

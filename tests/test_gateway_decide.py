@@ -20,7 +20,7 @@ from envelopes.errors import Reason
 from envelopes.header import Header
 from envelopes.notices import CONTEXT as NOTICE_CONTEXT
 from envelopes.notices import MAGIC as NOTICE_MAGIC
-from gateway.audit import ACCEPTED, REFUSED, Decided
+from gateway.audit import ACCEPTED, REFUSED
 from gateway.decide import (
     Decide,
     Duplicate,
@@ -37,40 +37,8 @@ from keys import ca
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState, build_directory
 from keys.levels import Level
-from tests.gateway_kit import GATEWAY, OTHER, PREFIX, A, B, Kit, P, X, make_kit, parts
+from tests.gateway_kit import GATEWAY, OTHER, PREFIX, A, B, FakeState, Kit, P, X, make_kit, parts
 from tests.vectors.generate import _edit_header, _frames, _resign
-
-
-class FakeState:
-    """The recorded state, in memory (a stub: the real one is the audit store)."""
-
-    def __init__(self) -> None:
-        self.decisions: dict[tuple[str, str], Decided] = {}
-        self.forwards: dict[tuple[str, str, int], str] = {}
-        self.relays: set[str] = set()
-
-    def decision(self, envelope_id: str, header_hash: str) -> Decided | None:
-        return self.decisions.get((envelope_id, header_hash))
-
-    def has_envelope(self, envelope_id: str) -> bool:
-        return any(k[0] == envelope_id for k in self.decisions)
-
-    def forwarded(self, envelope_id: str, header_hash: str, part: int) -> str | None:
-        return self.forwards.get((envelope_id, header_hash, part))
-
-    def relayed(self, digest: str) -> bool:
-        return digest in self.relays
-
-    def accept(self, cpe: bytes, decision: str = ACCEPTED) -> Header:
-        h = header(cpe)
-        self.decisions[(h.envelope_id.hex(), h.hash.hex())] = Decided(
-            decision,
-            "h41-internal" if decision == ACCEPTED else "default-deny",
-            h.sender.text,
-            tuple(r.code.text for r in h.recipients),
-            0,
-        )
-        return h
 
 
 @pytest.fixture(scope="module")
