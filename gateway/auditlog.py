@@ -38,6 +38,7 @@ from gateway.checkpoint import (
 from keys.certs import AgencyCertificate
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError, Refused
+from keys.keystore import write_private_file
 
 PROOF_MAGIC = "cipherpost-audit-inclusion-proof-v1"
 CONSISTENCY_HISTORY = 16  # a published checkpoint carries proofs from this many earlier ones
@@ -127,10 +128,8 @@ class Checkpointer:
         note = sign_checkpoint(self.key, self.code, self.store.log_id, size, root, now)
         if not self.store.add_checkpoint(self.store.log_id, size, root, now.isoformat(), note):
             return None  # another process of this gateway signed this size first
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(note)
-        tmp.replace(self.state_file)
+        self.state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private_file(self.state_file, note)  # fsynced: it is the rollback guard
         self._last = parse_checkpoint(note)
         return self.message(note, previous)
 

@@ -192,3 +192,13 @@ def test_no_decision_on_an_expired_policy_until_a_newer_one_is_installed(kit, tm
         assert [(r["decision"], r["policy_version"]) for r in leaves(gw)] == [("accepted", 6)]
     finally:
         gw.close()
+
+
+def test_the_gateways_store_and_state_files_are_private(gw, kit):
+    gw.handle(delivery(parts(kit.seal(A, [B]))[0], A))
+    gw.commit_batch()
+    gw._checkpoint(force=True)
+    files = [gw.config.audit_db, *gw.config.state_dir.iterdir()]
+    assert any(f.name.startswith("checkpoint-") for f in files)
+    for f in files:
+        assert f.stat().st_mode & 0o077 == 0, f
