@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
@@ -38,8 +37,9 @@ from keys.codes import AgencyCode
 from keys.errors import EXIT_REFUSED, CipherpostError, Refused, UsageError
 from keys.keystore import read_passphrase
 from keys.levels import Level
+from keys.logsetup import get_logger
 
-log = structlog.get_logger("cipherpost.audit")
+log = get_logger("cipherpost.audit")
 
 Add = Callable[..., argparse.ArgumentParser]
 Group = Callable[[str, str], Any]

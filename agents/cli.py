@@ -30,7 +30,7 @@ from typing import NoReturn
 from cryptography.hazmat.primitives import serialization
 
 import envelopes
-from agents import audit_cli, onboarding
+from agents import audit_cli, gateway_cli, onboarding
 from agents.client import Client, ReceivedDocument
 from agents.progress import ProgressReader
 from keys import agency, ca
@@ -539,27 +539,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_gateway_run(args: argparse.Namespace) -> int:
-    from agents import logs
-    from gateway.config import GatewayConfig
-    from gateway.service import Gateway, load
-
-    logs.configure(json_lines=True, level=logging.INFO)
-    config = GatewayConfig.load(args.config)
-    gateway = Gateway(config, load(config, read_passphrase()))
-    signal.signal(signal.SIGTERM, lambda *_: gateway.stop())
-    signal.signal(signal.SIGINT, lambda *_: gateway.stop())
-    gateway.run()
-    return 0
-
-
 def cmd_broker_provision(args: argparse.Namespace) -> int:
     from broker.management import Management
     from broker.provision import provision
 
     trust = TrustState.default()
     directory = _load_directory(args, trust)
-    mgmt = Management.from_url(args.admin_url)
+    mgmt = Management.for_operator(args.admin_url, args.admin_password_file)
     result = provision(
         mgmt,
         args.vhost,
@@ -590,15 +576,33 @@ def cmd_broker_provision(args: argparse.Namespace) -> int:
         )
         publish_directory(admin, directory.raw)
         print(f"directory version {directory.version} published to running gateways and agents")
-    if result.new_credentials and args.credentials_dir is None:
-        # Printed once, never logged: hand each line to its agency over a trusted channel.
-        for login, config in result.new_credentials.items():
-            print(f"credentials {login} {config.password}")
-    elif result.new_credentials:
+    if result.new_credentials:
+        # Written to files only (0600), never to the terminal: a screen is not a safe.
         print(
             f"{len(result.new_credentials)} credentials file(s) written to {args.credentials_dir}"
             " (mode 0600): deliver each to its agency"
         )
+    return 0
+
+
+def cmd_broker_rotate(args: argparse.Namespace) -> int:
+    from broker.management import Management
+    from broker.provision import rotate
+
+    mgmt = Management.for_operator(args.admin_url, args.admin_password_file)
+    config = rotate(
+        mgmt,
+        args.login,
+        vhost=args.vhost,
+        credentials_dir=args.credentials_dir,
+        amqp_host=args.amqp_host,
+        amqp_port=args.amqp_port,
+    )
+    print(
+        f"new password for {config.login} written to "
+        f"{args.credentials_dir / (config.login + '.broker.json')} (mode 0600); its open "
+        "connections were closed: deliver the file and restart what used the old one"
+    )
     return 0
 
 
@@ -924,16 +928,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_arg(sp)
 
-    gw_sub = group("gateway", "the gateway service")
-    sp = add(
-        gw_sub,
-        "run",
-        cmd_gateway_run,
-        "verify, apply the signed policy, forward or refuse, audit; until SIGTERM",
-    )
-    sp.add_argument("--config", required=True, type=Path, metavar="GATEWAY.toml")
+    gateway_cli.register(group, add)
 
-    br_sub = group("broker", "RabbitMQ provisioning")
+    def admin_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--admin-url",
+            required=True,
+            metavar="URL",
+            help="management API and user, e.g. https://admin@broker:15671; the password from"
+            " CIPHERPOST_ADMIN_PASSWORD or --admin-password-file, never the command line",
+        )
+        sp.add_argument("--admin-password-file", type=Path, metavar="FILE", help="mode 0600")
+        sp.add_argument("--vhost", default="cipherpost", metavar="VHOST")
+        sp.add_argument("--amqp-host", default="127.0.0.1", metavar="HOST")
+        sp.add_argument("--amqp-port", type=int, default=5672, metavar="PORT")
+        sp.add_argument(
+            "--credentials-dir",
+            type=Path,
+            default=Path("broker-credentials"),
+            metavar="DIR",
+            help="where credentials files are written (0600; default ./broker-credentials);"
+            " a password is never printed",
+        )
+
+    br_sub = group("broker", "RabbitMQ provisioning and credentials")
     sp = add(
         br_sub,
         "provision",
@@ -942,22 +960,8 @@ def build_parser() -> argparse.ArgumentParser:
         " remove revoked agencies' access (idempotent)",
     )
     directory_args(sp)
-    sp.add_argument(
-        "--admin-url",
-        required=True,
-        metavar="URL",
-        help="management API, e.g. http://guest:guest@127.0.0.1:15672",
-    )
-    sp.add_argument("--vhost", default="cipherpost", metavar="VHOST")
-    sp.add_argument("--amqp-host", default="127.0.0.1", metavar="HOST")
-    sp.add_argument("--amqp-port", type=int, default=5672, metavar="PORT")
+    admin_args(sp)
     sp.add_argument("--login-prefix", default="", metavar="PREFIX")
-    sp.add_argument(
-        "--credentials-dir",
-        type=Path,
-        metavar="DIR",
-        help="write new credentials here (0600) instead of printing them once",
-    )
     sp.add_argument(
         "--kits",
         type=Path,
@@ -969,6 +973,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also publish this directory version on cp.directory (running holders pick it up)",
     )
+    sp = add(
+        br_sub,
+        "rotate",
+        cmd_broker_rotate,
+        "issue a new password for one broker login, write its credentials file, close its"
+        " connections",
+    )
+    sp.add_argument("login", metavar="LOGIN")
+    admin_args(sp)
 
     pol_sub = group("policy", "the classification policy")
     sp = add(pol_sub, "sign", cmd_policy_sign, "check and sign a TOML policy with the CA key")

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import pika
-import structlog
 
 import envelopes
 from agents.config import AgentConfig
@@ -66,8 +65,9 @@ from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState
 from keys.errors import CipherpostError, Refused, UsageError
 from keys.levels import Level, Urgency
+from keys.logsetup import get_logger
 
-log = structlog.get_logger("cipherpost.agent")
+log = get_logger("cipherpost.agent")
 CONNECT_TIMEOUT_S = 10.0
 _SAFE_NAME = re.compile(r"[^\w.\- ]+")
 

@@ -11,16 +11,26 @@ inbox = "inbox"                  # received documents and their .json sidecars
 credentials = "000.01.12.H41.broker.json"   # from provisioning, mode 0600
 ```
 
-Relative paths are relative to the config file.
+Relative paths are relative to the config file; an unknown key is refused,
+naming it. A commented example is ``docs/examples/AGENT.toml``.
 """
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from keys.errors import CipherpostError
+from keys.tomlfile import load_toml
+
+SCHEMA = {
+    "agency_dir": None,
+    "directory": None,
+    "ca_cert": None,
+    "inbox": None,
+    "state_db": None,
+    "broker": {"credentials": None},
+}
 
 
 @dataclass(frozen=True)
@@ -35,12 +45,7 @@ class AgentConfig:
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
         """Read and check an AGENT.toml."""
-        try:
-            doc = tomllib.loads(path.read_text())
-        except OSError as e:
-            raise CipherpostError(f"cannot read agent config {path}: {e.strerror}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise CipherpostError(f"{path}: not valid TOML: {e}") from e
+        doc = load_toml(path, "agent config", SCHEMA)
         base = path.parent
         try:
             agency_dir = base / doc["agency_dir"]

@@ -86,6 +86,10 @@ def main() -> int:
     parser.add_argument("--amqp-port", type=int, default=5672)
     args = parser.parse_args()
     admin_url = args.admin_url
+    admin = Management.from_url(admin_url)
+    # The command takes the admin's password from the environment, never from its argv.
+    os.environ["CIPHERPOST_ADMIN_PASSWORD"] = admin.password
+    operator_url = admin.base_url.replace("://", f"://{admin.username}@", 1)
     logs.configure(json_lines=False, level=logging.ERROR)
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     os.environ["CIPHERPOST_PASSPHRASE"] = PASSPHRASE.decode()
@@ -150,7 +154,9 @@ def main() -> int:
                         "--ca-cert",
                         world.ca_dir / "ca.crt",
                         "--admin-url",
-                        admin_url,
+                        operator_url,
+                        "--credentials-dir",
+                        world.root / "operator-credentials",
                         "--amqp-port",
                         args.amqp_port,
                         "--vhost",

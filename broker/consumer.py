@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import pika
 import pika.adapters.blocking_connection
 import pika.spec
-import structlog
 
 from broker.connection import (
     RECONNECT_INITIAL_S,
@@ -31,8 +30,9 @@ from broker.connection import (
     BrokerError,
     connect_blocking,
 )
+from keys.logsetup import get_logger
 
-log = structlog.get_logger("cipherpost.broker")
+log = get_logger("cipherpost.broker")
 POLL_S = 0.2
 REFRESH_S = 5.0  # a many-queue consumer looks for new (or re-created) queues this often
 Queues = str | Sequence[str] | Callable[[], Sequence[str]]

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pika
-import structlog
 from cryptography import x509
 
 from broker.connection import BrokerConfig, BrokerError, connect_blocking
@@ -25,8 +24,9 @@ from broker.topology import DIRECTORY_EXCHANGE, FEED_QUEUE_ARGUMENTS
 from keys.directory import Directory, TrustState
 from keys.errors import CipherpostError, Refused
 from keys.keystore import write_private_file
+from keys.logsetup import get_logger
 
-log = structlog.get_logger("cipherpost.directory")
+log = get_logger("cipherpost.directory")
 
 
 class DirectoryFeed:

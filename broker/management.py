@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from keys.errors import CipherpostError
+from keys.errors import CipherpostError, UsageError
 
 TIMEOUT_S = 15.0
+ADMIN_PASSWORD_ENV = "CIPHERPOST_ADMIN_PASSWORD"  # noqa: S105 - a variable name
 
 
 ATTEMPTS = 3
@@ -52,6 +56,41 @@ class Management:
             username=urllib.parse.unquote(parts.username or "guest"),
             password=urllib.parse.unquote(parts.password or "guest"),
         )
+
+    @classmethod
+    def for_operator(
+        cls, url: str, password_file: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> Management:
+        """The admin's connection for a command: the URL names host and user, never the password.
+
+        The password comes from ``CIPHERPOST_ADMIN_PASSWORD`` or a file (mode 0600):
+        a command line is visible to every local user (``ps``).
+        """
+        parts = urllib.parse.urlsplit(url)
+        if parts.password:
+            raise UsageError(
+                "the admin password must not be on the command line (ps shows it): give "
+                f"--admin-url {parts.scheme}://{parts.username or 'USER'}@{parts.hostname}"
+                f"{':' + str(parts.port) if parts.port else ''} and set {ADMIN_PASSWORD_ENV}"
+                " or --admin-password-file"
+            )
+        environ = os.environ if env is None else env
+        if password_file is not None:
+            try:
+                if password_file.stat().st_mode & 0o077:
+                    raise UsageError(f"{password_file} must not be readable by others (chmod 600)")
+                lines = password_file.read_text(encoding="utf-8").splitlines()
+            except OSError as e:
+                raise ManagementError(f"cannot read {password_file}: {e.strerror}") from e
+            password = lines[0] if lines else ""
+        else:
+            password = environ.get(ADMIN_PASSWORD_ENV, "")
+        if not password:
+            raise UsageError(
+                f"no admin password: set {ADMIN_PASSWORD_ENV} or give --admin-password-file"
+            )
+        base = cls.from_url(url)
+        return cls(base.base_url, urllib.parse.unquote(parts.username or "guest"), password)
 
     def _request(self, method: str, path: str, body: object | None = None) -> Any:
         """One call; a timeout (a node busy declaring many queues) is retried with backoff:

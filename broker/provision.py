@@ -21,6 +21,7 @@ from broker import topology
 from broker.connection import BrokerConfig
 from broker.management import Management, ManagementError
 from keys.directory import Directory
+from keys.errors import CipherpostError
 
 GATEWAY_LOGIN = "cp-gateway"
 WITNESS_LOGIN = "cp-witness"
@@ -198,3 +199,33 @@ def delete_vhost(mgmt: Management, vhost: str, logins: list[str]) -> None:
     mgmt.delete(f"/api/vhosts/{mgmt.q(vhost)}")
     for login in logins:
         mgmt.delete(f"/api/users/{mgmt.q(login)}")
+
+
+def rotate(
+    mgmt: Management,
+    login: str,
+    *,
+    vhost: str,
+    credentials_dir: Path,
+    amqp_host: str = "127.0.0.1",
+    amqp_port: int = 5672,
+) -> BrokerConfig:
+    """Give ``login`` a new password, write it to its credentials file (0600), and close the
+    connections that logged in with the old one. The new password is never printed."""
+    path = f"/api/users/{mgmt.q(login)}"
+    if mgmt.get(path) is None:
+        raise ManagementError(f"no broker user {login!r}: nothing to rotate")
+    target = credentials_dir / f"{login}.broker.json"
+    try:
+        base = BrokerConfig.load(target)  # keep where it connects: host, port, vhost
+        amqp_host, amqp_port, vhost = base.host, base.port, base.vhost
+    except (OSError, CipherpostError):
+        pass
+    password = secrets.token_urlsafe(24)
+    mgmt.put(path, {"password": password, "tags": ""})
+    config = BrokerConfig(login, password, amqp_host, amqp_port, vhost)
+    config.save(target)
+    for connection in mgmt.get("/api/connections") or []:
+        if connection.get("user") == login:
+            mgmt.delete(f"/api/connections/{mgmt.q(str(connection['name']))}")
+    return config

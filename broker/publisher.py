@@ -24,9 +24,9 @@ import pika
 import pika.channel
 import pika.frame
 import pika.spec
-import structlog
 
 from broker.connection import RECONNECT_INITIAL_S, RECONNECT_MAX_S, BrokerConfig, BrokerError
+from keys.logsetup import get_logger
 
 MAX_IN_FLIGHT = 512
 MAX_BYTES_IN_FLIGHT = 32 * 1024 * 1024
@@ -35,7 +35,7 @@ MAX_ATTEMPTS = 10
 SEQ_HEADER = "x-cp-seq"
 TICK_S = 0.5
 
-log = structlog.get_logger("cipherpost.broker")
+log = get_logger("cipherpost.broker")
 
 
 class Unroutable(BrokerError):

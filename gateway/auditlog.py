@@ -72,6 +72,7 @@ class Checkpointer:
         self.code: AgencyCode = certificate.code
         self.every = every
         self.seconds = seconds
+        self.state_dir = state_dir
         self.state_file = state_dir / f"checkpoint-{store.log_id}.txt"
         self._last: Checkpoint | None = None
 
@@ -97,6 +98,12 @@ class Checkpointer:
             )
         self._last = last
         return last
+
+    @staticmethod
+    def read_state_note(state_dir: Path, log_id: str) -> bytes | None:
+        """The last checkpoint note a gateway signed for ``log_id`` (its rollback guard)."""
+        path = state_dir / f"checkpoint-{log_id}.txt"
+        return path.read_bytes() if path.exists() else None
 
     @property
     def last(self) -> Checkpoint | None:

@@ -26,13 +26,13 @@ import collections
 import datetime as dt
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pika
-import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -70,6 +70,8 @@ from gateway.decide import (
     id_reuse,
 )
 from gateway.junk import JunkLedger
+from gateway.metrics import GatewayMetrics, HealthServer
+from gateway.notify import sd_notify
 from gateway.policy import Policy, PolicyTrust
 from gateway.transport import Settleable, Transport
 from keys.agency import AgencyKeys, load_agency
@@ -79,10 +81,11 @@ from keys.certs import AgencyCertificate
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState
 from keys.errors import CipherpostError, clip
+from keys.logsetup import get_logger
 
 __all__ = ["MESSAGE_AUDIT_PROOF", "MESSAGE_NOTICE", "MESSAGE_PART", "Gateway", "Loaded", "load"]
 
-log = structlog.get_logger("cipherpost.gateway")
+log = get_logger("cipherpost.gateway")
 
 NO_ENVELOPE = b"\0" * 16
 POLICY_FILE_CHECK = dt.timedelta(seconds=5)  # a running gateway looks for a newer policy file
@@ -244,11 +247,21 @@ class Gateway:
         self._paused_told = _now()
         self._proofs = ThreadPoolExecutor(1, thread_name_prefix="audit-proofs")
         self.ready = threading.Event()
+        self.audit_certificate = loaded.audit_certificate
+        self.metrics = GatewayMetrics(config.gateway_id)
+        self.metrics.connected_gauge.set_function(self._is_connected)
+        self._store_ok = True
+        self._in_force_metrics()
+        self._health: HealthServer | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def run(self, *, until_idle: float | None = None) -> None:
         """Consume until stopped; in-flight work is finished and acked before returning."""
+        address = self.config.metrics_address
+        if address is not None:
+            self._health = HealthServer(address, self.metrics, self.not_ready)
+            self._health.start()
         if self._transport is None:
             self._transport = ConfirmingPublisher(self.broker)
         self.feed.start()  # new directory versions apply while running
@@ -257,7 +270,7 @@ class Gateway:
             self.lanes,
             self.handle,
             prefetch=self.config.prefetch,
-            on_connected=self.ready.set,
+            on_connected=self._connected,
             on_batch_end=self.commit_batch,
         )
         log.info(
@@ -273,8 +286,41 @@ class Gateway:
         finally:
             self.close()
 
+    def _connected(self) -> None:
+        self.metrics.connected(True)
+        if not self.ready.is_set():
+            self.ready.set()
+            sd_notify("READY=1")
+        else:
+            log.info("gateway_reconnected", lanes=len(self.lanes()))
+
+    def _is_connected(self) -> float:
+        consumer = self._consumer
+        return 1.0 if consumer is not None and consumer.connected.is_set() else 0.0
+
+    def not_ready(self) -> list[str]:
+        """Why this gateway is not ready to decide, one reason each (empty: ready)."""
+        reasons = []
+        if not self._is_connected():
+            reasons.append("not connected to the broker")
+        if self._paused_since is not None:
+            reasons.append("paused: the policy or the directory in force has expired")
+        if not self._store_ok:
+            reasons.append("the audit store is not writable (the last commit failed)")
+        if self._stopping.is_set():
+            reasons.append("stopping")
+        return reasons
+
+    def _in_force_metrics(self) -> None:
+        self.metrics.in_force(
+            directory=(self.directory.version, self.directory.expires_at),
+            policy=(self.policy.version, self.policy.expires),
+            audit_certificate=self.audit_certificate.not_after,
+        )
+
     def close(self) -> None:
         """Write what is pending (junk tallies included), sign a last checkpoint, let go."""
+        sd_notify("STOPPING=1")
         self.feed.stop()
         self.counters["directory_refused"] = self.feed.refused
         self.commit_batch(everything=True)
@@ -283,6 +329,8 @@ class Gateway:
         if self._transport is not None:
             self._transport.close()
         self.audit.close()
+        if self._health is not None:
+            self._health.stop()
         log.info("gateway_stopped", gateway=self.config.gateway_id, **dict(self.counters))
 
     def lanes(self) -> list[str]:
@@ -293,6 +341,7 @@ class Gateway:
         """A new verified directory version: revocations and new agencies apply from now."""
         self.directory = directory
         self.counters["directory_updates"] += 1
+        self._in_force_metrics()
 
     def audit_records(self) -> list[dict[str, object]]:
         """Every audit record so far (opens the store read-side; usable after ``run``)."""
@@ -330,6 +379,7 @@ class Gateway:
             self._settle(d, verdict, now)
         except Exception as e:  # our own failure, never a verdict: retry, then dead-letter
             self.counters["internal_error"] += 1
+            self.metrics.internal_errors.inc()
             log.error(
                 "gateway_internal_error", error=type(e).__name__, detail=clip(str(e)), exc_info=True
             )
@@ -351,6 +401,7 @@ class Gateway:
             self._later(d, lambda: self._forward(d, h, verdict.part, verdict.digest))
         elif isinstance(verdict, Duplicate):
             self.counters["duplicate"] += 1
+            self.metrics.duplicates.inc()
             self._later(d, d.ack)
         elif isinstance(verdict, Relay):
             notice = verdict.notice
@@ -365,6 +416,8 @@ class Gateway:
 
         def then(o: Outcome | None) -> None:
             assert o is not None
+            if o.new:
+                self.metrics.decided(o.decision, o.rule_id)
             log.info(
                 "gateway_decision",
                 envelope=h.envelope_id.hex(),
@@ -396,6 +449,7 @@ class Gateway:
 
     def _refused(self, d: Settleable, v: Refuse) -> None:
         self.counters[f"refused_{v.record.event}"] += 1
+        self.metrics.refused(v.record.rule_id)
         log.warning(
             "gateway_refused",
             kind=v.record.event,
@@ -427,14 +481,21 @@ class Gateway:
         with self._pending_lock:
             pending, self._pending = self._pending, []
         entries = [e for _, e, _ in pending if e is not None]
+        started = time.perf_counter()
         try:
-            outcomes = iter(self.audit.commit(entries, on_conflict=id_reuse))
+            results = self.audit.commit(entries, on_conflict=id_reuse)
+            outcomes = iter(results)
         except Exception as e:  # the records are not durable: nothing may act on them
+            self._store_ok = False
+            self.metrics.commit_failures.inc()
             log.error("gateway_audit_commit_failed", error=type(e).__name__, detail=clip(str(e)))
             for ds, _, _ in pending:
                 for d in ds:
                     d.reject(requeue=True)
             return
+        self._store_ok = True
+        if entries:
+            self.metrics.committed(time.perf_counter() - started, sum(o.new for o in results))
         for ds, entry, then in pending:
             try:
                 then(next(outcomes) if entry is not None else None)
@@ -452,6 +513,7 @@ class Gateway:
             ds = [d for d, _ in tally.held]
             notify = tally.held[0][1]
             record = tally.record(now, self.config.gateway_id, self.context(now).versions)
+            self.metrics.junk_tallied(record.rule_id, tally.count)
             log.warning(
                 "gateway_junk",
                 publisher=tally.publisher,
@@ -475,6 +537,7 @@ class Gateway:
             why = f"directory version {self.directory.version} expired"
         else:
             return True
+        self.metrics.pause(True, len(self._held))
         if self._paused_since is None or (now - self._paused_told) >= PAUSED_REMINDER:
             self._paused_since = self._paused_since or now
             self._paused_told = now
@@ -494,6 +557,7 @@ class Gateway:
             return
         log.info("gateway_resumed", held=len(self._held), policy_version=self.policy.version)
         self._paused_since = None
+        self.metrics.pause(False, 0)
         held, self._held = self._held, []
         for d in held:
             self.handle(d)
@@ -520,6 +584,7 @@ class Gateway:
         self._policy_problem = ""
         self.policy = policy
         self.counters["policy_updates"] += 1
+        self._in_force_metrics()
         log.info(
             "policy_updated",
             policy=policy.name,
@@ -552,6 +617,7 @@ class Gateway:
                 self.audit.mark_forwarded(eid, hh, index, digest)
                 self.state.flying((eid, hh, index), None)
                 self.counters["forwarded"] += 1
+                self.metrics.forwards.inc()
                 d.ack()
                 return
             self.state.flying((eid, hh, index), None)
@@ -612,6 +678,7 @@ class Gateway:
 
     def _relay(self, d: Settleable, notice: Notice) -> None:
         self.counters["notices"] += 1
+        self.metrics.notices.inc()
         self._publish_notice([d], notice.addressee, notice)
 
     def _publish_notice(
@@ -653,6 +720,8 @@ class Gateway:
         if message is None or self._transport is None:
             return
         self.counters["checkpoints"] += 1
+        if self.checkpointer.last is not None:
+            self.metrics.checkpointed(self.checkpointer.last.size, now)
         future = self._transport.publish(
             CHECKPOINT_EXCHANGE,
             self.config.gateway_id,

@@ -20,10 +20,11 @@ import nacl.pwhash
 import nacl.secret
 import nacl.utils
 
-from keys.errors import KeyStoreError, UsageError
+from keys.errors import CipherpostError, KeyStoreError, UsageError
 
 MAGIC = "cipherpost.secret/1"
 PASSPHRASE_ENV = "CIPHERPOST_PASSPHRASE"  # noqa: S105 - a variable name
+PASSPHRASE_FILE_ENV = "CIPHERPOST_PASSPHRASE_FILE"  # noqa: S105 - a variable name
 # INTERACTIVE (64 MiB, 2 passes) keeps the desktop agent responsive; the
 # limits below stop a crafted file from making us allocate without bound.
 DEFAULT_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
@@ -35,12 +36,15 @@ MIN_NEW_PASSPHRASE = 8
 
 
 def read_passphrase(*, confirm: bool = False, env: Mapping[str, str] | None = None) -> bytes:
-    """The passphrase from ``CIPHERPOST_PASSPHRASE`` or, failing that, a terminal prompt.
+    """The passphrase from ``CIPHERPOST_PASSPHRASE``, the file ``CIPHERPOST_PASSPHRASE_FILE``
+    names (services: systemd's ``LoadCredential=``, a compose secret) or a terminal prompt.
 
     Never from a command-line argument: argv is visible to every local user.
     """
     environ = os.environ if env is None else env
     value = environ.get(PASSPHRASE_ENV)
+    if value is None and environ.get(PASSPHRASE_FILE_ENV):
+        value = _passphrase_file(Path(environ[PASSPHRASE_FILE_ENV]))
     if value is None:
         if not sys.stdin.isatty():
             raise UsageError(
@@ -54,6 +58,19 @@ def read_passphrase(*, confirm: bool = False, env: Mapping[str, str] | None = No
     if confirm and len(value) < MIN_NEW_PASSPHRASE:
         raise UsageError(f"a new passphrase needs at least {MIN_NEW_PASSPHRASE} characters")
     return value.encode("utf-8")
+
+
+def _passphrase_file(path: Path) -> str:
+    """The first line of a passphrase file that no other user may read."""
+    try:
+        if path.stat().st_mode & 0o077:
+            raise CipherpostError(
+                f"{path}: a passphrase file must not be readable by others (chmod 600)"
+            )
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise CipherpostError(f"cannot read the passphrase file {path}: {e.strerror}") from e
+    return lines[0] if lines else ""
 
 
 def write_secret(

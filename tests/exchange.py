@@ -21,7 +21,8 @@ from envelopes.parts import iter_parts
 from keys.codes import AgencyCode
 from keys.levels import Level
 
-ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
+ADMIN_URL = "http://guest:guest@127.0.0.1:15672"  # library calls (the world builder)
+OPERATOR_URL = "http://guest@127.0.0.1:15672"  # commands: the password from the environment
 PROVINCE = "000.00.00.H41"
 A = "000.01.12.H41"
 B = "000.02.12.H41"

@@ -17,7 +17,7 @@ from agents.world import PASSPHRASE
 from gateway.policy import sign_policy
 from keys import ca
 from keys.levels import Level
-from tests.exchange import ADMIN_URL, PROVINCE, A, make_world
+from tests.exchange import OPERATOR_URL, PROVINCE, A, make_world
 from tests.helpers import commune_code
 
 EXE = str(Path(sys.executable).with_name("cipherpost"))
@@ -164,6 +164,7 @@ def test_provision_cli_is_idempotent_and_revokes(world, tmp_path):
         os.environ,
         CIPHERPOST_PASSPHRASE=PASSPHRASE.decode(),
         CIPHERPOST_STATE_DIR=str(tmp_path / "state"),
+        CIPHERPOST_ADMIN_PASSWORD="guest",
     )
     args = [
         "broker",
@@ -173,7 +174,9 @@ def test_provision_cli_is_idempotent_and_revokes(world, tmp_path):
         "--ca-cert",
         world.ca_dir / "ca.crt",
         "--admin-url",
-        ADMIN_URL,
+        OPERATOR_URL,
+        "--credentials-dir",
+        tmp_path / "credentials",
         "--vhost",
         world.vhost,
         "--login-prefix",

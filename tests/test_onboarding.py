@@ -15,7 +15,7 @@ from agents.config import AgentConfig
 from agents.world import PASSPHRASE
 from keys.codes import AgencyCode
 from keys.levels import Level
-from tests.exchange import ADMIN_URL, PROVINCE, make_world, wait_for
+from tests.exchange import OPERATOR_URL, PROVINCE, make_world, wait_for
 from tests.helpers import cli
 
 COMMUNES = [f"000.{i:02d}.31.H41" for i in range(1, 76)]
@@ -25,6 +25,7 @@ COMMUNES = [f"000.{i:02d}.31.H41" for i in range(1, 76)]
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("CIPHERPOST_PASSPHRASE", PASSPHRASE.decode())
     monkeypatch.setenv("CIPHERPOST_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CIPHERPOST_ADMIN_PASSWORD", "guest")
     world = make_world(tmp_path / "w", {PROVINCE: ("UBND tỉnh H41", Level.TOI_MAT)})
     yield world
     world.cleanup()
@@ -76,7 +77,9 @@ def test_75_communes_onboard_and_exchange_with_the_province(env, tmp_path, capsy
             "--ca-cert",
             ca_dir / "ca.crt",
             "--admin-url",
-            ADMIN_URL,
+            OPERATOR_URL,
+            "--credentials-dir",
+            tmp_path / "credentials",
             "--vhost",
             world.vhost,
             "--login-prefix",
