@@ -28,8 +28,15 @@ from broker.connection import BrokerConfig
 from broker.consumer import Consumer, Delivery
 from broker.topology import WITNESS_QUEUE
 from gateway.audit import RECORD_COLUMNS, AuditStore
-from gateway.auditlog import Unwitnessed, check_proof, load_checkpoint_dir, prove, verify_store
-from gateway.checkpoint import VerifiedFile, read_checkpoint_file
+from gateway.auditlog import (
+    Unwitnessed,
+    check_proof,
+    load_checkpoint_dir,
+    load_endings,
+    prove,
+    verify_store,
+)
+from gateway.checkpoint import VerifiedFile, origin_for, read_checkpoint_file
 from gateway.witness import CA_FILE, Witness, WitnessAlarm
 from keys.auditkey import make_audit_key
 from keys.ca import load_ca_certificate
@@ -113,7 +120,20 @@ def cmd_witness(args: argparse.Namespace) -> int:
             stop.wait()
             consumer.stop()
 
+        def staleness() -> None:
+            # A gateway republishes its checkpoint every interval even when idle; silence
+            # longer than --stale-after means it stopped signing, or we stopped hearing it.
+            told: set[str] = set()
+            while not stop.wait(min(5.0, args.stale_after / 3)):
+                stale = set(witness.stale(args.stale_after))
+                for origin in sorted(stale - told):
+                    log.error("witness_stale", log=origin, silent_for_s=args.stale_after)
+                for origin in sorted(told - stale):
+                    log.info("witness_heard_again", log=origin)
+                told = stale
+
         threading.Thread(target=watch, daemon=True).start()
+        threading.Thread(target=staleness, daemon=True).start()
     consumer.run(until_idle=None if args.follow else args.idle)
     if alarm:
         sys.stderr.write(f"cipherpost: ALARM: {alarm[0]}\n")
@@ -122,7 +142,29 @@ def cmd_witness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_end_log(args: argparse.Namespace) -> int:
+    from gateway.ending import sign_ending
+    from keys import ca as ca_module
+
+    witness = Witness(args.store)
+    code, _, log_id = args.log.partition("/")
+    origin = origin_for(AgencyCode.parse(code), log_id)
+    held = witness.held(origin)
+    if not held:
+        raise CipherpostError(f"the witness store {args.store} holds no checkpoint of {origin}")
+    authority = ca_module.open_ca(args.ca, read_passphrase())
+    if authority.certificate != witness.certificate:
+        raise CipherpostError("this CA is not the one the witness store pins")
+    data = sign_ending(authority, held[-1], args.successor, args.reason, _now())
+    ending = witness.end(data)
+    if args.out is not None:
+        args.out.write_bytes(data)
+    print(f"{ending.describe()}; recorded in the witness store {args.store}")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    endings: list[Any] = []
     if args.export is not None:
         store, checkpoints_data, embedded_ca = _open_export(args.export)
         ca_cert = load_ca_certificate(args.ca) if args.ca else embedded_ca
@@ -144,8 +186,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         ca = load_ca_certificate(ca_path)
         ca_note = None
         checkpoints, problems = load_checkpoint_dir(args.checkpoints, ca)
+        endings, ending_problems = load_endings(args.checkpoints, ca)
+        problems += ending_problems
     try:
-        report = verify_store(store, checkpoints)
+        report = verify_store(store, checkpoints, endings=endings)
     finally:
         store.close()
     report.problems[:0] = problems
@@ -164,6 +208,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"PROBLEM: {p}")
         for tail in report.tails():
             print(f"UNWITNESSED: {tail}")
+        for log_id, end in report.ended.items():
+            print(f"ENDED: log {log_id!r}: {end}")
     if not report.ok:
         raise Refused(f"audit log does not verify: {report.problems[0]}")
     if report.unwitnessed:
@@ -368,6 +414,14 @@ def register(group: Group, add: Add) -> None:
         help="without --follow: stop after this long without a checkpoint (default 3)",
     )
     sp.add_argument("-v", "--verbose", action="store_true", help="print each checkpoint")
+    sp.add_argument(
+        "--stale-after",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --follow: alarm (witness_stale) when a log is silent this long;"
+        " 3 x the gateways' checkpoint_seconds (default 30)",
+    )
 
     sp = add(
         audit,
@@ -384,6 +438,19 @@ def register(group: Group, add: Add) -> None:
         "--ca", type=Path, metavar="CA_CERT", help="your own copy of the CA certificate"
     )
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sp = add(
+        audit,
+        "end-log",
+        cmd_end_log,
+        "after a lost audit store: end its log at the last witnessed checkpoint (CA-signed)",
+    )
+    sp.add_argument("--store", required=True, type=Path, metavar="WITNESS_DIR")
+    sp.add_argument("--log", required=True, metavar="CODE/LOG_ID", help="e.g. 000.00.99.G99/gw1")
+    sp.add_argument("--successor", required=True, metavar="LOG_ID", help="the new log's id")
+    sp.add_argument("--reason", required=True, help="what happened (kept in the ending)")
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--out", type=Path, metavar="FILE", help="also write the ending here")
 
     sp = add(audit, "prove", cmd_prove, "an inclusion proof (JSON) of an envelope's audit record")
     sp.add_argument("envelope_id", metavar="ENVELOPE_ID")

@@ -35,6 +35,8 @@ from gateway.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
+from gateway.ending import FILE_NAME as ENDING_FILE
+from gateway.ending import Ending, read_ending
 from keys.certs import AgencyCertificate
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError, Refused
@@ -187,6 +189,7 @@ class Report:
     checkpoints: int = 0
     problems: list[str] = field(default_factory=list)
     witnessed: dict[str, int] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)  # log id -> its documented end
 
     @property
     def ok(self) -> bool:
@@ -216,6 +219,7 @@ class Report:
             "logs": self.logs,
             "witnessed": self.witnessed,
             "unwitnessed": self.tails(),
+            "ended": self.ended,
             "checkpoints_checked": self.checkpoints,
             "problems": self.problems,
         }
@@ -240,9 +244,15 @@ def verify_store(
     checkpoints: Iterable[tuple[Checkpoint, AgencyCertificate]],
     *,
     logs: list[str] | None = None,
+    endings: Iterable[Ending] = (),
 ) -> Report:
-    """Recompute every log and check it against every (already signature-checked) checkpoint."""
+    """Recompute every log and check it against every (already signature-checked) checkpoint.
+
+    ``endings`` (CA-signed, :mod:`gateway.ending`): a log ended after its store was lost
+    is reported as ended, not as deleted; a store still holding it must not go past its end.
+    """
     report = Report()
+    ended = {e.origin.rsplit("/", 1)[-1]: e for e in endings}
     by_log: dict[str, list[Checkpoint]] = {}
     for cp, cert in checkpoints:
         if cert.code != cp.code:
@@ -252,6 +262,9 @@ def verify_store(
         report.checkpoints += 1
     held = store.logs()
     for log_id in sorted(set(by_log) - set(held)):
+        if log_id in ended:
+            report.ended[log_id] = ended[log_id].describe()
+            continue
         if logs is None or log_id in logs:
             cp = max(by_log[log_id], key=lambda c: c.size)
             report.problems.append(
@@ -260,6 +273,15 @@ def verify_store(
             )
     for log_id in held if logs is None else [x for x in held if x in logs]:
         _verify_log(store, log_id, sorted(by_log.get(log_id, []), key=lambda c: c.size), report)
+        if log_id in ended:
+            end = ended[log_id]
+            report.ended[log_id] = end.describe()
+            if report.logs.get(log_id, 0) > end.size:
+                report.problems.append(
+                    f"log {log_id!r}: {report.logs[log_id]} leaves, but it {end.describe()}:"
+                    " leaves were written after its end"
+                )
+            report.witnessed[log_id] = max(report.witnessed.get(log_id, 0), end.size)
     report.problems += store.state_problems()
     return report
 
@@ -326,6 +348,18 @@ def _verify_log(store: AuditStore, log_id: str, cps: list[Checkpoint], report: R
                 f"log {log_id!r}: checkpoint {b.describe()} is older than the smaller "
                 f"{a.describe()}"
             )
+
+
+def load_endings(folder: Path, ca: x509.Certificate) -> tuple[list[Ending], list[str]]:
+    """Every log ending (``*/ending.json``) a witness store holds, verified; and the problems."""
+    good: list[Ending] = []
+    problems: list[str] = []
+    for path in sorted(folder.rglob(ENDING_FILE)):
+        try:
+            good.append(read_ending(path.read_bytes(), ca))
+        except Refused as e:
+            problems.append(f"{path}: {e}")
+    return good, problems
 
 
 def load_checkpoint_dir(

@@ -253,6 +253,7 @@ class Gateway:
         self._store_ok = True
         self._in_force_metrics()
         self._health: HealthServer | None = None
+        self._last_published = _now()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -712,6 +713,7 @@ class Gateway:
         previous = self.checkpointer.last.size if self.checkpointer.last else 0
         try:
             if not force and not self.checkpointer.due(now):
+                self._heartbeat(now)
                 return
             message = self.checkpointer.sign(now)
         except Exception as e:  # the log goes on; the next checkpoint covers this one
@@ -720,6 +722,7 @@ class Gateway:
         if message is None or self._transport is None:
             return
         self.counters["checkpoints"] += 1
+        self._last_published = now
         if self.checkpointer.last is not None:
             self.metrics.checkpointed(self.checkpointer.last.size, now)
         future = self._transport.publish(
@@ -737,6 +740,21 @@ class Gateway:
             )
         )
         self._proofs.submit(self._send_proofs, previous, size, message)
+
+    def _heartbeat(self, now: dt.datetime) -> None:
+        """Idle: publish the last checkpoint again every interval, so that the witness can tell
+        a quiet gateway from one that stopped signing (it alarms after 3 intervals)."""
+        last = self.checkpointer.last
+        since = (now - self._last_published).total_seconds()
+        if last is None or self._transport is None or since < self.config.checkpoint_seconds:
+            return
+        self._last_published = now
+        self._transport.publish(
+            CHECKPOINT_EXCHANGE,
+            self.config.gateway_id,
+            self.checkpointer.message(last.note, None),
+            pika.BasicProperties(type="checkpoint", content_type="application/json"),
+        )
 
     def _send_proofs(self, start: int, end: int, message: bytes) -> None:
         """Each sender gets, for its envelopes accepted in leaves [start, end), the leaf index

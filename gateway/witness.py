@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,11 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway import merkle
 from gateway.checkpoint import Checkpoint, read_checkpoint_file
+from gateway.ending import FILE_NAME as ENDING_FILE
+from gateway.ending import Ending, read_ending
 from keys.ca import load_ca_certificate
 from keys.errors import CipherpostError, Refused
+from keys.keystore import write_private_file
 
 CA_FILE = "ca.crt"
 
@@ -72,6 +76,12 @@ class Witness:
         for path in sorted(folder.glob("*/*.checkpoint.json")):
             held = self._parse(path.read_bytes())
             self._logs.setdefault(held.checkpoint.origin, []).append(held)
+        self.endings: dict[str, Ending] = {}
+        for path in sorted(folder.glob(f"*/{ENDING_FILE}")):
+            ending = read_ending(path.read_bytes(), self.ca)
+            self.endings[ending.origin] = ending
+        # origin -> monotonic time its last checkpoint arrived (held logs: from now on)
+        self.last_seen: dict[str, float] = dict.fromkeys(self._logs, time.monotonic())
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -91,6 +101,13 @@ class Witness:
         except Refused as e:
             raise WitnessAlarm(f"checkpoint refused: {e}") from None
         x = new.checkpoint
+        self.last_seen[x.origin] = time.monotonic()
+        ended = self.endings.get(x.origin)
+        if ended is not None and x.size > ended.size:
+            raise WitnessAlarm(
+                f"{x.describe()} after the end of its log ({ended.describe()}): an ended log is"
+                " being written again (a restored copy run under its old log id?)"
+            )
         held = self._logs.get(x.origin, [])
         if held:
             latest = max(held, key=lambda h: h.checkpoint.size).checkpoint
@@ -112,6 +129,32 @@ class Witness:
         self._store(x, data)
         self._logs.setdefault(x.origin, []).append(new)
         return x, True
+
+    def end(self, data: bytes) -> Ending:
+        """Record the CA-signed end of a log; it must end at the last checkpoint held."""
+        ending = read_ending(data, self.ca)
+        held = self.held(ending.origin)
+        if not held:
+            raise CipherpostError(f"this witness holds no checkpoint of {ending.origin}")
+        last = held[-1]
+        if (last.size, last.root) != (ending.size, ending.root):
+            raise CipherpostError(
+                f"{ending.describe()} is not at the last checkpoint held ({last.describe()})"
+            )
+        folder = self.folder / f"{last.code.text}_{last.log_id}"
+        write_private_file(folder / ENDING_FILE, data)
+        self.endings[ending.origin] = ending
+        return ending
+
+    def stale(self, after: float) -> list[str]:
+        """Origins whose last checkpoint arrived more than ``after`` seconds ago (ended ones
+        excepted): a gateway that stopped signing, or a witness that stopped hearing it."""
+        now = time.monotonic()
+        return sorted(
+            origin
+            for origin, seen in self.last_seen.items()
+            if now - seen > after and origin not in self.endings
+        )
 
     def _consistent(self, old: Checkpoint, new: Checkpoint, proof: list[bytes] | None) -> None:
         if proof is None:

@@ -15,7 +15,7 @@ from broker.provision import WITNESS_LOGIN
 from gateway.audit import AuditStore
 from keys.codes import AgencyCode
 from keys.levels import Level
-from tests.exchange import PROVINCE, A, make_world, wait_for
+from tests.exchange import PROVINCE, A, make_world, receive_until, wait_for
 from tests.helpers import cli
 
 
@@ -165,3 +165,61 @@ def test_each_gateway_instance_keeps_its_own_log_and_key(tmp_path, capsys):
         assert len(keys) == 2 and len(set(keys.values())) == 2  # two logs, two audit keys
     finally:
         w.cleanup()
+
+
+def test_a_lost_store_is_recovered_under_a_new_log_and_the_old_one_ended(
+    world, tmp_path, capsys, monkeypatch
+):
+    """The runbook of docs/operations.md: back up, lose the store, end the old log,
+    run under a new one; a restore of an older copy under the old id is still an alarm."""
+    monkeypatch.setenv("CIPHERPOST_PASSPHRASE", PASSPHRASE.decode())
+    store = tmp_path / "witness"
+    run_gateway(world, tmp_path, 2, "before-backup")
+    backup = tmp_path / "backup"
+    assert cli("gateway", "backup", "--config", world.gateway_config(), "--out", backup) == 0
+    manifest = json.loads((backup / "backup.json").read_text())
+    assert manifest["leaves"] >= 4 and manifest["checkpoint_size"] == manifest["leaves"]
+    run_gateway(world, tmp_path, 2, "after-backup")
+    assert witness(world, store, capsys)[0] == 0
+    # The disk holding the store and the state is lost.
+    db = world.root / "audit.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(world.root / "gw1-state")
+    # The cipher department ends the old log at its last witnessed checkpoint ...
+    gateway_code = "000.00.99.G99"
+    assert (
+        cli("audit", "end-log", "--store", store, "--log", f"{gateway_code}/gw1",
+            "--successor", "gw2", "--reason", "disk lost", "--ca", world.ca_dir) == 0
+    )  # fmt: skip
+    assert "ended at size" in capsys.readouterr().out
+    # ... and the gateway starts a new log, with a new audit key, on a new store.
+    audit2 = world.root / "gw2-audit"
+    assert cli("audit", "keygen", "--dir", audit2, "--code", gateway_code) == 0
+    certs = tmp_path / "certs2"
+    assert cli("ca", "issue-audit", audit2 / "audit.req", "--ca", world.ca_dir, "--out", certs) == 0
+    shutil.copy(certs / f"{gateway_code}.audit.crt", audit2 / "audit.crt")
+    config = world.gateway_config("gw1").read_text()
+    config = config.replace('gateway_id = "gw1"', 'gateway_id = "gw2"')
+    config = config.replace('audit_db = "audit.db"', 'audit_db = "audit2.db"')
+    config = config.replace('state_dir = "gw1-state"', 'state_dir = "gw2-state"')
+    config = config.replace('audit_dir = "gw1-audit"', 'audit_dir = "gw2-audit"')
+    world.gateway_config("gw2").write_text(config)
+    world.start_gateway("gw2")
+    ids = send(world, tmp_path, 2, "recovered")
+    with world.client(A) as a:
+        assert {d.envelope_id for d in receive_until(a, set(ids))} >= set(ids)
+    world.stop_gateways()
+    code, out = witness(world, store, capsys)
+    assert code == 0, out
+    assert main(["audit", "verify", "--db", str(world.root / "audit2.db"),
+                 "--checkpoints", str(store)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "ENDED: log 'gw1'" in out and "disk lost" in out and "OK" in out
+    # Someone restores last week's copy under the old log id: the witness still alarms.
+    shutil.copy(backup / "audit.db", db)
+    shutil.copytree(backup / "state", world.root / "gw1-state")
+    run_gateway(world, tmp_path, 2, "restored-old")
+    code, out = witness(world, store, capsys)
+    assert code == 3, out
+    assert "ALARM" in out and "gw1" in out, out
