@@ -202,3 +202,17 @@ def test_the_gateways_store_and_state_files_are_private(gw, kit):
     assert any(f.name.startswith("checkpoint-") for f in files)
     for f in files:
         assert f.stat().st_mode & 0o077 == 0, f
+
+
+def test_the_gateway_says_ready_to_systemd_once_connected(gw, tmp_path, monkeypatch):
+    import socket
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert gw.not_ready() == ["not connected to the broker"]
+        gw._connected()  # what the consumer calls once it consumes
+        assert server.recv(64) == b"READY=1"
+        assert gw.ready.is_set()
