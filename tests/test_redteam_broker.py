@@ -254,3 +254,78 @@ def test_the_agent_writes_no_file_through_a_link_in_the_inbox(world, tmp_path):
     with world.client(B) as b:
         receive_until(b, {eid.hex()})
     assert outside.read_bytes() == b"not the agent's to write\n", "written through the link"
+
+
+def test_a_file_name_too_long_in_bytes_is_received_and_leaves_no_plaintext(world, tmp_path):
+    """A1 (any sender the policy lets reach B) breaks invariant 9 at B's agent.
+
+    ``_safe_filename`` keeps at most 120 *characters* of the sender's file
+    name, but a file name is limited to 255 *bytes*: 120 four-byte letters
+    (or a long name in a script of three-byte letters) make the final
+    ``os.replace`` fail with ENAMETOOLONG, after the document was decrypted
+    and linked as ``.<id>.opened``. That is not an ``EnvelopeRefused``: the
+    agent logs an internal error and requeues, five times, then the broker
+    dead-letters the part. The document never reaches the inbox, no receipt
+    or refusal is recorded, and the decrypted plaintext stays in the inbox
+    folder as a hidden ``.opened`` file.
+
+    Observed: nothing received; ``.<id>.opened`` (plaintext) left in B's
+    inbox. Expected: the document received under a name cut to fit in
+    bytes, no hidden plaintext file left behind.
+    """
+    name = "\U0001d518" * 200 + ".txt"  # MATHEMATICAL FRAKTUR CAPITAL U: a letter, 4 bytes
+    path = tmp_path / "short.txt"
+    path.write_bytes(b"a document with a long name\n")
+    eid = os.urandom(16)
+    with world.client(A) as a:
+        out = io.BytesIO()
+        body = path.read_bytes()
+        envelopes.seal(
+            io.BytesIO(body),
+            out,
+            keys=a.keys,
+            directory=a.directory,
+            to=[AgencyCode.parse(B)],
+            level=Level.MAT,
+            size=len(body),
+            metadata=envelopes.Metadata(subject="", filename=name),
+            envelope_id=eid,
+        )
+    for part in parts_of(out.getvalue()):
+        submit(world, A, part)
+    inbox = world.root / "agents" / B / "inbox"
+    with world.client(B) as b:
+        b.receive(idle=4)
+        received = b.state.received(eid.hex())
+    leftovers = sorted(p.name for p in inbox.glob(f".{eid.hex()}*"))
+    assert leftovers == [], f"plaintext left in the inbox: {leftovers}"
+    assert received is not None and received["outcome"] == "ok"
+
+
+def test_an_agency_cannot_watch_another_agencys_inbox(world):
+    """A1 observes other agencies' traffic (metadata; outside the ten invariants, Low).
+
+    RabbitMQ checks no permission on a *passive* ``queue.declare``: with its
+    own login, an agency learns, for any agency code it can guess (codes are
+    public), how many documents and notices wait in that agency's inbox and
+    whether its agent is connected (``consumer_count``), and the depth of
+    every submit lane and of the dead-letter queue. Polled, that is who
+    receives how much and when, and who is online: traffic analysis of state
+    secret exchanges by any enrolled commune.
+
+    Observed: the passive declare of ``cp.inbox.<B>`` by A succeeds.
+    Expected: refused (inbox names not guessable from the code, e.g. derived
+    with a secret, or one vhost per agency fed by the gateway).
+    """
+    conn = pika.BlockingConnection(broker_config(world, A).parameters())
+    try:
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            ok = ch.queue_declare(inbox_queue(AgencyCode.parse(B)), passive=True)
+            pytest.fail(
+                f"A sees B's inbox: {ok.method.message_count} messages, "
+                f"{ok.method.consumer_count} consumers"
+            )
+    finally:
+        if conn.is_open:
+            conn.close()
