@@ -17,6 +17,7 @@ import json
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ def cmd_witness(args: argparse.Namespace) -> int:
     broker = BrokerConfig.load(args.broker)
     alarm: list[str] = []
     seen = [0, 0]
+    last_new = [time.monotonic()]
     stop = threading.Event()
 
     def handle(d: Delivery) -> None:
@@ -105,6 +107,8 @@ def cmd_witness(args: argparse.Namespace) -> int:
             return
         seen[0] += 1
         seen[1] += int(new)
+        if new:
+            last_new[0] = time.monotonic()
         log.info("checkpoint_witnessed", checkpoint=cp.describe(), new=new)
         if args.verbose:
             print(f"witnessed {cp.describe()}", flush=True)
@@ -134,7 +138,17 @@ def cmd_witness(args: argparse.Namespace) -> int:
 
         threading.Thread(target=watch, daemon=True).start()
         threading.Thread(target=staleness, daemon=True).start()
-    consumer.run(until_idle=None if args.follow else args.idle)
+    else:
+        # Idle gateways republish their last checkpoint: "idle" is no NEW checkpoint.
+        def idle() -> None:
+            while not stop.wait(0.2):
+                if time.monotonic() - last_new[0] > args.idle:
+                    consumer.stop()
+                    return
+
+        threading.Thread(target=idle, daemon=True).start()
+    consumer.run()
+    stop.set()
     if alarm:
         sys.stderr.write(f"cipherpost: ALARM: {alarm[0]}\n")
         return EXIT_REFUSED
@@ -411,7 +425,7 @@ def register(group: Group, add: Add) -> None:
         type=float,
         default=3.0,
         metavar="SECONDS",
-        help="without --follow: stop after this long without a checkpoint (default 3)",
+        help="without --follow: stop after this long without a new checkpoint (default 3)",
     )
     sp.add_argument("-v", "--verbose", action="store_true", help="print each checkpoint")
     sp.add_argument(

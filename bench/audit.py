@@ -105,7 +105,16 @@ def main() -> int:
         start = time.perf_counter()
         for k in range(0, args.leaves, args.batch):
             batch = records[k : k + args.batch]
-            store.commit([Entry(r, decides=(r.envelope_id, r.digest)) for r in batch])
+            store.commit(
+                [
+                    Entry(
+                        r,
+                        decides=(r.envelope_id, r.digest),
+                        part=(r.envelope_id, r.digest, 0, r.digest),
+                    )
+                    for r in batch
+                ]
+            )
             if store.size() % every < args.batch or k + args.batch >= args.leaves:
                 size, root = store.root()
                 note = sign_checkpoint(key, GATEWAY, "gw1", size, root, T0)

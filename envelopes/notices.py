@@ -49,6 +49,14 @@ STATUS_NAMES = {
 }
 REPLY_STATUSES = ("02", "03", "04", "05", "06")
 GATEWAY_REFUSED = "refused"
+# Which status each kind may carry: a receipt is 01, a recall 13 (from the sender); a status
+# from a recipient is 02-06 or its answer to a recall (15, 16); a rejection the gateway's own.
+KIND_STATUSES = {
+    KIND_RECEIPT: ("01",),
+    KIND_STATUS: ("02", "03", "04", "05", "06", "15", "16"),
+    KIND_RECALL: ("13",),
+    KIND_REJECTION: (GATEWAY_REFUSED,),
+}
 
 
 @dataclass(frozen=True)
@@ -100,9 +108,9 @@ def sign_notice(
     """Build and sign a notice."""
     if kind not in KINDS:
         raise UsageError(f"unknown notice kind {kind!r}")
-    if kind != KIND_REJECTION and status not in STATUS_NAMES:
+    if status not in KIND_STATUSES[kind]:
         raise UsageError(
-            f"unknown status code {status!r}: expected one of {', '.join(STATUS_NAMES)}"
+            f"a {kind} carries status {' or '.join(KIND_STATUSES[kind])}, not {status!r}"
         )
     if len(note) > MAX_TEXT or len(reason) > MAX_TEXT:
         raise UsageError(f"note and reason are limited to {MAX_TEXT} characters")
@@ -166,8 +174,8 @@ def _parse_body(raw: bytes, body: bytes) -> Notice:
         (kind, envelope_id, header_hash, signer, addressee, status, rule_id, reason, when, note) = (
             msgpack.unpackb(body, raw=False, use_list=False, max_map_len=0, max_ext_len=0)
         )
-        if kind not in KINDS:
-            raise ValueError("kind")
+        if kind not in KINDS or status not in KIND_STATUSES[kind]:
+            raise ValueError("kind or status")
         for value in (rule_id, reason, note, status):
             if not isinstance(value, str) or len(value) > MAX_TEXT:
                 raise ValueError("text field")

@@ -7,18 +7,22 @@ RFC 6962 log (``log_id``); the perfect-subtree hashes are stored beside it
 keys. UPDATE and DELETE are refused by triggers (an operator with the file can
 still edit it: that is what the signed checkpoints and the witness catch).
 
-Beside the leaves, three tables drive the gateway and are **derived from the
-leaves** (:meth:`AuditStore.state_problems` checks them against the leaves;
-``audit verify`` reports any difference):
+Beside the leaves, four tables drive the gateway and are **derived from the
+leaves** (:meth:`AuditStore.state_problems` checks them against the leaves,
+both ways; ``audit verify`` reports any difference):
 
 - ``decisions``: the one decision per exact signed header, keyed on
   (envelope id, header hash). A second header under a decided id never gets a
-  decision of its own: :meth:`AuditStore.commit` records what ``on_conflict``
-  says instead (the gateway: an ``invariant:id-reuse`` refusal).
-- ``relayed``: notices relayed once (by the digest of their bytes).
-- ``forwarded``: parts whose forward the broker confirmed, with the digest of
-  the part's bytes (a byte-identical copy is a duplicate, another copy a
-  conflict); each must belong to an accepted decision.
+  decision of its own: the store records what the resolver says instead (the
+  gateway: an ``invariant:id-reuse`` refusal).
+- ``forwarded``: the one accepted part per position of an accepted header,
+  with the digest of its bytes (a byte-identical copy is a duplicate, another
+  one a conflict, recorded as the resolver says).
+- ``relayed``: notices relayed once per (envelope, signer, kind, status).
+- ``refused``: verified messages refused once (by the digest of their bytes).
+
+``confirmed`` (which forwards the broker confirmed) is operational only: a
+lost row means one more forward, which the agents deduplicate.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Protocol
 
 import msgpack
 
@@ -41,7 +46,9 @@ LEAF_VERSION = 2
 ACCEPTED = "accepted"
 REFUSED = "refused"
 SUBMISSION = "submission"  # the event of a decision on one verified header
+PART = "part"  # the event of a later part accepted under a decided header
 NOTICE_EVENTS = ("receipt", "status", "recall")  # relayed notices
+REFUSAL_EVENTS = ("part-refused", "notice-refused")  # verified messages refused once
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class Record:
     count: int = 1
     policy_version: int = 0
     directory_version: int = 0
+    part: int = -1  # the part (segment index) this leaf is about, if any
+    message_digest: str = ""  # SHA-256 of the exact message (part or notice) it is about
 
     def values(self) -> dict[str, object]:
         """Every field by name, as stored (time ISO 8601, recipients a list)."""
@@ -109,12 +118,14 @@ RECORD_FIELDS = (
     "reason",
     "policy_version",
     "directory_version",
+    "part",
+    "message_digest",
     "gateway_id",
 )
 assert set(RECORD_FIELDS) == {f.name for f in fields(Record)}
 LEAF_FIELDS = ("version", "leaf_index", "time_ms", *RECORD_FIELDS[1:])
 RECORD_COLUMNS = ("seq", "log_id", "leaf_index", *RECORD_FIELDS)
-_INTEGER = {"size", "count", "policy_version", "directory_version"}
+_INTEGER = {"size", "count", "policy_version", "directory_version", "part"}
 # Version 1 leaves (before decisions were bound to headers): same order, fewer fields.
 _V1_FIELDS = (
     "version",
@@ -138,6 +149,8 @@ _V2_DEFAULTS: dict[str, object] = {
     "count": 1,
     "policy_version": 0,
     "directory_version": 0,
+    "part": -1,
+    "message_digest": "",
 }
 
 SCHEMA = f"""
@@ -178,6 +191,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     PRIMARY KEY (envelope_id, header_hash)
 );
 CREATE TABLE IF NOT EXISTS relayed (
+    relay_key TEXT PRIMARY KEY,
+    log_id TEXT NOT NULL,
+    leaf_index INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refused (
     digest TEXT PRIMARY KEY,
     log_id TEXT NOT NULL,
     leaf_index INTEGER NOT NULL
@@ -187,6 +205,14 @@ CREATE TABLE IF NOT EXISTS forwarded (
     header_hash TEXT NOT NULL,
     part INTEGER NOT NULL,
     digest TEXT NOT NULL,
+    log_id TEXT NOT NULL,
+    leaf_index INTEGER NOT NULL,
+    PRIMARY KEY (envelope_id, header_hash, part)
+);
+CREATE TABLE IF NOT EXISTS confirmed (
+    envelope_id TEXT NOT NULL,
+    header_hash TEXT NOT NULL,
+    part INTEGER NOT NULL,
     PRIMARY KEY (envelope_id, header_hash, part)
 );
 """
@@ -214,27 +240,51 @@ class Decided:
 
 @dataclass(frozen=True)
 class Entry:
-    """One record to append, and what it settles.
+    """One record to append, and what it claims.
 
-    ``decides``: (envelope id, header hash) it decides; if already decided the
-    standing decision is returned and nothing is appended; if the id is decided
-    under another header, ``on_conflict`` of :meth:`AuditStore.commit` says what
-    to record instead. ``relays``: the digest of a notice relayed once.
+    ``decides``: the (envelope id, header hash) it decides. ``part``: (envelope
+    id, header hash, index, digest) of the part it accepts at that position.
+    ``relays``: the key of a notice relayed once. ``refuses``: the digest of a
+    verified message refused once. A claim already made returns the standing
+    outcome and appends nothing; a contradicting one appends what the
+    :class:`Resolver` says instead.
     """
 
     record: Record
     decides: tuple[str, str] | None = None
+    part: tuple[str, str, int, str] | None = None
     relays: str | None = None
+    refuses: str | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What an append decided: the leaf it became (or the earlier decision that stands)."""
+    """What an append decided: the leaf it became (or the earlier decision that stands).
+
+    ``conflict``: ``"id"`` (another header under a decided id) or ``"part"``
+    (another part at an accepted position) when the resolver's record was
+    appended instead; ``part_new``: the entry's part claim was new.
+    """
 
     leaf_index: int
     decision: str
     rule_id: str
     new: bool
+    conflict: str | None = None
+    reason: str = ""
+
+
+class Resolver(Protocol):
+    """What to record instead, when an entry contradicts what is already decided."""
+
+    def id_reuse(self, record: Record) -> Record:
+        """A second header under a decided envelope id."""
+
+    def part_conflict(self, record: Record) -> Record:
+        """Another part at a position whose part was already accepted."""
+
+    def later_part(self, record: Record, standing: Outcome) -> Record:
+        """A decision attempt on a header already accepted: the record of its part instead."""
 
 
 def decode_leaf(leaf: bytes) -> dict[str, object]:
@@ -289,7 +339,7 @@ class AuditStore:
             self._check_format()
             self._db.executescript(SCHEMA + TRIGGERS)
         self._range: merkle.CompactRange | None = None
-        self._marks: dict[tuple[str, str, int], str] = {}
+        self._marks: set[tuple[str, str, int]] = set()
 
     def _check_format(self) -> None:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(records)")}
@@ -315,26 +365,22 @@ class AuditStore:
         """Append one record durably (see :meth:`commit`)."""
         return self.commit([Entry(record, decides)])[0]
 
-    def commit(
-        self,
-        entries: Sequence[Entry],
-        on_conflict: Callable[[Record], Record] | None = None,
-    ) -> list[Outcome]:
+    def commit(self, entries: Sequence[Entry], resolver: Resolver | None = None) -> list[Outcome]:
         """Append ``entries`` in order, durably, in one transaction; one outcome per entry.
 
-        An entry that decides an already decided header (a redelivery, another
-        gateway process, or an earlier entry of this group) appends nothing and
-        returns the standing decision with ``new=False``; one that decides a
-        second header under a decided envelope id appends ``on_conflict(record)``
-        instead (required then). Forwards remembered with :meth:`mark_forwarded`
-        are written in the same transaction.
+        Claims already made (by a redelivery, another gateway process, or an
+        earlier entry of this group) append nothing and return the standing
+        outcome with ``new=False``; a contradicting claim appends what
+        ``resolver`` says instead (required then). Confirmed forwards
+        remembered with :meth:`mark_confirmed` are written in the same
+        transaction.
         """
         with self._lock:
             if not entries and not self._marks:
                 return []
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                outcomes = self._append_all(entries, on_conflict)
+                outcomes = _Group(self, resolver).append(entries)
                 self._write_marks()
                 self._db.execute("COMMIT")
             except BaseException:
@@ -343,69 +389,6 @@ class AuditStore:
                 raise
             return outcomes
 
-    def _append_all(
-        self, entries: Sequence[Entry], on_conflict: Callable[[Record], Record] | None
-    ) -> list[Outcome]:
-        tree = self._tree()
-        outcomes: list[Outcome] = []
-        decided: dict[tuple[str, str], Outcome] = {}  # in this group
-        ids: set[str] = set()
-        relayed: dict[str, Outcome] = {}
-        rows, nodes, decision_rows, relay_rows = [], [], [], []
-        for entry in entries:
-            record = entry.record
-            if entry.decides is not None:
-                key = entry.decides
-                prior = decided.get(key) or self._standing(key)
-                if prior is not None:
-                    outcomes.append(prior)
-                    continue
-                if key[0] in ids or self._has_envelope(key[0]):
-                    if on_conflict is None:
-                        raise ValueError(f"envelope {key[0]} is decided under another header")
-                    record = on_conflict(record)
-            if entry.relays is not None:
-                prior = relayed.get(entry.relays) or self._relayed(entry.relays)
-                if prior is not None:
-                    outcomes.append(prior)
-                    continue
-            index = tree.size
-            leaf = record.leaf(index)
-            lh = merkle.leaf_hash(leaf)
-            nodes += [(self.log_id, lvl, i, h) for lvl, i, h in tree.append(lh) if lvl > 0]
-            values = record.values()
-            values["recipients"] = json.dumps(values["recipients"])
-            rows.append((self.log_id, index, *(values[f] for f in RECORD_FIELDS), leaf, lh))
-            outcomes.append(Outcome(index, record.decision, record.rule_id, True))
-            standing = Outcome(index, record.decision, record.rule_id, False)
-            if entry.decides is not None:
-                decided[entry.decides] = standing
-                ids.add(entry.decides[0])
-                decision_rows.append(
-                    (
-                        *entry.decides,
-                        record.decision,
-                        record.rule_id,
-                        record.sender,
-                        json.dumps(list(record.recipients)),
-                        self.log_id,
-                        index,
-                    )
-                )
-            if entry.relays is not None:
-                relayed[entry.relays] = standing
-                relay_rows.append((entry.relays, self.log_id, index))
-        columns = ", ".join(RECORD_COLUMNS[1:])
-        self._db.executemany(
-            f"INSERT INTO records ({columns}, leaf, leaf_hash)"  # noqa: S608 - fixed names
-            f" VALUES ({', '.join('?' * (len(RECORD_COLUMNS) + 1))})",
-            rows,
-        )
-        self._db.executemany("INSERT INTO nodes VALUES (?,?,?,?)", nodes)
-        self._db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?)", decision_rows)
-        self._db.executemany("INSERT INTO relayed VALUES (?,?,?)", relay_rows)
-        return outcomes
-
     def _tree(self) -> merkle.CompactRange:
         """This log's compact range, re-read if another process appended since."""
         size = self._size(self.log_id)
@@ -413,115 +396,124 @@ class AuditStore:
             self._range = merkle.CompactRange.from_store(size, self._node_reader(self.log_id))
         return self._range
 
-    def _standing(self, key: tuple[str, str]) -> Outcome | None:
-        row = self._db.execute(
-            "SELECT decision, rule_id, leaf_index FROM decisions"
-            " WHERE envelope_id=? AND header_hash=?",
-            key,
-        ).fetchone()
-        return None if row is None else Outcome(int(row[2]), str(row[0]), str(row[1]), False)
-
-    def _has_envelope(self, envelope_id: str) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM decisions WHERE envelope_id=? LIMIT 1", (envelope_id,)
-        ).fetchone()
-        return row is not None
-
-    def _relayed(self, digest: str) -> Outcome | None:
-        row = self._db.execute(
-            "SELECT leaf_index FROM relayed WHERE digest=?", (digest,)
-        ).fetchone()
-        return None if row is None else Outcome(int(row[0]), ACCEPTED, "notice", False)
+    def _one(self, sql: str, args: tuple[object, ...]) -> tuple[object, ...] | None:
+        row = self._db.execute(sql, args).fetchone()
+        return None if row is None else tuple(row)
 
     # --- the state the gateway decides on (see gateway.decide.State) -------------------------
 
     def decision(self, envelope_id: str, header_hash: str) -> Decided | None:
         """The decision standing for this exact header, if any."""
         with self._lock:
-            row = self._db.execute(
+            row = self._one(
                 "SELECT decision, rule_id, sender, recipients, leaf_index FROM decisions"
                 " WHERE envelope_id=? AND header_hash=?",
                 (envelope_id, header_hash),
-            ).fetchone()
+            )
         if row is None:
             return None
         return Decided(
-            str(row[0]), str(row[1]), str(row[2]), tuple(json.loads(row[3])), int(row[4])
+            str(row[0]),
+            str(row[1]),
+            str(row[2]),
+            tuple(json.loads(str(row[3]))),
+            int(row[4]),  # type: ignore[call-overload]
         )
 
     def has_envelope(self, envelope_id: str) -> bool:
         """Whether any header was decided under this envelope id."""
         with self._lock:
-            return self._has_envelope(envelope_id)
+            return (
+                self._one("SELECT 1 FROM decisions WHERE envelope_id=?", (envelope_id,)) is not None
+            )
 
-    def relayed(self, digest: str) -> bool:
-        """Whether the notice with these bytes was relayed already."""
+    def relayed(self, key: str) -> bool:
+        """Whether a notice with this relay key was relayed already."""
         with self._lock:
-            return self._relayed(digest) is not None
+            return self._one("SELECT 1 FROM relayed WHERE relay_key=?", (key,)) is not None
 
-    def forwarded(self, envelope_id: str, header_hash: str, part: int) -> str | None:
-        """The digest of the part forwarded at this position, if one was."""
-        key = (envelope_id, header_hash, part)
+    def refused(self, digest: str) -> bool:
+        """Whether the verified message with these bytes was refused already."""
         with self._lock:
-            if key in self._marks:
-                return self._marks[key]
-            row = self._db.execute(
+            return self._one("SELECT 1 FROM refused WHERE digest=?", (digest,)) is not None
+
+    def part(self, envelope_id: str, header_hash: str, index: int) -> str | None:
+        """The digest of the part accepted at this position, if one was."""
+        with self._lock:
+            row = self._one(
                 "SELECT digest FROM forwarded WHERE envelope_id=? AND header_hash=? AND part=?",
-                key,
-            ).fetchone()
+                (envelope_id, header_hash, index),
+            )
         return None if row is None else str(row[0])
 
-    def mark_forwarded(self, envelope_id: str, header_hash: str, part: int, digest: str) -> None:
+    def confirmed(self, envelope_id: str, header_hash: str, index: int) -> bool:
+        """Whether the broker confirmed the forward of the part at this position."""
+        key = (envelope_id, header_hash, index)
+        with self._lock:
+            if key in self._marks:
+                return True
+            return (
+                self._one(
+                    "SELECT 1 FROM confirmed WHERE envelope_id=? AND header_hash=? AND part=?",
+                    key,
+                )
+                is not None
+            )
+
+    def mark_confirmed(self, envelope_id: str, header_hash: str, index: int) -> None:
         """Remember a confirmed forward; written with the next :meth:`commit`."""
         with self._lock:
-            self._marks[(envelope_id, header_hash, part)] = digest
+            self._marks.add((envelope_id, header_hash, index))
 
     def _write_marks(self) -> None:
-        marks, self._marks = self._marks, {}
-        self._db.executemany(
-            "INSERT OR IGNORE INTO forwarded VALUES (?,?,?,?)",
-            sorted((*k, v) for k, v in marks.items()),
-        )
+        marks, self._marks = self._marks, set()
+        self._db.executemany("INSERT OR IGNORE INTO confirmed VALUES (?,?,?)", sorted(marks))
 
     def state_problems(self) -> list[str]:
-        """Differences between the decision state and the leaves it derives from."""
+        """Differences between the state tables and the leaves they derive from (both ways)."""
         with self._lock:
-            leaves = {
-                (str(r[0]), str(r[1])): tuple(r[2:])
-                for r in self._db.execute(
-                    "SELECT envelope_id, digest, decision, rule_id, sender, recipients, log_id,"
-                    " leaf_index FROM records WHERE event=? AND sender != '' ORDER BY seq DESC",
-                    (SUBMISSION,),
-                )
+            derived = _derived_state(self._db)
+            held: dict[str, dict[tuple[object, ...], tuple[object, ...]]] = {
+                "decision": {
+                    (str(r[0]), str(r[1])): tuple(r[2:])
+                    for r in self._db.execute(
+                        "SELECT envelope_id, header_hash, decision, rule_id, sender, recipients,"
+                        " log_id, leaf_index FROM decisions"
+                    )
+                },
+                "forwarded part": {
+                    (str(r[0]), str(r[1]), int(r[2])): tuple(r[3:])
+                    for r in self._db.execute(
+                        "SELECT envelope_id, header_hash, part, digest, log_id, leaf_index"
+                        " FROM forwarded"
+                    )
+                },
+                "relayed notice": {
+                    (str(r[0]),): tuple(r[1:])
+                    for r in self._db.execute("SELECT relay_key, log_id, leaf_index FROM relayed")
+                },
+                "refused message": {
+                    (str(r[0]),): tuple(r[1:])
+                    for r in self._db.execute("SELECT digest, log_id, leaf_index FROM refused")
+                },
             }
-            rows = {
-                (str(r[0]), str(r[1])): tuple(r[2:])
-                for r in self._db.execute(
-                    "SELECT envelope_id, header_hash, decision, rule_id, sender, recipients,"
-                    " log_id, leaf_index FROM decisions"
-                )
-            }
-            forwarded = self._db.execute(
-                "SELECT envelope_id, header_hash, part FROM forwarded"
-            ).fetchall()
-            relays = self._db.execute(
-                "SELECT x.digest, r.digest, x.log_id, x.leaf_index, r.event FROM relayed x"
-                " LEFT JOIN records r ON r.log_id = x.log_id AND r.leaf_index = x.leaf_index"
+            confirmed = self._db.execute(
+                "SELECT envelope_id, header_hash, part FROM confirmed"
             ).fetchall()
         problems = []
-        for key in sorted(rows.keys() - leaves.keys()):
-            problems.append(f"decision for envelope {key[0]} header {key[1][:16]} has no leaf")
-        for key in sorted(leaves.keys() - rows.keys()):
-            problems.append(f"leaf deciding envelope {key[0]} has no decision row")
-        for key in sorted(rows.keys() & leaves.keys()):
-            if rows[key] != leaves[key]:
-                problems.append(f"decision for envelope {key[0]} differs from its leaf")
-        for eid, header_hash, part in forwarded:
-            if rows.get((eid, header_hash), (None,))[0] != ACCEPTED:
-                problems.append(f"part {part} of envelope {eid} marked forwarded, not accepted")
-        for digest, leaf_digest, log_id, index, event in relays:
-            if event not in NOTICE_EVENTS or digest != leaf_digest:
-                problems.append(f"relayed notice at {log_id}#{index} has no notice leaf")
+        for what, rows in held.items():
+            leaves = derived[what]
+            for key in sorted(rows.keys() - leaves.keys()):
+                problems.append(f"{what} {'/'.join(map(str, key))[:80]} has no leaf")
+            for key in sorted(leaves.keys() - rows.keys()):
+                problems.append(f"leaf of {what} {'/'.join(map(str, key))[:80]} has no row")
+            for key in sorted(rows.keys() & leaves.keys()):
+                if rows[key] != leaves[key]:
+                    problems.append(f"{what} {'/'.join(map(str, key))[:80]} differs from its leaf")
+        forwarded = held["forwarded part"]
+        for eid, header_hash, index in confirmed:
+            if (eid, header_hash, index) not in forwarded:
+                problems.append(f"part {index} of envelope {eid} confirmed, never accepted")
         return [f"state: {p}" for p in problems]
 
     # --- the Merkle log ----------------------------------------------------------------------
@@ -682,3 +674,177 @@ class AuditStore:
             d["recipients"] = json.loads(str(d["recipients"]))
             out.append(d)
         return out
+
+
+def relay_key(envelope_id: str, signer: str, kind: str, status: str) -> str:
+    """A notice is relayed once per (envelope, signer, kind, status): the key."""
+    return f"{envelope_id}/{signer}/{kind}/{status}"
+
+
+def notice_reason(status: str) -> str:
+    """The reason of a relayed notice's leaf (status is a validated code)."""
+    return f"status {status}"
+
+
+def _derived_state(
+    db: sqlite3.Connection,
+) -> dict[str, dict[tuple[object, ...], tuple[object, ...]]]:
+    """What the state tables must hold, recomputed from the leaves."""
+    out: dict[str, dict[tuple[object, ...], tuple[object, ...]]] = {
+        "decision": {},
+        "forwarded part": {},
+        "relayed notice": {},
+        "refused message": {},
+    }
+    rows = db.execute(
+        "SELECT event, envelope_id, digest, decision, rule_id, sender, recipients, log_id,"
+        " leaf_index, part, message_digest, reason FROM records WHERE sender != '' ORDER BY seq"
+    )
+    for (
+        event,
+        eid,
+        digest,
+        decision,
+        rule,
+        sender,
+        recipients,
+        log_id,
+        index,
+        part,
+        md,
+        reason,
+    ) in rows:
+        where = (log_id, index)
+        if event == SUBMISSION:
+            out["decision"].setdefault((eid, digest), (decision, rule, sender, recipients, *where))
+        if (event == SUBMISSION and decision == ACCEPTED) or event == PART:
+            out["forwarded part"].setdefault((eid, digest, part), (md, *where))
+        if event in NOTICE_EVENTS and decision == ACCEPTED:
+            status = str(reason).removeprefix("status ")
+            out["relayed notice"].setdefault((relay_key(eid, sender, event, status),), where)
+        if event in REFUSAL_EVENTS:
+            out["refused message"].setdefault((md,), where)
+    return out
+
+
+class _Group:
+    """One commit's appends: the claims of each entry checked against the store and the group."""
+
+    def __init__(self, store: AuditStore, resolver: Resolver | None) -> None:
+        self.store = store
+        self.db = store._db
+        self.resolver = resolver
+        self.tree = store._tree()
+        self.decided: dict[tuple[str, str], Outcome] = {}
+        self.ids: set[str] = set()
+        self.parts: dict[tuple[str, str, int], str] = {}
+        self.relays: set[str] = set()
+        self.refusals: set[str] = set()
+        self.rows: list[tuple[object, ...]] = []
+        self.nodes: list[tuple[object, ...]] = []
+        self.decision_rows: list[tuple[object, ...]] = []
+        self.part_rows: list[tuple[object, ...]] = []
+        self.relay_rows: list[tuple[object, ...]] = []
+        self.refusal_rows: list[tuple[object, ...]] = []
+
+    def _need(self) -> Resolver:
+        if self.resolver is None:
+            raise ValueError("a claim contradicts the store and no resolver was given")
+        return self.resolver
+
+    def _standing(self, key: tuple[str, str]) -> Outcome | None:
+        if key in self.decided:
+            return self.decided[key]
+        row = self.store._one(
+            "SELECT decision, rule_id, leaf_index FROM decisions WHERE envelope_id=? AND"
+            " header_hash=?",
+            key,
+        )
+        return None if row is None else Outcome(int(row[2]), str(row[0]), str(row[1]), False)  # type: ignore[call-overload]
+
+    def _part(self, key: tuple[str, str, int]) -> str | None:
+        if key in self.parts:
+            return self.parts[key]
+        row = self.store._one(
+            "SELECT digest FROM forwarded WHERE envelope_id=? AND header_hash=? AND part=?", key
+        )
+        return None if row is None else str(row[0])
+
+    def _seen(self, table: str, column: str, key: str, local: set[str]) -> bool:
+        return key in local or (
+            self.store._one(f"SELECT 1 FROM {table} WHERE {column}=?", (key,)) is not None  # noqa: S608 - fixed names
+        )
+
+    def append(self, entries: Sequence[Entry]) -> list[Outcome]:
+        outcomes = [self._one_entry(e) for e in entries]
+        db = self.db
+        db.executemany(
+            f"INSERT INTO records ({', '.join(RECORD_COLUMNS[1:])}, leaf, leaf_hash)"  # noqa: S608 - fixed names
+            f" VALUES ({', '.join('?' * (len(RECORD_COLUMNS) + 1))})",
+            self.rows,
+        )
+        db.executemany("INSERT INTO nodes VALUES (?,?,?,?)", self.nodes)
+        db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?)", self.decision_rows)
+        db.executemany("INSERT INTO forwarded VALUES (?,?,?,?,?,?)", self.part_rows)
+        db.executemany("INSERT INTO relayed VALUES (?,?,?)", self.relay_rows)
+        db.executemany("INSERT INTO refused VALUES (?,?,?)", self.refusal_rows)
+        return outcomes
+
+    def _one_entry(self, entry: Entry) -> Outcome:
+        record = entry.record
+        decides, part, conflict = entry.decides, entry.part, None
+        if entry.refuses is not None and self._seen(
+            "refused", "digest", entry.refuses, self.refusals
+        ):
+            return Outcome(-1, REFUSED, record.rule_id, False)
+        if entry.relays is not None and self._seen(
+            "relayed", "relay_key", entry.relays, self.relays
+        ):
+            return Outcome(-1, ACCEPTED, record.rule_id, False)
+        if decides is not None:
+            standing = self._standing(decides)
+            if standing is None and (decides[0] in self.ids or self.store._one(
+                "SELECT 1 FROM decisions WHERE envelope_id=?", (decides[0],)
+            )):  # fmt: skip
+                record, conflict, part = self._need().id_reuse(record), "id", None
+            elif standing is not None:
+                if part is None or standing.decision != ACCEPTED:
+                    return standing
+                record, decides = self._need().later_part(record, standing), None
+        if part is not None and record.decision == ACCEPTED:
+            claimed = self._part(part[:3])
+            if claimed == part[3]:
+                return Outcome(-1, ACCEPTED, record.rule_id, False)
+            if claimed is not None:
+                record, conflict, part = self._need().part_conflict(record), "part", None
+        index = self._leaf(record)
+        if decides is not None:
+            self.decided[decides] = Outcome(index, record.decision, record.rule_id, False)
+            self.ids.add(decides[0])
+            self.decision_rows.append(
+                (*decides, record.decision, record.rule_id, record.sender,
+                 json.dumps(list(record.recipients)), self.store.log_id, index)
+            )  # fmt: skip
+        if part is not None and record.decision == ACCEPTED:
+            self.parts[part[:3]] = part[3]
+            self.part_rows.append((*part, self.store.log_id, index))
+        if entry.relays is not None:
+            self.relays.add(entry.relays)
+            self.relay_rows.append((entry.relays, self.store.log_id, index))
+        if entry.refuses is not None or record.event in REFUSAL_EVENTS:
+            key = entry.refuses or record.message_digest
+            self.refusals.add(key)
+            self.refusal_rows.append((key, self.store.log_id, index))
+        return Outcome(index, record.decision, record.rule_id, True, conflict, record.reason)
+
+    def _leaf(self, record: Record) -> int:
+        index = self.tree.size
+        leaf = record.leaf(index)
+        lh = merkle.leaf_hash(leaf)
+        self.nodes += [
+            (self.store.log_id, lvl, i, h) for lvl, i, h in self.tree.append(lh) if lvl > 0
+        ]
+        values = record.values()
+        values["recipients"] = json.dumps(values["recipients"])
+        self.rows.append((self.store.log_id, index, *(values[f] for f in RECORD_FIELDS), leaf, lh))
+        return index

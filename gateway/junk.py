@@ -1,12 +1,13 @@
 """Junk: messages refused before any signature was verified, counted per publisher.
 
 Nothing in such a message is a verified fact, so its record may name only the
-broker-validated publisher, sizes, digests and the typed reason. Recording
+broker-validated publisher, sizes, digests and the typed reasons. Recording
 each one as its own durable leaf would let an enrolled agency grow the signed
-log by ~2 KB per 4-byte message; instead the refusals of one publisher for one
-reason are tallied and written as **one** leaf (``count`` messages, their total
-``size``, ``digest`` = SHA-256 over their digests in order) every
-:data:`JUNK_EVERY` messages or :data:`JUNK_SECONDS` seconds.
+log by ~2 KB per 4-byte message; instead the refusals of one publisher are
+tallied and written as **one** leaf (``count`` messages, their total ``size``,
+``digest`` = SHA-256 over their digests in order, a count per typed reason)
+every :data:`JUNK_EVERY` messages or :data:`JUNK_SECONDS` seconds. Mixing
+reasons does not multiply the leaves.
 
 The messages stay unacknowledged until their leaf is durable: nothing is
 dropped without a trace, a crash only means they are counted again, and a
@@ -16,6 +17,7 @@ else's. See docs/audit.md ("Junk is aggregated").
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
@@ -28,25 +30,37 @@ JUNK_EVERY = 1000
 JUNK_SECONDS = 1.0
 NO_PUBLISHER = "none"
 UNVERIFIED = "unverified"
+UNVERIFIED_RULE = "invariant:unverified"  # a tally of several pre-verification reasons
 
 T = TypeVar("T")
 
 
 @dataclass
 class Tally(Generic[T]):
-    """The refusals of one publisher for one reason since the last leaf."""
+    """The refusals of one publisher since its last leaf."""
 
     publisher: str
-    reason: Reason
     first: dt.datetime
     count: int = 0
     size: int = 0
+    reasons: collections.Counter[Reason] = field(default_factory=collections.Counter)
     held: list[T] = field(default_factory=list)
     _chain: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    @property
+    def rule_id(self) -> str:
+        """The reason's rule id, or ``invariant:unverified`` for several reasons together."""
+        if len(self.reasons) == 1:
+            return next(iter(self.reasons)).rule_id
+        return UNVERIFIED_RULE
 
     def record(self, now: dt.datetime, gateway_id: str, versions: tuple[int, int]) -> Record:
         """The one leaf for this tally (no sender, recipients, level or id: none is verified)."""
         what = "message" if self.count == 1 else "messages"
+        if len(self.reasons) == 1:
+            why = next(iter(self.reasons)).text
+        else:  # typed: each reason's slug and count, most frequent first
+            why = ", ".join(f"{r.value} {n}" for r, n in self.reasons.most_common())
         return Record(
             time=now,
             event=UNVERIFIED,
@@ -58,8 +72,8 @@ class Tally(Generic[T]):
             size=self.size,
             digest=self._chain.hexdigest(),
             decision=REFUSED,
-            rule_id=self.reason.rule_id,
-            reason=f"{self.count} {what} refused before verification: {self.reason.text}",
+            rule_id=self.rule_id,
+            reason=f"{self.count} {what} refused before verification: {why}",
             gateway_id=gateway_id,
             publisher=self.publisher,
             count=self.count,
@@ -74,14 +88,15 @@ class JunkLedger(Generic[T]):
     def __init__(self, every: int = JUNK_EVERY, seconds: float = JUNK_SECONDS) -> None:
         self.every = every
         self.seconds = seconds
-        self._open: dict[tuple[str, Reason], Tally[T]] = {}
+        self._open: dict[str, Tally[T]] = {}
 
     def add(self, publisher: str, reason: Reason, body: bytes, held: T, now: dt.datetime) -> None:
         """Count one refused message (its bytes are hashed here and not kept)."""
-        key = (publisher or NO_PUBLISHER, reason)
+        key = publisher or NO_PUBLISHER
         tally = self._open.get(key)
         if tally is None:
-            tally = self._open[key] = Tally(key[0], reason, now)
+            tally = self._open[key] = Tally(key, now)
+        tally.reasons[reason] += 1
         tally.count += 1
         tally.size += len(body)
         tally._chain.update(hashlib.sha256(body).digest())

@@ -58,6 +58,7 @@ from gateway.decide import (
     MESSAGE_AUDIT_PROOF,
     MESSAGE_NOTICE,
     MESSAGE_PART,
+    RESOLVE,
     Context,
     Decide,
     Duplicate,
@@ -67,7 +68,6 @@ from gateway.decide import (
     Refuse,
     Relay,
     decide,
-    id_reuse,
 )
 from gateway.junk import JunkLedger
 from gateway.metrics import GatewayMetrics, HealthServer
@@ -158,7 +158,7 @@ def _read_policy(config: GatewayConfig, ca_cert: x509.Certificate, now: dt.datet
 
 
 class _State:
-    """The audit store's decision state, plus the forwards still waiting for a confirm."""
+    """The audit store's decision state, plus the forwards in flight (sent, not confirmed)."""
 
     def __init__(self, store: AuditStore) -> None:
         self.store = store
@@ -171,13 +171,23 @@ class _State:
     def has_envelope(self, envelope_id: str) -> bool:
         return self.store.has_envelope(envelope_id)
 
-    def relayed(self, digest: str) -> bool:
-        return self.store.relayed(digest)
+    def relayed(self, key: str) -> bool:
+        return self.store.relayed(key)
 
-    def forwarded(self, envelope_id: str, header_hash: str, part: int) -> str | None:
+    def refused(self, digest: str) -> bool:
+        return self.store.refused(digest)
+
+    def part(self, envelope_id: str, header_hash: str, index: int) -> str | None:
         with self._lock:
-            flying = self.in_flight.get((envelope_id, header_hash, part))
-        return flying or self.store.forwarded(envelope_id, header_hash, part)
+            flying = self.in_flight.get((envelope_id, header_hash, index))
+        return flying or self.store.part(envelope_id, header_hash, index)
+
+    def confirmed(self, envelope_id: str, header_hash: str, index: int) -> bool:
+        """Confirmed by the broker, or on its way: a copy now is a duplicate either way."""
+        with self._lock:
+            if (envelope_id, header_hash, index) in self.in_flight:
+                return True
+        return self.store.confirmed(envelope_id, header_hash, index)
 
     def flying(self, key: tuple[str, str, int], digest: str | None) -> None:
         with self._lock:
@@ -392,14 +402,17 @@ class Gateway:
             self.junk.add(verdict.publisher, verdict.reason, d.body, (d, verdict.notify), now)
             d.body = b""  # only its digest and size are kept
         elif isinstance(verdict, Decide):
-            self._stage([d], Entry(verdict.record, decides=verdict.key), self._decided(d, verdict))
+            entry = Entry(verdict.record, decides=verdict.key, part=verdict.claim)
+            self._stage([d], entry, self._decided(d, verdict))
         elif isinstance(verdict, Refuse):
             self._refused(d, verdict)
         elif isinstance(verdict, Forward):
-            h = verdict.checked.header
-            key = (h.envelope_id.hex(), h.hash.hex(), verdict.part.segment.index)
-            self.state.flying(key, verdict.digest)
-            self._later(d, lambda: self._forward(d, h, verdict.part, verdict.digest))
+            if verdict.record is None:  # recorded before; only its forward is missing
+                self._later(d, lambda: self._send_part(d, verdict.header, verdict.part,
+                                                       verdict.digest, verdict.to))  # fmt: skip
+            else:
+                entry = Entry(verdict.record, part=verdict.claim)
+                self._stage([d], entry, self._part_settled(d, verdict))
         elif isinstance(verdict, Duplicate):
             self.counters["duplicate"] += 1
             self.metrics.duplicates.inc()
@@ -408,16 +421,42 @@ class Gateway:
             notice = verdict.notice
             self._stage(
                 [d],
-                Entry(verdict.record, relays=verdict.record.digest),
+                Entry(verdict.record, relays=verdict.key),
                 lambda o: self._relay(d, notice) if o is not None and o.new else d.ack(),
             )
+
+    def _part_settled(self, d: Settleable, v: Forward) -> Then:
+        def then(o: Outcome | None) -> None:
+            assert o is not None
+            if o.conflict == "part":
+                self.counters["refused"] += 1
+                self.metrics.refused(o.rule_id)
+                self._notify([d], _publisher_of(v.part.header), v.header, o.rule_id, o.reason)
+            else:
+                self._send_part(d, v.header, v.part, v.digest, v.to)
+
+        return then
+
+    def _send_part(
+        self, d: Settleable, h: Header, part: Part, digest: str, to: tuple[str, ...]
+    ) -> None:
+        """Forward a part whose record is durable, unless a forward of it is confirmed or in
+        flight already (then the copy is a duplicate)."""
+        key = (h.envelope_id.hex(), h.hash.hex(), part.segment.index)
+        if self.state.confirmed(*key):
+            self.counters["duplicate"] += 1
+            self.metrics.duplicates.inc()
+            d.ack()
+            return
+        self.state.flying(key, digest)
+        self._forward(d, h, part, to)
 
     def _decided(self, d: Settleable, v: Decide) -> Then:
         h = v.part.header
 
         def then(o: Outcome | None) -> None:
             assert o is not None
-            if o.new:
+            if o.new and o.conflict is None:
                 self.metrics.decided(o.decision, o.rule_id)
             log.info(
                 "gateway_decision",
@@ -430,18 +469,11 @@ class Gateway:
                 leaf=o.leaf_index,
             )
             if o.decision == ACCEPTED:
-                key = (h.envelope_id.hex(), h.hash.hex(), v.part.segment.index)
-                digest = Incoming(d.body, None, None).digest
-                if self.state.forwarded(*key) is not None:
-                    self.counters["duplicate"] += 1
-                    d.ack()
-                    return
-                self.state.flying(key, digest)
-                self._forward(d, h, v.part, digest)
+                codes = tuple(r.code.text for r in h.recipients)
+                self._send_part(d, h, v.part, v.digest, codes)
             elif o.new:
                 self.counters["refused"] += 1
-                reason = v.record.reason if o.rule_id == v.record.rule_id else Reason.ID_REUSE.text
-                self._notify([d], v.notify, h, o.rule_id, reason)
+                self._notify([d], v.notify, h, o.rule_id, o.reason)
             else:
                 self.counters["refused_envelope_part"] += 1
                 d.ack()  # audited and notified once already
@@ -460,8 +492,12 @@ class Gateway:
         )
         self._stage(
             [d],
-            Entry(v.record),
-            lambda o: self._notify([d], v.notify, v.header, v.record.rule_id, v.record.reason),
+            Entry(v.record, refuses=v.record.message_digest),
+            lambda o: (
+                self._notify([d], v.notify, v.header, v.record.rule_id, v.record.reason)
+                if o is not None and o.new
+                else d.ack()
+            ),
         )
 
     # --- group commit ------------------------------------------------------------------------
@@ -484,7 +520,7 @@ class Gateway:
         entries = [e for _, e, _ in pending if e is not None]
         started = time.perf_counter()
         try:
-            results = self.audit.commit(entries, on_conflict=id_reuse)
+            results = self.audit.commit(entries, resolver=RESOLVE)
             outcomes = iter(results)
         except Exception as e:  # the records are not durable: nothing may act on them
             self._store_ok = False
@@ -514,7 +550,8 @@ class Gateway:
             ds = [d for d, _ in tally.held]
             notify = tally.held[0][1]
             record = tally.record(now, self.config.gateway_id, self.context(now).versions)
-            self.metrics.junk_tallied(record.rule_id, tally.count)
+            for reason, n in tally.reasons.items():
+                self.metrics.junk_tallied(reason.rule_id, n)
             log.warning(
                 "gateway_junk",
                 publisher=tally.publisher,
@@ -595,14 +632,13 @@ class Gateway:
 
     # --- settling ----------------------------------------------------------------------------
 
-    def _forward(self, d: Settleable, h: Header, part: Part, digest: str) -> None:
+    def _forward(self, d: Settleable, h: Header, part: Part, to: tuple[str, ...]) -> None:
         eid, hh, index = h.envelope_id.hex(), h.hash.hex(), part.segment.index
-        codes = [r.code.text for r in h.recipients]
         props = pika.BasicProperties(
             type=MESSAGE_PART,
             content_type="application/x-cipherpost-part",
             headers={
-                "CC": codes[1:],
+                "CC": list(to[1:]),
                 "x-cp-envelope-id": eid,
                 "x-cp-part": index,
                 "x-cp-parts": h.segment_count,
@@ -610,12 +646,12 @@ class Gateway:
             },
         )
         assert self._transport is not None
-        future = self._transport.publish(DELIVER_EXCHANGE, codes[0], d.body, props)
+        future = self._transport.publish(DELIVER_EXCHANGE, to[0], d.body, props)
 
         def done(f: Future[None]) -> None:
             error = f.exception()
             if error is None:
-                self.audit.mark_forwarded(eid, hh, index, digest)
+                self.audit.mark_confirmed(eid, hh, index)
                 self.state.flying((eid, hh, index), None)
                 self.counters["forwarded"] += 1
                 self.metrics.forwards.inc()
@@ -630,7 +666,7 @@ class Gateway:
                     event="undeliverable",
                     envelope_id=eid,
                     sender=h.sender.text,
-                    recipients=tuple(codes),
+                    recipients=to,
                     level=h.level.value,
                     urgency=h.urgency.value,
                     size=h.payload_size,
@@ -642,6 +678,7 @@ class Gateway:
                     publisher=d.user_id or "",
                     policy_version=self.policy.version,
                     directory_version=self.directory.version,
+                    part=index,
                 )
                 # To the dead-letter queue (kept, not dropped) once the record is durable.
                 self._stage([d], Entry(record), lambda _: d.reject(requeue=False))
@@ -785,3 +822,8 @@ class Gateway:
                 )
         except Exception as e:  # proofs can be made again any time: `cipherpost audit prove`
             log.error("audit_proofs_failed", error=type(e).__name__, detail=clip(str(e)))
+
+
+def _publisher_of(h: Header) -> AgencyCode:
+    """The verified publisher of a part of ``h``: its signer (decide checked they are one)."""
+    return h.sender

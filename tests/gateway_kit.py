@@ -138,8 +138,10 @@ class FakeState:
 
     def __init__(self) -> None:
         self.decisions: dict[tuple[str, str], Decided] = {}
-        self.forwards: dict[tuple[str, str, int], str] = {}
+        self.forwards: dict[tuple[str, str, int], str] = {}  # accepted parts: digest
+        self.confirmed_parts: set[tuple[str, str, int]] = set()
         self.relays: set[str] = set()
+        self.refusals: set[str] = set()
 
     def decision(self, envelope_id: str, header_hash: str) -> Decided | None:
         return self.decisions.get((envelope_id, header_hash))
@@ -147,11 +149,17 @@ class FakeState:
     def has_envelope(self, envelope_id: str) -> bool:
         return any(k[0] == envelope_id for k in self.decisions)
 
-    def forwarded(self, envelope_id: str, header_hash: str, part: int) -> str | None:
-        return self.forwards.get((envelope_id, header_hash, part))
+    def part(self, envelope_id: str, header_hash: str, index: int) -> str | None:
+        return self.forwards.get((envelope_id, header_hash, index))
 
-    def relayed(self, digest: str) -> bool:
-        return digest in self.relays
+    def confirmed(self, envelope_id: str, header_hash: str, index: int) -> bool:
+        return (envelope_id, header_hash, index) in self.confirmed_parts
+
+    def relayed(self, key: str) -> bool:
+        return key in self.relays
+
+    def refused(self, digest: str) -> bool:
+        return digest in self.refusals
 
     def accept(self, cpe: bytes, decision: str = ACCEPTED) -> Header:
         h = Header.parse(_header_raw(cpe))

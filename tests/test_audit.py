@@ -19,6 +19,7 @@ from gateway import merkle
 from gateway.audit import ACCEPTED, RECORD_FIELDS, REFUSED, AuditStore, Entry, Record
 from gateway.auditlog import Checkpointer, verify_store
 from gateway.checkpoint import parse_checkpoint, verify_checkpoint
+from gateway.decide import RESOLVE
 from gateway.witness import Witness, WitnessAlarm
 from keys import agency, ca
 from keys.auditkey import AuditKeyRequest, load_audit_certificate, load_audit_key, make_audit_key
@@ -78,6 +79,8 @@ def record(i: int, *, sender: str = "000.00.00.H41", decision: str = ACCEPTED) -
         rule_id="h41-internal" if i % 7 else "no-tuyet-mat-online",
         reason="test",
         gateway_id="gw1",
+        part=0,
+        message_digest=f"{i:064x}"[::-1],
     )
 
 
@@ -86,7 +89,8 @@ def entries(numbers) -> list[Entry]:
     out = []
     for i in numbers:
         r = record(i)
-        out.append(Entry(r, decides=(r.envelope_id, r.digest)))
+        claim = (r.envelope_id, r.digest, r.part, r.message_digest)
+        out.append(Entry(r, decides=(r.envelope_id, r.digest), part=claim))
     return out
 
 
@@ -193,17 +197,13 @@ def test_a_header_is_decided_once_across_stores_of_one_file(tmp_path: Path) -> N
 def test_another_header_under_a_decided_id_records_what_on_conflict_says(tmp_path: Path) -> None:
     store = AuditStore(tmp_path / "a.db", log_id="gw1")
     store.commit([Entry(record(1), decides=("env1", "h1"))])
-    with pytest.raises(ValueError, match="decided under another header"):
+    with pytest.raises(ValueError, match="no resolver"):
         store.commit([Entry(record(2), decides=("env1", "h2"))])
-
-    def refuse(r: Record) -> Record:
-        return Record(**{**r.__dict__, "decision": REFUSED, "rule_id": "invariant:id-reuse"})
-
-    [o] = store.commit([Entry(record(3), decides=("env1", "h2"))], on_conflict=refuse)
+    [o] = store.commit([Entry(record(3), decides=("env1", "h2"))], resolver=RESOLVE)
     assert (o.new, o.decision, o.rule_id) == (True, REFUSED, "invariant:id-reuse")
     assert store.decision("env1", "h2").rule_id == "invariant:id-reuse"  # decided: refused
     assert store.decision("env1", "h1").decision == ACCEPTED  # the first one stands
-    again = store.commit([Entry(record(4), decides=("env1", "h2"))], on_conflict=refuse)
+    again = store.commit([Entry(record(4), decides=("env1", "h2"))], resolver=RESOLVE)
     assert not again[0].new and store.size() == 2
     store.close()
 

@@ -36,7 +36,7 @@ from envelopes.header import MAGIC, Header
 from envelopes.notices import CONTEXT as NOTICE_CONTEXT
 from envelopes.notices import KIND_REJECTION, KIND_STATUS, sign_notice
 from envelopes.notices import MAGIC as NOTICE_MAGIC
-from gateway.audit import AuditStore, Record
+from gateway.audit import AuditStore, Entry, Record
 from keys.codes import AgencyCode
 from keys.errors import Refused
 from keys.levels import Level, Urgency
@@ -226,7 +226,10 @@ def test_a_co_recipient_cannot_hijack_a_multi_part_envelope(world, keys):
             got = receive_until(r, {eid.hex()})
             assert got[0].path.read_bytes() == doc
     by_a = [r for r in records(world) if r["sender"] == A and r["envelope_id"] == eid.hex()]
-    assert [(r["decision"], r["rule_id"]) for r in by_a] == [("accepted", "h41-internal")]
+    assert [(r["event"], r["decision"], r["rule_id"]) for r in by_a] == [
+        ("submission", "accepted", "h41-internal"),  # the decision, with part 0
+        ("part", "accepted", "part"),  # part 1, recorded before it was forwarded
+    ]
 
 
 # --- 2. recorded facts are verified facts ---------------------------------------------------
@@ -251,7 +254,7 @@ def test_unverified_bytes_are_never_attributed_to_the_party_they_name(world, key
     digests = {hashlib.sha256(forged).hexdigest(), hashlib.sha256(forged + b"\0").hexdigest()}
 
     def junk(r):
-        return r["event"] == "unverified" and r["publisher"] in (world.login(A), "none")
+        return r["event"] == "unverified" and r["publisher"] in (world.login(A), f"lane:{A}")
 
     leaves_for(world, lambda r: junk(r) and r["count"] >= 1, what="the forged parts recorded")
     assert wait_for(lambda: sum(r["count"] for r in records(world) if junk(r)) >= 4, 30)
@@ -566,23 +569,30 @@ def test_audit_verify_does_not_vouch_for_an_unwitnessed_forged_record(world, tmp
     forged_eid = os.urandom(16).hex()
     forged = AuditStore(copy, log_id="gw1")
     try:
-        forged.append(
-            Record(
-                time=dt.datetime.now(dt.UTC),
-                event="submission",
-                envelope_id=forged_eid,
-                sender=A,
-                recipients=(OTHER_PROVINCE,),
-                level=Level.TOI_MAT.value,
-                urgency=Urgency.HOA_TOC.value,
-                size=1,
-                digest="00" * 32,
-                decision="accepted",
-                rule_id="h41-internal",
-                reason="forged",
-                gateway_id="gw1",
-            ),
-            decides=(forged_eid, "00" * 32),
+        forged.commit(
+            [
+                Entry(
+                    Record(
+                        time=dt.datetime.now(dt.UTC),
+                        event="submission",
+                        envelope_id=forged_eid,
+                        sender=A,
+                        recipients=(OTHER_PROVINCE,),
+                        level=Level.TOI_MAT.value,
+                        urgency=Urgency.HOA_TOC.value,
+                        size=1,
+                        digest="00" * 32,
+                        decision="accepted",
+                        rule_id="h41-internal",
+                        reason="forged",
+                        gateway_id="gw1",
+                        part=0,
+                        message_digest="11" * 32,
+                    ),
+                    decides=(forged_eid, "00" * 32),
+                    part=(forged_eid, "00" * 32, 0, "11" * 32),
+                )
+            ]
         )
     finally:
         forged.close()
@@ -594,11 +604,11 @@ def test_audit_verify_does_not_vouch_for_an_unwitnessed_forged_record(world, tmp
     db = sqlite3.connect(copy)
     try:
         db.execute("DELETE FROM decisions WHERE envelope_id=?", (forged_eid,))
-        db.execute("INSERT INTO forwarded VALUES (?, ?, 0, ?)", ("ab" * 16, "cd" * 32, "ef" * 32))
+        db.execute("INSERT INTO confirmed VALUES (?, ?, 0)", ("ab" * 16, "cd" * 32))
         db.commit()
     finally:
         db.close()
     edited = cipherpost("audit", "verify", "--db", copy, "--checkpoints", witness)
     assert edited.returncode == 3, edited.stdout + edited.stderr
-    assert f"leaf deciding envelope {forged_eid} has no decision row" in edited.stdout
-    assert f"part 0 of envelope {'ab' * 16} marked forwarded, not accepted" in edited.stdout
+    assert f"leaf of decision {forged_eid}/{'00' * 32}"[:90] in edited.stdout
+    assert f"part 0 of envelope {'ab' * 16} confirmed, never accepted" in edited.stdout

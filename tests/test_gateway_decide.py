@@ -78,8 +78,16 @@ def test_malformed_bytes_are_junk(kit, body):
     assert junk_reason(verdict_of(kit, body)) is Reason.FORMAT
 
 
-def test_no_user_id_is_junk_and_nobody_is_notified(kit):
-    v = verdict_of(kit, parts(kit.seal(A, [B]))[0], publisher=None)
+def test_no_user_id_is_junk_of_the_lanes_owner(kit):
+    # Only the lane's owner may publish into it (a topic permission): it is named and told.
+    v = verdict_of(kit, parts(kit.seal(A, [B]))[0], publisher=None, lane=A)
+    assert junk_reason(v) is Reason.PUBLISHER_MISSING
+    assert v.publisher == f"lane:{A}" and v.notify == AgencyCode.parse(A)
+
+
+def test_no_user_id_and_no_lane_names_nobody(kit):
+    body = parts(kit.seal(A, [B]))[0]
+    v = decide(Incoming(body, "part", None, ""), FakeState(), kit.context())
     assert junk_reason(v) is Reason.PUBLISHER_MISSING
     assert v.publisher == "" and v.notify is None
 
@@ -280,7 +288,7 @@ def test_another_header_under_a_decided_id_is_id_reuse(kit):
     assert isinstance(v, Decide)
     assert (v.record.decision, v.record.rule_id) == (REFUSED, "invariant:id-reuse")
     assert v.record.digest == header(second).hash.hex()
-    assert v.checked is None  # nothing of it is forwarded, whatever happens at commit
+    assert v.record.sender == A and v.record.recipients == (OTHER,)  # A signed it: verified
 
 
 def test_id_reuse_keeps_the_verified_facts_and_changes_only_the_decision(kit):
@@ -313,7 +321,12 @@ def test_later_parts_of_an_accepted_header_are_forwarded_once(kit):
     h = state.accept(cpe)
     v = verdict_of(kit, second, state=state)
     assert isinstance(v, Forward) and v.digest == hashlib.sha256(second).hexdigest()
-    state.forwards[(h.envelope_id.hex(), h.hash.hex(), 1)] = v.digest
+    assert v.record is not None and v.record.event == "part" and v.to == (B,)
+    key = (h.envelope_id.hex(), h.hash.hex(), 1)
+    state.forwards[key] = v.digest  # recorded, forward not confirmed: forwarded again
+    again = verdict_of(kit, second, state=state)
+    assert isinstance(again, Forward) and again.record is None
+    state.confirmed_parts.add(key)  # confirmed: a copy now is a duplicate
     assert isinstance(verdict_of(kit, second, state=state), Duplicate)
     # The same header, another (validly signed) part 1: the sender contradicts itself.
     (h_raw, h_sig), segs = _frames(cpe)
@@ -379,8 +392,11 @@ def test_a_status_from_a_recipient_to_the_sender_is_relayed_once(kit):
     v = verdict_of(kit, raw, publisher=B, kind="notice", state=state)
     assert isinstance(v, Relay)
     assert (v.record.event, v.record.sender, v.record.recipients) == ("status", B, (P,))
-    state.relays.add(hashlib.sha256(raw).hexdigest())
+    state.relays.add(v.key)
     assert isinstance(verdict_of(kit, raw, publisher=B, kind="notice", state=state), Duplicate)
+    # Another note, same status along the same edge: relayed once all the same.
+    other = kit.notice(B, P, cpe, note="again, with feeling")
+    assert isinstance(verdict_of(kit, other, publisher=B, kind="notice", state=state), Duplicate)
 
 
 @pytest.mark.parametrize(

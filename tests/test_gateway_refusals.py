@@ -235,11 +235,12 @@ def test_a_copy_from_the_signer_is_a_duplicate_and_from_anyone_else_junk(world, 
     assert all(d == "accepted" for _, d in events), events
 
 
-def test_missing_user_id_is_junk_of_nobody(world, keys):
+def test_missing_user_id_is_junk_of_the_lanes_owner(world, keys):
     env = seal(keys, doc=b"no user id")
     after = len(records(world))
     submit(world, PROVINCE, env, user_id=None)
-    assert wait_for(lambda: bool(junk_leaves(world, "none", "invariant:publisher-missing", after)))
+    lane = f"lane:{PROVINCE}"  # no user_id: the lane still names its owner
+    assert wait_for(lambda: bool(junk_leaves(world, lane, "invariant:publisher-missing", after)))
 
 
 def test_stripped_envelope_passes_the_gateway_but_not_the_recipient(world, keys):

@@ -132,13 +132,32 @@ def test_junk_waits_for_its_one_leaf_then_is_acked_and_told_once(gw, kit):
     assert [n.rule_id for n in rejections(gw, A)] == ["invariant:format"]
 
 
-def test_junk_with_no_user_id_notifies_nobody(gw, kit):
-    d = delivery(parts(kit.seal(A, [B]))[0], None)
+def test_junk_with_no_user_id_is_the_lanes_owners(gw, kit):
+    d = delivery(parts(kit.seal(A, [B]))[0], None, lane=A)
     gw.handle(d)
     gw.commit_batch(everything=True)
-    assert [r["publisher"] for r in leaves(gw)] == ["none"]
-    assert [p for p in transport(gw).published if p.exchange == DELIVER_EXCHANGE] == []
+    assert [r["publisher"] for r in leaves(gw)] == [f"lane:{A}"]
+    assert [n.rule_id for n in rejections(gw, A)] == ["invariant:publisher-missing"]
     assert d.settled == "ack"
+
+
+def test_junk_of_several_reasons_is_one_leaf_per_publisher(gw, kit):
+    mixed = [
+        delivery(os.urandom(20), A),  # format
+        delivery(b"", A),  # format
+        delivery(parts(kit.seal(B, [P]))[0], A),  # B's part, published by A: publisher
+        delivery(os.urandom(20), X),  # another publisher: its own tally
+    ]
+    for d in mixed:
+        gw.handle(d)
+    gw.commit_batch(everything=True)
+    by_publisher = {r["publisher"]: r for r in leaves(gw)}
+    assert set(by_publisher) == {"t-" + A, "t-" + X}
+    a = by_publisher["t-" + A]
+    assert (a["count"], a["rule_id"]) == (3, "invariant:unverified")
+    assert a["reason"] == "3 messages refused before verification: format 2, publisher 1"
+    assert by_publisher["t-" + X]["rule_id"] == "invariant:format"  # one reason: its own rule
+    assert all(d.settled == "ack" for d in mixed)
 
 
 def test_an_unroutable_forward_is_recorded_and_dead_lettered(kit, tmp_path):
