@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -493,9 +494,6 @@ class Client:
             self.state.record_received(eid, "", header_hash.hex(), "", "refused", str(e))
             shutil.rmtree(self.spool / eid, ignore_errors=True)
             raise
-        name = _safe_filename(opened.metadata.filename) or "document"
-        final = _unique(self.config.inbox / f"{eid[:12]}-{name}")
-        os.replace(target, final)
         info = opened.info.as_dict()
         sidecar_data = {
             "envelope_id": eid,
@@ -508,16 +506,19 @@ class Client:
             "filename": opened.metadata.filename,
             "fields": dict(opened.metadata.fields),
             "received": now.isoformat(),
-            "document": final.name,
             "bytes": opened.document_bytes,
             "recipients": [r["code"] for r in info["recipients"]],
         }
-        sidecar = final.with_name(final.name + ".json")
-        _write_durably(
-            sidecar,
-            (json.dumps(sidecar_data, ensure_ascii=False, indent=2) + "\n").encode(),
-            sync=False,
-        )
+        try:
+            final, sidecar = _place(
+                self.config.inbox,
+                f"{eid[:12]}-{_safe_filename(opened.metadata.filename) or 'document'}",
+                target,
+                sidecar_data,
+            )
+        finally:
+            target.unlink(missing_ok=True)  # placed (linked) or not: no hidden plaintext stays
+        sidecar_data["document"] = final.name
         self._to_sync += [final, sidecar]
         self._opening.add(eid)
         sender = info["sender"]["code"]
@@ -688,15 +689,46 @@ class _ChainReader(io.RawIOBase):
 
 
 def _write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Write via a temporary file and a rename (``sync=False``: the caller fsyncs later)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        if sync:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write via a temporary file and a rename, in the agent's own folder (the spool);
+    ``sync=False``: the caller fsyncs later. Never follows a link planted in its place."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _place(inbox: Path, name: str, opened: Path, sidecar: dict[str, Any]) -> tuple[Path, Path]:
+    """Link the opened document into the inbox and create its sidecar beside it, under names
+    free for both: nothing in the inbox is ever overwritten or written through a link (a
+    co-recipient can choose a name and an id prefix; anyone with the folder can plant links)."""
+    stem, dot, suffix = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
+    for i in range(10_000):
+        candidate = inbox / (name if i == 0 else f"{stem}-{i}{dot}{suffix}")
+        meta = candidate.with_name(candidate.name + ".json")
+        if candidate.exists() or candidate.is_symlink() or meta.exists() or meta.is_symlink():
+            continue
+        try:
+            os.link(opened, candidate)  # fails if it appeared meanwhile: never clobber
+        except FileExistsError:
+            continue
+        try:
+            fd = os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            candidate.unlink()
+            continue
+        with os.fdopen(fd, "wb") as f:
+            data = {**sidecar, "document": candidate.name}
+            f.write((json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode())
+        return candidate, meta
+    raise CipherpostError(f"too many files named like {name} in {inbox}")
 
 
 def _fsync(path: Path) -> None:
@@ -708,18 +740,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+MAX_NAME_BYTES = 200  # a file name is at most 255 bytes: room for "-9999" and ".json"
+
+
 def _safe_filename(name: str) -> str:
-    """A sender-chosen file name, made harmless: no folders, no control characters."""
+    """A sender-chosen file name, made harmless: no folders, no control characters, and at
+    most :data:`MAX_NAME_BYTES` bytes of UTF-8 (whole characters; the extension kept)."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     base = _SAFE_NAME.sub("_", base).strip(". ")
-    return base[:120]
-
-
-def _unique(path: Path) -> Path:
-    if not path.exists():
-        return path
-    for i in range(1, 10_000):
-        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-    raise CipherpostError(f"too many files named like {path.name}")
+    if len(base.encode()) <= MAX_NAME_BYTES:
+        return base
+    stem, dot, suffix = base.rpartition(".")
+    if not dot or len(suffix.encode()) > 16:
+        stem, dot, suffix = base, "", ""
+    budget = MAX_NAME_BYTES - len((dot + suffix).encode())
+    cut = stem.encode()[:budget].decode(errors="ignore").rstrip(". ")
+    return cut + dot + suffix
