@@ -33,14 +33,18 @@ from gateway.auditlog import (
     Unwitnessed,
     check_proof,
     load_checkpoint_dir,
+    load_checkpoint_files,
     load_endings,
     prove,
     verify_store,
 )
 from gateway.checkpoint import VerifiedFile, origin_for, read_checkpoint_file
+from gateway.ending import FILE_NAME as ENDING_FILE
+from gateway.ending import read_ending
 from gateway.witness import CA_FILE, Witness, WitnessAlarm
-from keys.auditkey import make_audit_key
+from keys.auditkey import AUDIT_CERT_FILE, load_audit_certificate, load_audit_key, make_audit_key
 from keys.ca import load_ca_certificate
+from keys.certs import ROLE_WITNESS
 from keys.codes import AgencyCode
 from keys.errors import EXIT_REFUSED, CipherpostError, Refused, UsageError
 from keys.keystore import read_passphrase
@@ -87,7 +91,19 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_witness(args: argparse.Namespace) -> int:
-    witness = Witness(args.store, args.ca)
+    signer = None
+    if args.key is not None:
+        ca_cert = load_ca_certificate(args.ca or args.store / CA_FILE)
+        cert_path = args.key / AUDIT_CERT_FILE
+        load_audit_certificate(cert_path, ca_cert, ROLE_WITNESS)  # refuses another role
+        signer = (load_audit_key(args.key, read_passphrase()), cert_path.read_bytes())
+    else:
+        log.warning(
+            "witness_without_key",
+            detail="checkpoints are kept but not cosigned: audit verify will not count them as"
+            " witnessed (give --key WITNESS_KEY_DIR)",
+        )
+    witness = Witness(args.store, args.ca, signer)
     broker = BrokerConfig.load(args.broker)
     alarm: list[str] = []
     seen = [0, 0]
@@ -179,19 +195,20 @@ def cmd_end_log(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     endings: list[Any] = []
+    files: list[VerifiedFile] = []
+    problems: list[str] = []
     if args.export is not None:
-        store, checkpoints_data, embedded_ca = _open_export(args.export)
-        ca_cert = load_ca_certificate(args.ca) if args.ca else embedded_ca
+        store, items, embedded_ca = _open_export(args.export)
+        ca = load_ca_certificate(args.ca) if args.ca else embedded_ca
         ca_note = None if args.ca else _fingerprint(embedded_ca)
-        ca = ca_cert
-        checkpoints: list[Any] = []
-        problems: list[str] = []
-        for data in checkpoints_data:
+        for name, data in items:
             try:
-                f = read_checkpoint_file(data, ca)
-                checkpoints.append((f.checkpoint, f.certificate))
+                if name.endswith(ENDING_FILE):
+                    endings.append(read_ending(data, ca))
+                else:
+                    files.append(read_checkpoint_file(data, ca))
             except Refused as e:
-                problems.append(f"checkpoint in export: {e}")
+                problems.append(f"{name} in export: {e}")
     else:
         if args.db is None or args.checkpoints is None:
             raise UsageError("give --db AUDIT_DB and --checkpoints DIR, or --export FILE")
@@ -199,11 +216,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         ca_path = args.ca or args.checkpoints / CA_FILE
         ca = load_ca_certificate(ca_path)
         ca_note = None
-        checkpoints, problems = load_checkpoint_dir(args.checkpoints, ca)
+        files, problems = load_checkpoint_files(args.checkpoints, ca)
         endings, ending_problems = load_endings(args.checkpoints, ca)
         problems += ending_problems
+    checkpoints = [(f.checkpoint, f.certificate) for f in files]
+    # Witnessed means cosigned by a witness the CA certified: files in a folder prove nothing.
+    cosigned = [(f.checkpoint.log_id, f.checkpoint.size) for f in files if f.cosigned]
     try:
-        report = verify_store(store, checkpoints, endings=endings)
+        report = verify_store(store, checkpoints, endings=endings, cosigned=cosigned)
     finally:
         store.close()
     report.problems[:0] = problems
@@ -352,7 +372,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     db = sqlite3.connect(args.out)
     try:
         db.execute(f"CREATE TABLE {EXPORT_TABLE} (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
-        for path in sorted(args.checkpoints.rglob("*.checkpoint.json")):
+        kept = [*args.checkpoints.rglob("*.checkpoint.json"), *args.checkpoints.rglob(ENDING_FILE)]
+        for path in sorted(kept):
             db.execute(
                 f"INSERT INTO {EXPORT_TABLE} VALUES (?,?)",  # noqa: S608 - constant name
                 (str(path.relative_to(args.checkpoints)), path.read_bytes()),
@@ -369,7 +390,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_export(path: Path) -> tuple[AuditStore, list[bytes], x509.Certificate]:
+def _open_export(path: Path) -> tuple[AuditStore, list[tuple[str, bytes]], x509.Certificate]:
     if not path.is_file():
         raise CipherpostError(f"cannot read export {path}")
     try:
@@ -387,7 +408,7 @@ def _open_export(path: Path) -> tuple[AuditStore, list[bytes], x509.Certificate]
         ca = x509.load_pem_x509_certificate(ca_pem)
     except ValueError:
         raise CipherpostError(f"{path}: the export's CA certificate is malformed") from None
-    return _open_store(path), [bytes(d) for n, d in rows if n != CA_FILE], ca
+    return _open_store(path), [(str(n), bytes(d)) for n, d in rows if n != CA_FILE], ca
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -417,6 +438,13 @@ def register(group: Group, add: Add) -> None:
         type=Path,
         metavar="CREDENTIALS.json",
         help="the witness's broker credentials (from broker provision)",
+    )
+    sp.add_argument(
+        "--key",
+        type=Path,
+        metavar="WITNESS_KEY_DIR",
+        help="the witness's key (audit keygen) and its CA certificate of role witness"
+        " (ca issue-audit --role witness): each accepted checkpoint is stored cosigned",
     )
     mode = sp.add_mutually_exclusive_group()
     mode.add_argument("--follow", action="store_true", help="until interrupted (SIGTERM/Ctrl-C)")

@@ -160,8 +160,8 @@ def cmd_directory_publish(args: argparse.Namespace) -> int:
 def cmd_ca_issue_audit(args: argparse.Namespace) -> int:
     request = AuditKeyRequest.parse(_read_file(args.request, "audit key request"))
     authority = ca.open_ca(args.ca, read_passphrase())
-    path = ca.issue_audit(authority, request, args.out, _now(), args.valid_days)
-    print(f"audit key of {request.code} certified: {path}")
+    path = ca.issue_audit(authority, request, args.out, _now(), args.valid_days, args.role)
+    print(f"{args.role} key of {request.code} certified: {path}")
     return 0
 
 
@@ -707,12 +707,18 @@ def build_parser() -> argparse.ArgumentParser:
         ca_sub,
         "issue-audit",
         cmd_ca_issue_audit,
-        "certify a gateway's audit key (it signs audit checkpoints, nothing else)",
+        "certify a gateway's audit key (it signs checkpoints) or the witness's key (it cosigns)",
     )
     sp.add_argument("request", type=Path, metavar="AUDIT_REQUEST")
     sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
     sp.add_argument("--out", required=True, type=Path, metavar="CERTS_DIR")
     sp.add_argument("--valid-days", type=int, default=365, metavar="N")
+    sp.add_argument(
+        "--role",
+        choices=("audit", "witness"),
+        default="audit",
+        help="audit: a gateway's checkpoint key (default); witness: the witness's cosigning key",
+    )
     sp = add(
         ca_sub,
         "approve",

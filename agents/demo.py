@@ -198,6 +198,8 @@ def _audit(world: World, eid: str) -> int:
             ca_cert,
             "--broker",
             str(creds),
+            "--key",
+            str(world.witness_key),
             "--idle",
             "1.5",
             "--verbose",

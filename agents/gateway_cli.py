@@ -195,4 +195,3 @@ def register(group: Group, add: Add) -> None:
     sp.add_argument("--config", required=True, type=Path, metavar="GATEWAY.toml")
     sp.add_argument("--out", required=True, type=Path, metavar="DIR", help="an empty folder")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
-

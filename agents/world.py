@@ -28,6 +28,7 @@ from gateway.policy import sign_policy
 from gateway.service import Gateway, load
 from keys import agency, ca
 from keys.auditkey import AUDIT_CERT_FILE, AuditKeyRequest, make_audit_key
+from keys.certs import ROLE_WITNESS
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState, build_directory
 from keys.levels import Level
@@ -71,6 +72,11 @@ class World:
     @property
     def directory_path(self) -> Path:
         return self.root / "directory.cpd"
+
+    @property
+    def witness_key(self) -> Path:
+        """The witness's key folder (``audit witness --key``): it cosigns checkpoints."""
+        return self.root / "witness-key"
 
     def agent_config(self, code: str) -> Path:
         return self.root / "agents" / code / "agent.toml"
@@ -160,6 +166,12 @@ def build_world(
         login_prefix=world.prefix,
         credentials_dir=creds,
     )
+    # The cipher department's witness cosigns the checkpoints it checked: its own key.
+    witness_req = make_audit_key(world.witness_key, AgencyCode.parse(GATEWAY_CODE), PASSPHRASE, now)
+    ca.issue_audit(
+        authority, AuditKeyRequest.parse(witness_req.read_bytes()), certs, now, 30, ROLE_WITNESS
+    )
+    (certs / f"{GATEWAY_CODE}.{ROLE_WITNESS}.crt").replace(world.witness_key / AUDIT_CERT_FILE)
     for name in gateways:
         # Each gateway instance keeps its own log, signed with its own audit key.
         audit_dir = root / f"{name}-audit"

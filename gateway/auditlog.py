@@ -245,13 +245,18 @@ def verify_store(
     *,
     logs: list[str] | None = None,
     endings: Iterable[Ending] = (),
+    cosigned: Iterable[tuple[str, int]] | None = None,
 ) -> Report:
     """Recompute every log and check it against every (already signature-checked) checkpoint.
 
     ``endings`` (CA-signed, :mod:`gateway.ending`): a log ended after its store was lost
     is reported as ended, not as deleted; a store still holding it must not go past its end.
+    ``cosigned``: the (log id, size) of checkpoints a CA-certified witness cosigned; when
+    given, only those count as witnessed (a checkpoint the gateway's operator signed alone
+    proves nothing about what the witness saw).
     """
     report = Report()
+    vouched = None if cosigned is None else set(cosigned)
     ended = {e.origin.rsplit("/", 1)[-1]: e for e in endings}
     by_log: dict[str, list[Checkpoint]] = {}
     for cp, cert in checkpoints:
@@ -272,7 +277,8 @@ def verify_store(
                 "(a checkpoint from another log, or the whole log was deleted)"
             )
     for log_id in held if logs is None else [x for x in held if x in logs]:
-        _verify_log(store, log_id, sorted(by_log.get(log_id, []), key=lambda c: c.size), report)
+        _verify_log(store, log_id, sorted(by_log.get(log_id, []), key=lambda c: c.size), report,
+                    vouched)  # fmt: skip
         if log_id in ended:
             end = ended[log_id]
             report.ended[log_id] = end.describe()
@@ -286,7 +292,13 @@ def verify_store(
     return report
 
 
-def _verify_log(store: AuditStore, log_id: str, cps: list[Checkpoint], report: Report) -> None:
+def _verify_log(
+    store: AuditStore,
+    log_id: str,
+    cps: list[Checkpoint],
+    report: Report,
+    vouched: set[tuple[str, int]] | None = None,
+) -> None:
     tree = merkle.CompactRange()
     pending = list(cps)
     last_good = 0
@@ -304,7 +316,8 @@ def _verify_log(store: AuditStore, log_id: str, cps: list[Checkpoint], report: R
                 )
             else:
                 last_good = cp.size
-                report.witnessed[log_id] = cp.size
+                if vouched is None or (log_id, cp.size) in vouched:
+                    report.witnessed[log_id] = cp.size
 
     check_checkpoints()
     for position, leaf, stored_hash, columns in store.leaves(log_id):
@@ -362,21 +375,26 @@ def load_endings(folder: Path, ca: x509.Certificate) -> tuple[list[Ending], list
     return good, problems
 
 
+def load_checkpoint_files(
+    folder: Path, ca: x509.Certificate
+) -> tuple[list[VerifiedFile], list[str]]:
+    """Every ``*.checkpoint.json`` in ``folder``, verified (cosignatures too); the problems."""
+    good: list[VerifiedFile] = []
+    problems: list[str] = []
+    for path in sorted(folder.rglob("*.checkpoint.json")):
+        try:
+            good.append(read_checkpoint_file(path.read_bytes(), ca))
+        except Refused as e:
+            problems.append(f"{path.name}: {e}")
+    return good, problems
+
+
 def load_checkpoint_dir(
     folder: Path, ca: x509.Certificate
 ) -> tuple[list[tuple[Checkpoint, AgencyCertificate]], list[str]]:
     """Every ``*.checkpoint.json`` in ``folder``, verified; and the problems found."""
-    good: list[tuple[Checkpoint, AgencyCertificate]] = []
-    problems: list[str] = []
-    files = sorted(folder.rglob("*.checkpoint.json"))
-    for path in files:
-        try:
-            f = read_checkpoint_file(path.read_bytes(), ca)
-        except Refused as e:
-            problems.append(f"{path.name}: {e}")
-            continue
-        good.append((f.checkpoint, f.certificate))
-    return good, problems
+    files, problems = load_checkpoint_files(folder, ca)
+    return [(f.checkpoint, f.certificate) for f in files], problems
 
 
 # --- proofs ------------------------------------------------------------------------------------

@@ -30,11 +30,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from keys.auditkey import parse_audit_certificate
-from keys.certs import AgencyCertificate
+from keys.certs import ROLE_WITNESS, AgencyCertificate
 from keys.codes import AgencyCode
 from keys.errors import Refused, UsageError
 
 ORIGIN_PREFIX = "cipherpost.audit/"
+COSIGN_CONTEXT = b"cipherpost checkpoint cosignature v1\x00"
 SIGNATURE_PREFIX = "\u2014 "  # em dash + space, as signed-note specifies
 MAX_NOTE_BYTES = 4096
 MAX_FILE_BYTES = 64 * 1024
@@ -179,6 +180,52 @@ class VerifiedFile:
     checkpoint: Checkpoint
     certificate: AgencyCertificate
     certificate_pem: bytes
+    cosigned: bool = False  # a CA-certified witness checked it against the log's history
+
+
+def cosign(
+    doc: dict[str, object], key: Ed25519PrivateKey, certificate_pem: bytes, when: dt.datetime
+) -> dict[str, object]:
+    """The checkpoint file ``doc`` with the witness's cosignature added.
+
+    The witness signs, after checking the checkpoint's consistency with all it
+    held before, ``COSIGN_CONTEXT ‖ time ‖ note`` (the gateway's signed note
+    byte for byte): "this checkpoint extends everything I saw of this log".
+    """
+    note = str(doc["checkpoint"]).encode()
+    t = int(when.timestamp())
+    signature = key.sign(COSIGN_CONTEXT + t.to_bytes(8, "big") + note)
+    entry = {
+        "time": t,
+        "signature": base64.b64encode(signature).decode(),
+        "witness_certificate": certificate_pem.decode(),
+    }
+    previous = doc.get("cosignatures")
+    return {**doc, "cosignatures": [*(previous if isinstance(previous, list) else []), entry]}
+
+
+def _cosigned(doc: dict[str, object], note: bytes, ca: x509.Certificate) -> bool:
+    """Whether a witness the CA certified cosigned this note (a bad cosignature refuses)."""
+    items = doc.get("cosignatures", [])
+    if not isinstance(items, list):
+        raise Refused("checkpoint file: cosignatures must be a list")
+    for item in items:
+        try:
+            cert = parse_audit_certificate(
+                str(item["witness_certificate"]).encode(), ca, ROLE_WITNESS
+            )
+            t = int(item["time"])
+            signature = base64.b64decode(item["signature"], validate=True)
+            Ed25519PublicKey.from_public_bytes(cert.public_key).verify(
+                signature, COSIGN_CONTEXT + t.to_bytes(8, "big") + note
+            )
+        except (KeyError, TypeError, ValueError, binascii.Error, OverflowError):
+            raise Refused("checkpoint file: malformed cosignature") from None
+        except InvalidSignature:
+            raise Refused("checkpoint file: bad witness cosignature") from None
+        if cert.not_before.timestamp() <= t <= cert.not_after.timestamp():
+            return True
+    return False
 
 
 def read_checkpoint_file(data: bytes, ca: x509.Certificate) -> VerifiedFile:
@@ -194,4 +241,5 @@ def read_checkpoint_file(data: bytes, ca: x509.Certificate) -> VerifiedFile:
             "not a checkpoint file (expected JSON with checkpoint and certificate)"
         ) from None
     cert = parse_audit_certificate(pem, ca)
-    return VerifiedFile(verify_checkpoint(note, cert), cert, pem)
+    checkpoint = verify_checkpoint(note, cert)
+    return VerifiedFile(checkpoint, cert, pem, _cosigned(doc, note, ca))

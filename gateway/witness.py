@@ -12,6 +12,7 @@ format ``cipherpost audit verify --checkpoints`` reads).
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import time
@@ -20,9 +21,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway import merkle
-from gateway.checkpoint import Checkpoint, read_checkpoint_file
+from gateway.checkpoint import Checkpoint, cosign, read_checkpoint_file
 from gateway.ending import FILE_NAME as ENDING_FILE
 from gateway.ending import Ending, read_ending
 from keys.ca import load_ca_certificate
@@ -58,8 +60,16 @@ def _proofs(doc: dict[str, object]) -> dict[int, list[bytes]]:
 class Witness:
     """A witness store in ``folder``; pins the CA certificate on first use."""
 
-    def __init__(self, folder: Path, ca_cert: Path | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        ca_cert: Path | None = None,
+        signer: tuple[Ed25519PrivateKey, bytes] | None = None,
+    ) -> None:
+        """``signer``: the witness's key and its CA certificate (PEM, role ``witness``): each
+        checkpoint it accepts is stored cosigned, so that an export proves it was witnessed."""
         self.folder = folder
+        self.signer = signer
         pinned = folder / CA_FILE
         if ca_cert is None:
             if not pinned.exists():
@@ -126,6 +136,9 @@ class Witness:
                     )
                 bigger = min(later, key=lambda h: h.checkpoint.size)
                 self._consistent(x, bigger.checkpoint, bigger.proofs[x.size])
+        if self.signer is not None:
+            doc = cosign(json.loads(data), *self.signer, dt.datetime.now(dt.UTC))
+            data = (json.dumps(doc, indent=2) + "\n").encode()
         self._store(x, data)
         self._logs.setdefault(x.origin, []).append(new)
         return x, True

@@ -95,22 +95,26 @@ def load_audit_key(directory: Path, passphrase: bytes) -> Ed25519PrivateKey:
         raise KeyStoreError(f"{path}: damaged audit key file") from e
 
 
-def load_audit_certificate(path: Path, ca: x509.Certificate) -> AgencyCertificate:
-    """An audit certificate issued by ``ca``; :class:`Refused` otherwise."""
+def load_audit_certificate(
+    path: Path, ca: x509.Certificate, role: str = ROLE_AUDIT
+) -> AgencyCertificate:
+    """An audit (or witness) certificate issued by ``ca``; :class:`Refused` otherwise."""
     try:
         pem = path.read_bytes()
     except OSError as e:
-        raise CipherpostError(f"cannot read audit certificate {path}: {e.strerror}") from e
-    return parse_audit_certificate(pem, ca)
+        raise CipherpostError(f"cannot read {role} certificate {path}: {e.strerror}") from e
+    return parse_audit_certificate(pem, ca, role)
 
 
-def parse_audit_certificate(pem: bytes, ca: x509.Certificate) -> AgencyCertificate:
-    """Parse a PEM audit certificate and check it was issued by ``ca`` for the audit role."""
+def parse_audit_certificate(
+    pem: bytes, ca: x509.Certificate, role: str = ROLE_AUDIT
+) -> AgencyCertificate:
+    """Parse a PEM certificate and check ``ca`` issued it for ``role`` (audit or witness)."""
     try:
         der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
     except ValueError:
-        raise Refused("audit certificate is not a PEM certificate") from None
+        raise Refused(f"{role} certificate is not a PEM certificate") from None
     cert = AgencyCertificate.parse(der, ca)
-    if cert.role != ROLE_AUDIT:
-        raise Refused(f"certificate of {cert.code} is a {cert.role} certificate, not an audit one")
+    if cert.role != role:
+        raise Refused(f"certificate of {cert.code} is a {cert.role} certificate, not a {role} one")
     return cert

@@ -25,6 +25,7 @@ from keys.certs import (
     ROLE_AUDIT,
     ROLE_ENCRYPT,
     ROLE_SIGN,
+    ROLE_WITNESS,
     encode_agency_extension,
 )
 from keys.codes import AgencyCode
@@ -268,11 +269,15 @@ def issue_audit(
     out_dir: Path,
     now: dt.datetime,
     valid_days: int = 365,
+    role: str = ROLE_AUDIT,
 ) -> Path:
-    """Certify a gateway's audit key (role ``audit``): it may sign checkpoints, nothing else.
+    """Certify a gateway's audit key (role ``audit``: it may sign checkpoints, nothing else)
+    or the witness's key (role ``witness``: it may cosign checkpoints it checked).
 
     Only for a code the CA has issued agency certificates to and not revoked.
     """
+    if role not in (ROLE_AUDIT, ROLE_WITNESS):
+        raise UsageError(f"--role must be {ROLE_AUDIT} or {ROLE_WITNESS}")
     if not 1 <= valid_days <= MAX_VALID_DAYS:
         raise UsageError(f"--valid-days must be 1..{MAX_VALID_DAYS}")
     issued = ca.load_state()["issued"].get(request.code.text)
@@ -282,16 +287,16 @@ def issue_audit(
         )
     cert = _certificate(
         ca,
-        f"{issued['name']} (audit log)",
+        f"{issued['name']} ({'audit log' if role == ROLE_AUDIT else 'witness'})",
         request.code,
         Level.THUONG,
-        ROLE_AUDIT,
+        role,
         Ed25519PublicKey.from_public_bytes(request.public_key),
         now,
         valid_days,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{request.code}.audit.crt"
+    path = out_dir / f"{request.code}.{role}.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
 

@@ -29,7 +29,8 @@ AGENCY_EXTENSION_OID = x509.ObjectIdentifier(f"{_ARC}.1")
 ROLE_SIGN = "sign"
 ROLE_ENCRYPT = "encrypt"
 ROLE_AUDIT = "audit"  # a gateway's audit log key: signs checkpoints, nothing else
-ROLES = (ROLE_SIGN, ROLE_ENCRYPT, ROLE_AUDIT)
+ROLE_WITNESS = "witness"  # the cipher department's witness key: cosigns checkpoints it checked
+ROLES = (ROLE_SIGN, ROLE_ENCRYPT, ROLE_AUDIT, ROLE_WITNESS)
 KEY_ID_BYTES = 16
 MAX_CERT_BYTES = 16 * 1024
 

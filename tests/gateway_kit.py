@@ -255,3 +255,16 @@ def forged_header_part(cpe: bytes, **changes: object) -> bytes:
     s = segs[0]
     seg = envelopes.frames.encode_segment_frame(s.index, s.final, s.ciphertext, s.signature)
     return encode_header_frame(_edit_header(h_raw, **changes), b"\0" * 64) + seg
+
+
+def witness_signer(kit: Kit, root: Path) -> tuple[object, bytes]:
+    """The witness's key and its CA certificate (role witness): it cosigns checkpoints."""
+    from keys.certs import ROLE_WITNESS
+
+    folder = root / "witness-key"
+    request = make_audit_key(folder, AgencyCode.parse(GATEWAY), PASSPHRASE, kit.now)
+    cert = ca.issue_audit(
+        kit.world.authority, AuditKeyRequest.parse(request.read_bytes()), root / "witness-cert",
+        kit.now - dt.timedelta(minutes=5), 30, ROLE_WITNESS,
+    )  # fmt: skip
+    return load_audit_key(folder, PASSPHRASE), cert.read_bytes()

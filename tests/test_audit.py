@@ -40,6 +40,7 @@ class Env:
     root: Path
     ca_cert: Path
     audit_dirs: dict[str, Path]
+    witness: tuple[object, bytes]  # the witness's key and certificate: it cosigns
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
         )
         shutil.copy(path, folder / "audit" / "audit.crt")
         dirs[code] = folder / "audit"
-    return Env(root, root / "ca" / "ca.crt", dirs)
+    req = make_audit_key(root / "witness-key", AgencyCode.parse(GATEWAY), PASSPHRASE, NOW)
+    cert = ca.issue_audit(
+        authority, AuditKeyRequest.parse(req.read_bytes()), root / "wcerts", NOW, 365, "witness"
+    )
+    signer = (load_audit_key(root / "witness-key", PASSPHRASE), cert.read_bytes())
+    return Env(root, root / "ca" / "ca.crt", dirs, signer)
 
 
 def record(i: int, *, sender: str = "000.00.00.H41", decision: str = ACCEPTED) -> Record:
@@ -116,7 +122,7 @@ def build_log(
     db = folder / "audit.db"
     store = AuditStore(db, log_id=log_id)
     cp = checkpointer(env, store)
-    witness = Witness(folder / "witness", env.ca_cert)
+    witness = Witness(folder / "witness", env.ca_cert, env.witness)  # type: ignore[arg-type]
     messages = []
     done = store.size()
     for n, size in enumerate(sizes):

@@ -20,7 +20,9 @@ from tests.helpers import cli
 
 
 @pytest.fixture
-def world(tmp_path: Path):
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # The witness's cosigning key and the CA are unlocked with the world's passphrase.
+    monkeypatch.setenv("CIPHERPOST_PASSPHRASE", PASSPHRASE.decode())
     w = make_world(tmp_path / "w", checkpoint_every=4, checkpoint_seconds=0.5)
     yield w
     w.cleanup()
@@ -50,6 +52,7 @@ def run_gateway(world: World, tmp_path: Path, n: int, tag: str) -> list[str]:
 
 
 def witness(world: World, store: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run the witness (with its cosigning key) once over what the gateways published."""
     creds = world.root / "broker-credentials" / f"{world.prefix}{WITNESS_LOGIN}.broker.json"
     code = main(
         [
@@ -61,6 +64,8 @@ def witness(world: World, store: Path, capsys: pytest.CaptureFixture[str]) -> tu
             str(world.ca_dir / "ca.crt"),
             "--broker",
             str(creds),
+            "--key",
+            str(world.witness_key),
             "--idle",
             "2",
         ]
@@ -129,7 +134,8 @@ def test_witness_catches_a_gateway_restarted_on_an_older_store(world, tmp_path, 
     assert "ALARM" in out and "cipherpost.audit/" in out
 
 
-def test_each_gateway_instance_keeps_its_own_log_and_key(tmp_path, capsys):
+def test_each_gateway_instance_keeps_its_own_log_and_key(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CIPHERPOST_PASSPHRASE", PASSPHRASE.decode())
     w = make_world(tmp_path / "w", gateways=("gw1", "gw2"), checkpoint_seconds=0.5)
     try:
         for name in ("gw1", "gw2"):  # one after the other: both logs certainly get leaves

@@ -542,18 +542,20 @@ def test_audit_verify_does_not_vouch_for_an_unwitnessed_forged_record(world, tmp
     gw = world.gateways[0][0]
 
     def cipherpost(*args):
+        env = dict(os.environ, CIPHERPOST_PASSPHRASE="throwaway-world-passphrase")
         return subprocess.run(
             [sys.executable, "-m", "agents.cli", *map(str, args)],
             capture_output=True,
             text=True,
             timeout=120,
+            env=env,
         )
 
     # Whatever the gateway signed so far is witnessed and verifies.
     gw._checkpoint(force=True)
     out = cipherpost(
         "audit", "witness", "--store", witness, "--ca", world.ca_dir / "ca.crt",
-        "--broker", creds, "--idle", "3",
+        "--broker", creds, "--key", world.witness_key, "--idle", "3",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     copy = tmp_path / "audit-copy.db"

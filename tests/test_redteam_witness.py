@@ -21,7 +21,7 @@ from gateway.checkpoint import checkpoint_file, parse_checkpoint, sign_checkpoin
 from gateway.witness import Witness, WitnessAlarm
 from keys.auditkey import load_audit_key
 from keys.levels import Level
-from tests.gateway_kit import OTHER, A, B, delivery, make_gateway, make_kit, parts
+from tests.gateway_kit import OTHER, A, B, delivery, make_gateway, make_kit, parts, witness_signer
 from tests.helpers import PASSPHRASE, cli
 
 
@@ -63,7 +63,7 @@ def test_an_export_the_witness_never_saw_does_not_verify_as_witnessed(kit, tmp_p
     [published] = [p for p in gw._transport.published if p.exchange == CHECKPOINT_EXCHANGE]
     gw.close()
     ca_cert = kit.world.root / "ca" / "ca.crt"
-    witness = Witness(tmp_path / "witness", ca_cert)
+    witness = Witness(tmp_path / "witness", ca_cert, witness_signer(kit, tmp_path))
     witness.observe(published.body)
     genuine = tmp_path / "genuine.cpa"
     assert cli("audit", "export", "--db", tmp_path / "audit.db", "--checkpoints",
