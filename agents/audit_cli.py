@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import fnmatch
 import json
 import sqlite3
 import sys
@@ -301,39 +300,33 @@ def cmd_check_proof(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_time(text: str) -> str:
+def _parse_time(text: str, *, end: bool = False) -> str:
+    """An ISO time in UTC for the queries. A date alone means its whole day: from its start
+    (``--since``), or up to its end included (``--until 2026-11-28`` takes the 28th in)."""
     try:
         t = dt.datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(
             f"invalid time {text!r}: use e.g. 2026-11-20 or 2026-11-20T08:00"
         ) from None
+    if end and len(text.strip()) == 10:  # YYYY-MM-DD
+        t += dt.timedelta(days=1)
     return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).isoformat()
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     if args.json and args.csv:
         raise UsageError("choose --json or --csv")
+    since = _parse_time(args.since) if args.since else None
+    until = _parse_time(args.until, end=True) if args.until else None
+    level = Level.parse(args.level).value if args.level else None
     store = _open_store(args.db)
     try:
-        rows: list[dict[str, Any]] = store.records()
+        found: list[dict[str, Any]] = store.query(
+            since=since, until=until, level=level, decision=args.decision, agency=args.agency
+        )
     finally:
         store.close()
-    since = _parse_time(args.since) if args.since else None
-    until = _parse_time(args.until) if args.until else None
-    level = Level.parse(args.level).value if args.level else None
-
-    def wanted(r: dict[str, Any]) -> bool:
-        if (since and str(r["time"]) < since) or (until and str(r["time"]) >= until):
-            return False
-        if (level and r["level"] != level) or (args.decision and r["decision"] != args.decision):
-            return False
-        if args.agency:
-            parties = [r["sender"], *r["recipients"]]
-            return any(fnmatch.fnmatchcase(str(p), args.agency) for p in parties)
-        return True
-
-    found = [r for r in rows if wanted(r)]
     if args.json:
         for r in found:
             print(json.dumps(r, ensure_ascii=False))

@@ -659,6 +659,48 @@ class AuditStore:
 
     # --- reading -----------------------------------------------------------------------------
 
+    def query(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        level: str | None = None,
+        decision: str | None = None,
+        agency: str | None = None,
+    ) -> list[dict[str, object]]:
+        """Records matching every filter given, oldest first, selected in SQL.
+
+        ``since``/``until``: ISO times in UTC, ``until`` exclusive; ``agency``: a
+        shell pattern (``*.H41``) on the sender or any recipient.
+        """
+        where, args = [], []
+        for clause, value in (
+            ("time >= ?", since),
+            ("time < ?", until),
+            ("level = ?", level),
+            ("decision = ?", decision),
+        ):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        if agency is not None:
+            where.append(
+                "(sender GLOB ? OR EXISTS (SELECT 1 FROM json_each(records.recipients)"
+                " WHERE json_each.value GLOB ?))"
+            )
+            args += [agency, agency]
+        sql = "SELECT " + ", ".join(RECORD_COLUMNS) + " FROM records"  # noqa: S608 - fixed names
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
+        out = []
+        for row in rows:
+            d = dict(zip(RECORD_COLUMNS, row, strict=True))
+            d["recipients"] = json.loads(str(d["recipients"]))
+            out.append(d)
+        return out
+
     def records(self, envelope_id: str | None = None) -> list[dict[str, object]]:
         """Records as dicts, oldest first (all, or one envelope's)."""
         query = "SELECT " + ", ".join(RECORD_COLUMNS) + " FROM records"  # noqa: S608 - fixed names

@@ -481,3 +481,15 @@ def test_store_level_report_for_a_clean_multi_log_store(env, tmp_path) -> None:
     report = verify_store(store, [])
     store.close()
     assert report.ok and report.logs == {"gw1": 5, "gw2": 4}
+
+
+def test_query_until_a_date_takes_that_whole_day_in(log, capsys) -> None:
+    db, _ = log
+    # The records of the log fixture are at NOW + i seconds: all on 2026-11-28.
+    assert cli("audit", "query", "--db", db, "--until", "2026-11-28", "--json") == 0
+    inclusive = capsys.readouterr().out.splitlines()
+    assert len(inclusive) == 40
+    assert cli("audit", "query", "--db", db, "--until", "2026-11-28T08:00:10", "--json") == 0
+    assert len(capsys.readouterr().out.splitlines()) == 10  # a time stays exclusive
+    assert cli("audit", "query", "--db", db, "--since", "2026-11-29", "--json") == 0
+    assert capsys.readouterr().out == ""
