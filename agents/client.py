@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import io
 import json
 import os
@@ -38,7 +39,7 @@ import pika
 import envelopes
 from agents.config import AgentConfig
 from agents.progress import ProgressReader
-from agents.state import AgentState
+from agents.state import INTERRUPTED, SENDING, SENT, AgentState
 from broker.connection import BrokerConfig
 from broker.consumer import Consumer, Delivery
 from broker.directory_feed import DirectoryFeed
@@ -46,6 +47,8 @@ from broker.publisher import ConfirmingPublisher
 from broker.topology import SUBMIT_EXCHANGE, directory_queue, inbox_queue
 from envelopes.checking import check_header, check_segment
 from envelopes.errors import EnvelopeRefused, Reason
+from envelopes.frames import FrameReader, decode_frame, parse_header_frame
+from envelopes.header import Header
 from envelopes.notices import (
     KIND_RECEIPT,
     KIND_STATUS,
@@ -75,6 +78,19 @@ _SAFE_NAME = re.compile(r"[^\w.\- ]+")
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Sending:
+    """How far the submission of one envelope got (parts the broker confirmed)."""
+
+    envelope_id: str
+    parts: int
+    confirmed: int = 0
+
+    def confirm(self, future: Future[None]) -> None:
+        if future.exception() is None:
+            self.confirmed += 1
 
 
 @dataclass(frozen=True)
@@ -115,8 +131,13 @@ class Client:
         self.spool = config.agency_dir / "spool"
         self._publisher: ConfirmingPublisher | None = None
         self._in_flight: list[Future[None]] = []
+        self._unconfirmed: list[Sending] = []  # sent without waiting, until flush()
+        self.sending: Sending | None = None  # the envelope being submitted, or last submitted
         self.received: list[ReceivedDocument] = []
         self.on_received: Callable[[ReceivedDocument], None] | None = None
+        # Notices this agent took in (a refusal, a status, a receipt), as they come.
+        self.events: list[dict[str, Any]] = []
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
         self._to_sync: list[Path] = []
         # Per document: (delivery, record it, then ack + receipt), run once its files are durable.
         self._after_sync: list[tuple[Delivery, Callable[[], object], Callable[[], None]]] = []
@@ -158,8 +179,8 @@ class Client:
         path: Path,
         *,
         to: list[AgencyCode],
-        level: Level,
-        urgency: Urgency = Urgency.THUONG,
+        level: Level | str,
+        urgency: Urgency | str = Urgency.THUONG,
         subject: str = "",
         fields: dict[str, str] | None = None,
         progress: bool | None = None,
@@ -171,6 +192,7 @@ class Client:
         part; without, confirms are collected and :meth:`flush` waits for them,
         so many documents go out pipelined.
         """
+        level, urgency = Level.parse(level), Urgency.parse(urgency)
         try:
             src = path.open("rb")
         except OSError as e:
@@ -196,28 +218,80 @@ class Client:
                         subject=subject, filename=path.name, fields=fields or {}
                     ),
                 )
-                env_file.seek(0)
-                self._in_flight += self._submit(
-                    env_file, sealed.envelope_id, sealed.envelope_bytes, progress
+                eid, parts = sealed.envelope_id, sealed.header.segment_count
+                # Known before the first part leaves: an interruption never hides what went.
+                self.state.record_sent(
+                    eid,
+                    [c.text for c in to],
+                    level.value,
+                    urgency.value,
+                    subject,
+                    path.name,
+                    size,
+                    parts=parts,
+                    state=SENDING,
                 )
+                self.sending = Sending(eid, parts)
+                env_file.seek(0)
+                try:
+                    self._in_flight += self._submit(
+                        env_file, eid, sealed.envelope_bytes, progress, self.sending
+                    )
+                    if wait:
+                        self.flush()
+                except BaseException:
+                    self.state.mark_sent(eid, self.sending.confirmed, INTERRUPTED)
+                    raise
             if wait:
-                self.flush()
-            self.state.record_sent(
-                sealed.envelope_id,
-                [c.text for c in to],
-                level.value,
-                urgency.value,
-                subject,
-                path.name,
-                size,
-            )
-            log.info("sent", envelope=sealed.envelope_id, recipients=len(to), label=level.value)
-            return sealed.envelope_id
+                self.state.mark_sent(eid, parts, SENT)
+            else:
+                self._unconfirmed.append(self.sending)
+            log.info("sent", envelope=eid, recipients=len(to), label=level.value)
+            return eid
         finally:
             spool.unlink(missing_ok=True)
 
+    def submit_sealed(self, env_file: BinaryIO) -> str:
+        """Submit an envelope sealed before (a ``.cpe``, say from offline transfer); its id.
+
+        The gateway checks it like any other: this agent only publishes it.
+        """
+        start = env_file.tell()
+        first = FrameReader(env_file).next()
+        if first is None:
+            raise EnvelopeRefused(Reason.FORMAT, "envelope is empty")
+        header = Header.parse(parse_header_frame(first)[0])
+        total = env_file.seek(0, os.SEEK_END) - start
+        env_file.seek(start)
+        eid, parts = header.envelope_id.hex(), header.segment_count
+        self.state.record_sent(
+            eid,
+            [r.code.text for r in header.recipients],
+            header.level.value,
+            header.urgency.value,
+            "",
+            "",
+            header.payload_size,
+            parts=parts,
+            state=SENDING,
+        )
+        self.sending = Sending(eid, parts)
+        try:
+            self._in_flight += self._submit(env_file, eid, total, False, self.sending)
+            self.flush()
+        except BaseException:
+            self.state.mark_sent(eid, self.sending.confirmed, INTERRUPTED)
+            raise
+        self.state.mark_sent(eid, parts, SENT)
+        return eid
+
     def _submit(
-        self, env_file: BinaryIO, envelope_id: str, total: int, progress: bool | None
+        self,
+        env_file: BinaryIO,
+        envelope_id: str,
+        total: int,
+        progress: bool | None,
+        sending: Sending,
     ) -> list[Future[None]]:
         """Publish every part; returns the confirms to wait for (the window bounds memory)."""
         futures: list[Future[None]] = []
@@ -229,9 +303,9 @@ class Client:
                 content_type="application/x-cipherpost-part",
                 headers={"x-cp-envelope-id": envelope_id, "x-cp-part": index, "x-cp-parts": count},
             )
-            futures.append(
-                self.publisher.publish(SUBMIT_EXCHANGE, self.keys.code.text, body, props)
-            )
+            future = self.publisher.publish(SUBMIT_EXCHANGE, self.keys.code.text, body, props)
+            future.add_done_callback(sending.confirm)
+            futures.append(future)
             failed = next((f for f in futures if f.done() and f.exception() is not None), None)
             if failed is not None:
                 raise CipherpostError(f"submission failed: {failed.exception()}")
@@ -241,46 +315,81 @@ class Client:
     def flush(self, timeout: float = 300.0) -> None:
         """Wait until every submission so far is confirmed by the broker."""
         pending, self._in_flight = self._in_flight, []
+        unconfirmed, self._unconfirmed = self._unconfirmed, []
         deadline = time.monotonic() + timeout
-        for f in pending:
-            try:
-                error = f.exception(timeout=max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise CipherpostError("the broker did not confirm the submission in time") from None
-            if error is not None:
-                raise CipherpostError(f"submission failed: {error}")
+        try:
+            for f in pending:
+                try:
+                    error = f.exception(timeout=max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise CipherpostError(
+                        "the broker did not confirm the submission in time"
+                    ) from None
+                if error is not None:
+                    raise CipherpostError(f"submission failed: {error}")
+        except BaseException:
+            for s in unconfirmed:
+                self.state.mark_sent(s.envelope_id, s.confirmed, INTERRUPTED)
+            raise
+        for s in unconfirmed:
+            self.state.mark_sent(s.envelope_id, s.parts, SENT)
 
     # --- receive -----------------------------------------------------------------------------
 
     def receive(
         self, *, follow: bool = False, idle: float = 2.0, stop: threading.Event | None = None
     ) -> list[ReceivedDocument]:
-        """Consume the inbox: once (until ``idle`` seconds pass quietly) or until stopped."""
+        """Consume the inbox: once (until ``idle`` seconds pass quietly) or until stopped.
+
+        One receiver per agency at a time (a lock in the agency folder): two would race
+        on the spool. Refusals, statuses and receipts processed are in :attr:`events`.
+        """
         self.received = []
-        if follow:
-            self.feed.start()  # what is waiting and every new version, while following
-        else:
-            self.refresh_directory()
-        consumer = Consumer(
-            self.broker,
-            inbox_queue(self.keys.code),
-            self._handle,
-            prefetch=32,
-            on_batch_end=self._settle_batch,
-        )
-        if stop is not None:
-
-            def watch() -> None:
-                stop.wait()
-                consumer.stop()
-
-            threading.Thread(target=watch, daemon=True).start()
-        try:
-            consumer.run(until_idle=None if follow else idle, drain=self._flush)
-        finally:
+        self.events = []
+        with _ReceiveLock(self.config.agency_dir):
             if follow:
-                self.feed.stop()
+                self.feed.start()  # what is waiting and every new version, while following
+            else:
+                self.refresh_directory()
+            self.expire_spool()
+            consumer = Consumer(
+                self.broker,
+                inbox_queue(self.keys.code),
+                self._handle,
+                prefetch=32,
+                on_batch_end=self._settle_batch,
+            )
+            if stop is not None:
+
+                def watch() -> None:
+                    stop.wait()
+                    consumer.stop()
+
+                threading.Thread(target=watch, daemon=True).start()
+            try:
+                consumer.run(until_idle=None if follow else idle, drain=self._flush)
+            finally:
+                if follow:
+                    self.feed.stop()
         return self.received
+
+    def expire_spool(self, now: dt.datetime | None = None) -> list[str]:
+        """Remove the parts of envelopes that expired before all their parts came (a sender
+        interrupted for good): nothing is kept forever. Returns their ids (each logged)."""
+        now = now or _now()
+        gone = []
+        for folder in sorted(self.spool.iterdir()) if self.spool.is_dir() else []:
+            try:
+                raw, _ = parse_header_frame(decode_frame((folder / "header").read_bytes()))
+                expired = now > Header.parse(raw).expires
+            except (OSError, EnvelopeRefused):
+                expired = True  # an unreadable spool entry is of no use to anyone
+            if expired:
+                shutil.rmtree(folder, ignore_errors=True)
+                self.state.record_received(folder.name, "", "", "", "incomplete", "expired")
+                log.warning("spool_expired", envelope=folder.name)
+                gone.append(folder.name)
+        return gone
 
     def documents(
         self, *, follow: bool = False, idle: float = 2.0, stop: threading.Event | None = None
@@ -387,6 +496,10 @@ class Client:
                 status=notice.status,
                 verified=verified,
             )
+            event = {**notice.as_dict(), "verified": verified}
+            self.events.append(event)
+            if self.on_event is not None:
+                self.on_event(event)
         d.ack()
 
     def _on_audit_proof(self, d: Delivery) -> None:
@@ -593,6 +706,49 @@ class Client:
         if error is not None:
             raise CipherpostError(f"status not delivered to the broker: {error}")
 
+    def resolve(self, envelope_id: str) -> str:
+        """The full envelope id for an id or a unique prefix of one (inbox files show 12)."""
+        wanted = envelope_id.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{1,32}", wanted):
+            raise UsageError(f"{envelope_id!r} is not an envelope id (hex digits)")
+        if len(wanted) == 32:
+            return wanted
+        found = self.state.resolve(wanted)
+        if not found:
+            raise CipherpostError(f"this agent knows no envelope starting with {wanted}")
+        if len(found) > 1:
+            raise UsageError(
+                f"{wanted} is the start of {len(found)} envelopes ({', '.join(found[:4])}"
+                f"{', …' if len(found) > 4 else ''}): give more digits"
+            )
+        return found[0]
+
+    def outbox(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Sent envelopes, newest first, with each recipient's latest known state."""
+        out = []
+        for row in self.state.outbox(limit):
+            eid = row["envelope_id"]
+            notices = self.state.statuses(eid)
+            refusal = next((n for n in notices if n["kind"] == "rejection"), None)
+            accepted = self.state.proof(eid) is not None
+            recipients = {}
+            for code in row["recipients"]:
+                latest = [n for n in notices if n["signer"] == code and n["kind"] != "rejection"]
+                if refusal is not None:
+                    state = f"refused ({refusal['rule_id']})"
+                elif latest:
+                    status = latest[-1]["status"]
+                    state = f"{status} {STATUS_NAMES.get(status, status)}"
+                elif row["state"] == INTERRUPTED:
+                    state = f"interrupted ({row['confirmed']} of {row['parts']} parts sent)"
+                elif row["state"] == SENDING:
+                    state = "sending"
+                else:
+                    state = "accepted by the gateway" if accepted else "queued"
+                recipients[code] = state
+            out.append({**row, "by_recipient": recipients})
+        return out
+
     def status(self, envelope_id: str) -> dict[str, Any]:
         """Per recipient, the gateway's decisions and the signed statuses, each re-verified."""
         sent = self.state.sent(envelope_id)
@@ -653,6 +809,36 @@ class Client:
             "checkpoint_size": cp.size,
             "verified": verified,
         }
+
+
+class _ReceiveLock:
+    """An exclusive lock on the agency folder for one receiver at a time (released on exit,
+    and by the kernel if the process dies)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "receive.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> _ReceiveLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise CipherpostError(
+                f"another receiver is running for this agency (process {other}); stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 class _ChainReader(io.RawIOBase):

@@ -143,7 +143,7 @@ def _story(world: World) -> int:
             size=len(data),
         )
         buf.seek(0)
-        province._submit(buf, sealed.envelope_id, sealed.envelope_bytes, False)
+        province.submit_sealed(buf)
         _say("   A tampered agent that skips that check submits it anyway …")
         province.receive(idle=1.5)
         rejection = province.status(sealed.envelope_id)["gateway"]

@@ -40,6 +40,15 @@ CREATE TABLE IF NOT EXISTS proofs (
 """
 
 
+# What the sender knows of each envelope's submission: recorded before the first part leaves.
+SENT_PROGRESS = {
+    "parts": "INTEGER NOT NULL DEFAULT 0",
+    "confirmed": "INTEGER NOT NULL DEFAULT 0",
+    "state": "TEXT NOT NULL DEFAULT 'sent'",
+}
+SENDING, SENT, INTERRUPTED = "sending", "sent", "interrupted"
+
+
 class AgentState:
     """Thread-safe; every write is committed before it returns."""
 
@@ -52,6 +61,10 @@ class AgentState:
         # records may be gone, and a redelivered document could then be written twice.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(sent)")}
+        for column, kind in SENT_PROGRESS.items():
+            if column not in columns:  # a state file from before these columns
+                self._db.execute(f"ALTER TABLE sent ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -88,30 +101,85 @@ class AgentState:
         subject: str,
         filename: str,
         size: int,
+        *,
+        parts: int = 0,
+        state: str = SENT,
     ) -> None:
+        """Remember a sent (or about to be sent) envelope; once."""
         self._exec(
-            "INSERT OR IGNORE INTO sent VALUES (?,?,?,?,?,?,?,?)",
-            (envelope_id, _now(), json.dumps(recipients), level, urgency, subject, filename, size),
+            "INSERT OR IGNORE INTO sent (envelope_id, time, recipients, level, urgency, subject,"
+            " filename, size, parts, confirmed, state) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                envelope_id,
+                _now(),
+                json.dumps(recipients),
+                level,
+                urgency,
+                subject,
+                filename,
+                size,
+                parts,
+                parts if state == SENT else 0,
+                state,
+            ),
         )
 
-    def sent(self, envelope_id: str) -> dict[str, Any] | None:
-        rows = self._exec(
-            "SELECT recipients, level, urgency, subject, filename, size, time"
-            " FROM sent WHERE envelope_id=?",
-            (envelope_id,),
+    def mark_sent(self, envelope_id: str, confirmed: int, state: str) -> None:
+        """How far the submission got: every part confirmed (``sent``) or ``interrupted``."""
+        self._exec(
+            "UPDATE sent SET confirmed=?, state=? WHERE envelope_id=?",
+            (confirmed, state, envelope_id),
         )
+
+    _SENT_COLUMNS = (
+        "envelope_id",
+        "recipients",
+        "level",
+        "urgency",
+        "subject",
+        "filename",
+        "size",
+        "time",
+        "parts",
+        "confirmed",
+        "state",
+    )
+
+    def _sent_rows(self, where: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        rows = self._exec(
+            f"SELECT {', '.join(self._SENT_COLUMNS)} FROM sent {where}",  # noqa: S608 - fixed
+            args,
+        )
+        out = []
+        for row in rows:
+            d = dict(zip(self._SENT_COLUMNS, row, strict=True))
+            d["recipients"] = json.loads(d["recipients"])
+            out.append(d)
+        return out
+
+    def sent(self, envelope_id: str) -> dict[str, Any] | None:
+        rows = self._sent_rows("WHERE envelope_id=?", (envelope_id,))
         if not rows:
             return None
-        r = rows[0]
-        return {
-            "recipients": json.loads(r[0]),
-            "level": r[1],
-            "urgency": r[2],
-            "subject": r[3],
-            "filename": r[4],
-            "size": r[5],
-            "time": r[6],
-        }
+        row = rows[0]
+        del row["envelope_id"]
+        return row
+
+    def outbox(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Sent envelopes, newest first."""
+        return self._sent_rows("ORDER BY time DESC, rowid DESC LIMIT ?", (limit,))
+
+    def resolve(self, prefix: str) -> list[str]:
+        """The envelope ids this agent knows that start with ``prefix`` (sent, received,
+        or named by a status), for commands that take a short id."""
+        like = prefix.lower().replace("%", "").replace("_", "") + "%"
+        rows = self._exec(
+            "SELECT envelope_id FROM sent WHERE envelope_id LIKE ? UNION"
+            " SELECT envelope_id FROM received WHERE envelope_id LIKE ? UNION"
+            " SELECT envelope_id FROM statuses WHERE envelope_id LIKE ?",
+            (like, like, like),
+        )
+        return sorted(str(r[0]) for r in rows)
 
     def received(self, envelope_id: str) -> dict[str, Any] | None:
         rows = self._exec(

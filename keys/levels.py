@@ -6,9 +6,20 @@ are the domain's own words.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from enum import Enum
 
 from keys.errors import UsageError
+
+
+def _slug(text: str) -> str:
+    """``Tối mật`` -> ``toi-mat``: diacritics dropped (đ -> d), lower case, words joined by -."""
+    if not isinstance(text, str) or len(text) > 64:
+        raise ValueError("not a level or urgency name")
+    folded = unicodedata.normalize("NFKD", text.strip().casefold().replace("đ", "d"))
+    ascii_ = "".join(c for c in folded if not unicodedata.combining(c))
+    return re.sub(r"[\s_-]+", "-", ascii_).strip("-")
 
 
 class Level(Enum):
@@ -20,12 +31,15 @@ class Level(Enum):
     TUYET_MAT = "tuyet-mat"
 
     @classmethod
-    def parse(cls, slug: str) -> Level:
-        """Parse a slug or raise :class:`UsageError` listing the valid ones."""
+    def parse(cls, slug: str | Level) -> Level:
+        """A level from its slug or its Vietnamese name, as people type it (``mat``, ``Mật``,
+        ``Tối mật``, ``TOI_MAT``); :class:`UsageError` listing the valid ones otherwise."""
+        if isinstance(slug, Level):
+            return slug
         try:
-            return cls(slug)
-        except ValueError:
-            valid = ", ".join(level.value for level in cls)
+            return cls(_slug(slug))
+        except (ValueError, TypeError):
+            valid = ", ".join(f"{level.value} ({level.display})" for level in cls)
             raise UsageError(f"unknown level {slug!r}: expected one of {valid}") from None
 
     @property
@@ -78,12 +92,14 @@ class Urgency(Enum):
     HOA_TOC_HEN_GIO = "hoa-toc-hen-gio"
 
     @classmethod
-    def parse(cls, slug: str) -> Urgency:
-        """Parse a slug or raise :class:`UsageError` listing the valid ones."""
+    def parse(cls, slug: str | Urgency) -> Urgency:
+        """An urgency from its slug or its Vietnamese name (``hoa-toc``, ``Hỏa tốc``)."""
+        if isinstance(slug, Urgency):
+            return slug
         try:
-            return cls(slug)
-        except ValueError:
-            valid = ", ".join(u.value for u in cls)
+            return cls(_slug(slug))
+        except (ValueError, TypeError):
+            valid = ", ".join(f"{u.value} ({u.display})" for u in cls)
             raise UsageError(f"unknown urgency {slug!r}: expected one of {valid}") from None
 
     @property

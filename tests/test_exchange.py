@@ -82,7 +82,7 @@ def test_duplicate_delivery_is_not_written_twice(world, tmp_path):
             size=9,
         )
         buf.seek(0)
-        province._submit(buf, sealed.envelope_id, sealed.envelope_bytes, False)
+        province.submit_sealed(buf)
     body = buf.getvalue()  # one segment: the part is the whole .cpe
     gateway_conn = pika.BlockingConnection(world.gateways[0][0].broker.parameters())
     try:
