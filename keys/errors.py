@@ -51,7 +51,7 @@ def clip(text: str, limit: int = MAX_MESSAGE) -> str:
     other non-printable characters are escaped (``\\x07``), so one message is
     always one line and cannot forge another.
     """
-    out = []
+    out: list[str] = []
     size = 0
     for ch in text:
         piece = ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
