@@ -13,7 +13,6 @@ from envelopes.errors import EnvelopeRefused
 from keys import ca
 from keys.codes import AgencyCode
 from keys.directory import build_directory
-from keys.errors import CipherpostError
 from keys.levels import Level
 from tests.exchange import PROVINCE, A, B, make_world, publish_raw, sealed_by, submit, wait_for
 from tests.helpers import cli
@@ -72,15 +71,3 @@ def test_during_a_transition_both_codes_work(world, tmp_path):
         assert [d.envelope_id for d in old_code.receive(idle=1.5)] == [eid]
     later = now + dt.timedelta(days=31)
     assert gateway.directory.successor(AgencyCode.parse(B), later) == A
-
-
-def test_retire_refuses_nonsense(world):
-    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
-    now = dt.datetime.now(dt.UTC)
-    with pytest.raises(CipherpostError, match="its own successor"):
-        ca.retire(authority, AgencyCode.parse(A), AgencyCode.parse(A), now)
-    with pytest.raises(CipherpostError, match="no certificates"):
-        ca.retire(authority, AgencyCode.parse("000.77.77.H41"), AgencyCode.parse(A), now)
-    ca.retire(authority, AgencyCode.parse(B), AgencyCode.parse(A), now)
-    with pytest.raises(CipherpostError, match="itself retired"):
-        ca.retire(authority, AgencyCode.parse(PROVINCE), AgencyCode.parse(B), now)
