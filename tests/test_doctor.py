@@ -17,6 +17,8 @@ from keys.levels import Level
 from tests.exchange import A, make_world
 from tests.helpers import cli
 
+pytestmark = pytest.mark.broker
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):

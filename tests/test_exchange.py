@@ -26,6 +26,8 @@ from tests.exchange import (
     wait_for,
 )
 
+pytestmark = pytest.mark.broker
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

@@ -20,6 +20,8 @@ from keys.levels import Level
 from tests.exchange import ADMIN_URL, PROVINCE, A, make_world
 from tests.helpers import commune_code
 
+pytestmark = pytest.mark.broker
+
 EXE = str(Path(sys.executable).with_name("cipherpost"))
 
 

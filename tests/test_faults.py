@@ -37,7 +37,7 @@ from tests.exchange import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from keys.levels import Level
 from tests.exchange import ADMIN_URL, PROVINCE, make_world, wait_for
 from tests.helpers import cli
 
+pytestmark = pytest.mark.broker
+
 COMMUNES = [f"000.{i:02d}.31.H41" for i in range(1, 76)]
 
 

@@ -17,6 +17,8 @@ from keys.levels import Level
 from tests.exchange import PROVINCE, A, B, make_world, publish_raw, sealed_by, submit, wait_for
 from tests.helpers import cli
 
+pytestmark = pytest.mark.broker
+
 
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

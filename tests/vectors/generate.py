@@ -68,6 +68,10 @@ AGENCIES = {
 KEPT_AGENCIES = (R1, R2, OUTSIDER)  # the ones tests open as
 
 
+# The names tests/test_gateway_refusals.py imports from here (the helpers moved to tests/forge.py).
+_frames, _join, _resign, _edit_header = frames, join, resign, edit_header
+
+
 def _document(n: int, seed: int) -> bytes:
     return bytes((i * 31 + seed) & 0xFF for i in range(n))
 
