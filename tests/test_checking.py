@@ -97,6 +97,28 @@ def test_the_forger_makes_valid_envelopes(world, directory, forge):
     assert open_as(world, directory, R2, data) == b"x" * 3000
 
 
+def test_what_verify_reports(world, directory, forge):
+    """The summary ``cipherpost verify --json`` prints: verified facts, no plaintext."""
+    data = forge(S, [R1, R2], doc=b"x" * 3000, level=Level.MAT)
+    info = verify(data, directory, world.now)
+    header = info.checked.header
+    assert info.as_dict() == {
+        "envelope_id": header.envelope_id.hex(),
+        "sender": {"code": S, "name": f"Agency {S}"},
+        "recipients": [{"code": R1, "name": f"Agency {R1}"}, {"code": R2, "name": f"Agency {R2}"}],
+        "level": "mat",
+        "caveats": [],
+        "urgency": "khan",
+        "payload_bytes": header.payload_size,
+        "envelope_bytes": len(data),
+        "segments": 3,
+        "created": world.now.isoformat(),
+        "expires": (world.now + dt.timedelta(days=30)).isoformat(),
+        "header_sha256": header.hash.hex(),
+    }
+    assert info.envelope_id == header.envelope_id.hex()
+
+
 # --- step 2: the sender ------------------------------------------------------------------------
 
 

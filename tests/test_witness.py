@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import json
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,11 @@ def alarm(witness: Witness, message: bytes) -> str:
     return str(e.value)
 
 
+def described(message: bytes) -> str:
+    """How alarms name the checkpoint that ``message`` carries."""
+    return parse_checkpoint(json.loads(message)["checkpoint"].encode()).describe()
+
+
 def held_sizes(witness: Witness, log: Log) -> list[int]:
     origin = f"cipherpost.audit/{log.audit.code.text}/{log.log_id}"
     return [c.size for c in witness.held(origin)]
@@ -152,12 +158,16 @@ def test_same_size_other_root_is_a_fork(witness, audit):
 
 def test_larger_without_a_proof_from_the_held_size(witness, audit):
     log = Log(audit, "a").grow(10)
-    witness.observe(log.message())
+    first = log.message()
+    held_first = described(first)
+    witness.observe(first)
     log.grow(20)
     for proofs in ((), (5,)):  # none at all, or one from a size the witness does not hold
-        message = alarm(witness, log.message(proofs_from=proofs))
-        assert message.startswith("no consistency proof from ")
-        assert "size 10" in message and "size 20" in message
+        message = log.message(proofs_from=proofs)
+        assert alarm(witness, message) == (
+            f"no consistency proof from {held_first} to {described(message)}: "
+            "the log was forked or rolled back"
+        )
     assert held_sizes(witness, log) == [10]
 
 
@@ -183,9 +193,11 @@ def test_a_proof_is_checked_not_just_present(witness, audit):
 def test_smaller_without_proof_is_a_rollback(witness, audit):
     log = Log(audit, "a").grow(20)
     witness.observe(log.message())
-    older = Log(audit, "a").grow(12)  # the store restored from a copy at 12 leaves
-    message = alarm(witness, older.message())
-    assert message.startswith("rollback or truncation: ") and "with no proof" in message
+    older = Log(audit, "a").grow(12).message()  # the store restored from a copy at 12 leaves
+    assert alarm(witness, older) == (
+        f"rollback or truncation: {described(older)} after {described(log.message())}, "
+        "with no proof that the smaller one is a prefix"
+    )
 
 
 def test_smaller_checkpoint_published_late_is_checked_against_a_later_proof(witness, audit):
@@ -203,6 +215,24 @@ def test_smaller_checkpoint_published_late_is_checked_against_a_later_proof(witn
     # A late checkpoint of size 12 from another history: the held proof refutes it.
     other = Log(audit, "b").grow(12).message()
     assert alarm(witness, other).startswith("inconsistent: ")
+
+
+def test_a_late_checkpoint_is_checked_against_the_smallest_later_one(witness, audit):
+    log = Log(audit, "a").grow(8)
+    messages = [log.message()]
+    late = log.grow(12).message()
+    messages += [log.grow(20).message(), log.grow(30).message()]  # both prove 12 a prefix
+    for message in messages:
+        witness.observe(message)
+    assert witness.observe(late)[1]
+    assert held_sizes(witness, log) == [8, 12, 20, 30]
+
+
+def test_a_first_checkpoint_needs_no_proof(witness, audit):
+    doc = json.loads(Log(audit, "a").grow(5).message())
+    del doc["consistency"]
+    assert witness.observe(json.dumps(doc).encode())[1]
+    assert witness.held("cipherpost.audit/000.00.77.G77/gw1") == []
 
 
 def test_alarms_survive_a_restart(world, witness, audit, tmp_path):
@@ -375,13 +405,17 @@ def test_a_valid_note_parses_to_what_was_signed(world, audit):
 
 
 def test_witness_store_pins_its_ca(world, tmp_path):
+    store = tmp_path / "new" / "w"
     with pytest.raises(CipherpostError, match="is not a witness store yet"):
-        Witness(tmp_path / "w")
-    Witness(tmp_path / "w", world.root / "ca" / "ca.crt")
+        Witness(store)
+    Witness(store, world.root / "ca" / "ca.crt")
+    Witness(store, world.root / "ca" / "ca.crt")  # the same CA again: fine
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    assert (store / "ca.crt").read_bytes() == (world.root / "ca" / "ca.crt").read_bytes()
     stranger = make_world(tmp_path / "other", {GATEWAY: Level.TUYET_MAT})
     with pytest.raises(CipherpostError, match="already pins another CA certificate"):
-        Witness(tmp_path / "w", stranger.root / "ca" / "ca.crt")
-    Witness(tmp_path / "w")  # the pinned one, from disk
+        Witness(store, stranger.root / "ca" / "ca.crt")
+    Witness(store)  # the pinned one, from disk
 
 
 def test_witness_keeps_checkpoint_files(witness, audit, tmp_path):
@@ -390,4 +424,5 @@ def test_witness_keeps_checkpoint_files(witness, audit, tmp_path):
     witness.observe(message)
     folder = tmp_path / "witness" / f"{GATEWAY}_gw1"
     assert [p.name for p in folder.iterdir()] == ["000000000003.checkpoint.json"]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert (folder / "000000000003.checkpoint.json").read_bytes() == message
