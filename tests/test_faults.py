@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pika
@@ -18,7 +17,6 @@ from agents.world import PASSPHRASE
 from broker.provision import GATEWAY_LOGIN
 from broker.publisher import ConfirmingPublisher
 from broker.topology import (
-    DEAD_QUEUE,
     SUBMIT_EXCHANGE,
     SUBMIT_QUEUE,
     SUBMIT_ROUTING_KEY,
@@ -36,6 +34,7 @@ from tests.exchange import (
     queue_depth,
     wait_for,
 )
+from tests.sync import receive_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -94,23 +93,10 @@ def gateway_process(world) -> subprocess.Popen[bytes]:
     )
 
 
-def receive_all(world, code: str, expected: int, timeout: float = 240) -> list[str]:
-    ids: list[str] = []
-    deadline = time.monotonic() + timeout
+def receive_all(world, code: str, expected: list[str], timeout: float = 240) -> list[str]:
+    """Every envelope id delivered to ``code`` until all of ``expected`` arrived (repeats too)."""
     with world.client(code) as client:
-        while len(ids) < expected and time.monotonic() < deadline:
-            ids += [d.envelope_id for d in client.receive(idle=1.5)]
-        if len(ids) < expected:  # say where the rest is, to make a failure readable
-            refused = client.state._exec(
-                "SELECT envelope_id, reason FROM received WHERE outcome!='ok'"
-            )
-            spooled = client.state._exec("SELECT COUNT(DISTINCT envelope_id) FROM parts")
-            print(
-                f"receive_all: {len(ids)}/{expected}; inbox queue "
-                f"{queue_depth(world, inbox_queue(AgencyCode.parse(code)))}, dead-letter "
-                f"{queue_depth(world, DEAD_QUEUE)}, refused {refused[:5]}, spooled {spooled}"
-            )
-    return ids
+        return [d.envelope_id for d in receive_until(client, expected, deadline=timeout)]
 
 
 def accepted_decisions(world) -> dict[str, int]:
@@ -143,7 +129,7 @@ def test_kill_9_with_2000_in_flight_delivers_each_exactly_once(world):
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(timeout=60)
-    ids = receive_all(world, A, 2000)
+    ids = receive_all(world, A, [eid for eid, _ in sealed])
     assert len(ids) == 2000 and len(set(ids)) == 2000
     assert set(ids) == {eid for eid, _ in sealed}
     decisions = accepted_decisions(world)
@@ -166,7 +152,7 @@ def test_sigterm_finishes_in_flight_work(world):
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(timeout=60)
-    ids = receive_all(world, A, 600)
+    ids = receive_all(world, A, [eid for eid, _ in sealed])
     assert sorted(ids) == sorted(eid for eid, _ in sealed)
     assert set(accepted_decisions(world).values()) == {1}
 
@@ -198,7 +184,6 @@ def test_connections_cut_by_the_broker_lose_nothing(world):
     assert sum(cuts) >= 3, f"the broker closed too few connections: {cuts}"
     assert wait_for(lambda: queue_depth(world, SUBMIT_QUEUE) == 0, 120)
     assert wait_for(lambda: queue_depth(world, inbox) >= 300, 60)
-    ids: list[str] = []
     with world.client(A) as a:
         import threading
 
@@ -212,10 +197,10 @@ def test_connections_cut_by_the_broker_lose_nothing(world):
 
         cutter = threading.Thread(target=cut, daemon=True)
         cutter.start()
-        deadline = time.monotonic() + 180
-        while len(set(ids)) < 300 and time.monotonic() < deadline:
-            ids += [d.envelope_id for d in a.receive(idle=1.5)]
-        stop.set()
+        try:
+            ids = [d.envelope_id for d in receive_until(a, [e for e, _ in sealed], deadline=180)]
+        finally:
+            stop.set()
     assert sum(agent_cuts) >= 1, "the agent's connection was never cut"
     assert sorted(set(ids)) == sorted(eid for eid, _ in sealed)
     assert len(ids) == len(set(ids)), "a document was written twice"
@@ -229,7 +214,7 @@ def test_two_gateway_instances_share_the_work(world):
     publish_all(world, [body for _, body in sealed])
     assert wait_for(lambda: queue_depth(world, SUBMIT_QUEUE) == 0, 120)
     counts = [gw.counters["forwarded"] for gw, _ in world.gateways]
-    ids = receive_all(world, A, 400)
+    ids = receive_all(world, A, [eid for eid, _ in sealed])
     assert sorted(ids) == sorted(eid for eid, _ in sealed)
     assert all(c > 0 for c in counts), counts
     assert set(accepted_decisions(world).values()) == {1}
