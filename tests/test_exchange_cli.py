@@ -7,8 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from keys import ca
 from keys.levels import Level
 from tests.exchange import ADMIN_URL, PROVINCE, A, make_world, wait_for
 from tests.helpers import commune_code
-from tests.sync import DEADLINE_S
+from tests.sync import DEADLINE_S, receive_until
 
 pytestmark = pytest.mark.broker
 
@@ -272,6 +272,9 @@ def test_gateway_refuses_to_start_on_a_bad_policy(world, tmp_path, case, message
     assert r.stderr.splitlines()[-1].startswith(f"cipherpost: {message}"), r.stderr
 
 
+COMMUNES_75 = [commune_code(i) for i in range(75)]
+
+
 @pytest.mark.slow
 def test_seventy_five_recipients_in_one_envelope(tmp_path):
     agencies = {PROVINCE: ("Tỉnh", Level.TOI_MAT)}
@@ -284,37 +287,24 @@ def test_seventy_five_recipients_in_one_envelope(tmp_path):
         from keys.codes import AgencyCode
 
         with w.client(PROVINCE) as p:
-            eid = p.send(
-                doc, to=[AgencyCode.parse(commune_code(i)) for i in range(75)], level=Level.MAT
-            )
-        got: dict[str, bool] = {}
-        lock = threading.Lock()
+            eid = p.send(doc, to=[AgencyCode.parse(c) for c in COMMUNES_75], level=Level.MAT)
 
-        def receive(code: str) -> None:
+        def received(code: str) -> bool:
             with w.client(code) as c:
-                docs = c.receive(idle=0.5)
-            with lock:
-                got[code] = any(
-                    d.envelope_id == eid and d.path.read_bytes() == doc.read_bytes() for d in docs
-                )
+                docs = receive_until(c, [eid])
+            mine = [d for d in docs if d.envelope_id == eid]
+            return len(mine) == 1 and mine[0].path.read_bytes() == doc.read_bytes()
 
-        for batch in range(0, 75, 15):
-            threads = [
-                threading.Thread(target=receive, args=(commune_code(i),))
-                for i in range(batch, batch + 15)
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
-        assert len(got) == 75 and all(got.values())
+        with ThreadPoolExecutor(15) as pool:  # errors (a missing envelope) come back here
+            got = dict(zip(COMMUNES_75, pool.map(received, COMMUNES_75), strict=True))
+        assert all(got.values()), [c for c, ok in got.items() if not ok]
         with w.client(PROVINCE) as p:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                p.receive(idle=0.5)
-                report = p.status(eid)
-                if sum(1 for h in report["recipients"].values() if h) == 75:
-                    break
+            receive_until(
+                p,
+                until=lambda: all(p.status(eid)["recipients"].values()),
+                what="a receipt from each of the 75",
+            )
+            report = p.status(eid)
         arrived = [
             c
             for c, h in report["recipients"].items()
