@@ -224,3 +224,43 @@ def test_open_ca_refuses_a_certificate_of_another_key(tmp_path, authority):
         ca.open_ca(tmp_path / "ca", PASSPHRASE)
     with pytest.raises(CipherpostError, match="is not a CA folder"):
         ca.open_ca(tmp_path / "nothing", PASSPHRASE)
+
+
+def test_issue_audit_validity_bounds_and_folder(tmp_path, authority):
+    from keys.auditkey import AuditKeyRequest
+
+    request, _ = _issue(authority, tmp_path)
+    public = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    mine = AuditKeyRequest(request.code, public, NOW)
+    for days in (1, 3650):
+        path = ca.issue_audit(authority, mine, tmp_path / f"new-{days}" / "certs", NOW, days)
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        assert cert.not_valid_after_utc == NOW + dt.timedelta(days=days)
+    path = ca.issue_audit(authority, mine, tmp_path / "default", NOW)
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    assert cert.not_valid_after_utc == NOW + dt.timedelta(days=365)
+
+
+def test_retired_codes_reach_the_directory(tmp_path, authority):
+    from keys.directory import Directory, TrustState, build_directory
+
+    a, b = (_issue(authority, tmp_path, code)[0].code for code in CODES[:2])
+    later = NOW + dt.timedelta(days=3)
+    ca.retire(authority, b, a, later)
+    d = Directory.load(
+        build_directory(authority, tmp_path / "certs", NOW), TrustState(None), now=NOW
+    )
+    assert d.successor(b) == a.text and d.retired_from[b.text] == later
+
+
+def test_revocation_is_recorded_with_its_reason(tmp_path, authority):
+    request, _ = _issue(authority, tmp_path)
+    ca.revoke(authority, request.code, "key compromise", NOW)
+    entries = authority.load_state()["revoked"]
+    assert len(entries) == 2
+    for entry in entries:
+        assert (entry["code"], entry["reason"], entry["time"]) == (
+            request.code.text,
+            "key compromise",
+            NOW.isoformat(),
+        )

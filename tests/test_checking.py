@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -442,3 +443,24 @@ def test_open_to_path_removes_the_quarantine_file_on_interruption(
             now=world.now,
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_open_to_path_writes_the_whole_document_privately(world, directory, forge, tmp_path):
+    """Checked at ``now``, not the wall clock: this envelope expired long before today."""
+    data = forge(S, [R1], doc=b"y" * 3000, lifetime=dt.timedelta(hours=1))
+    out = tmp_path / "inbox" / "doc.bin"
+    out.parent.mkdir()
+    for sync in (True, False):
+        opened = envelopes.open_to_path(
+            io.BytesIO(data),
+            out,
+            keys=world.keys[R1],
+            directory=directory,
+            now=world.now,
+            sync=sync,
+        )
+        assert out.read_bytes() == b"y" * 3000
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        assert [p.name for p in out.parent.iterdir()] == ["doc.bin"]
+        assert (opened.document_bytes, opened.metadata.subject) == (3000, "forged")
+        out.unlink()

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import envelopes
 from envelopes.errors import EnvelopeRefused, Reason
 from keys import ca
+from keys.codes import AgencyCode
 from keys.directory import CONTEXT, MAGIC, MAX_DIRECTORY_BYTES, Directory, TrustState
 from keys.errors import Refused
 from keys.levels import Level
@@ -299,3 +300,45 @@ def test_retirement_takes_effect_at_its_time(world):
     assert d.successor(code, start - dt.timedelta(seconds=1)) is None
     assert d.successor(code, start) == A
     assert d.successor(d.entries[A].code, start) is None
+
+
+def test_both_certificates_must_be_valid_to_seal(world, tmp_path):
+    """An agency whose encryption (or signing) certificate alone expired takes no part."""
+    from keys import agency
+
+    request = agency.EnrollmentRequest.parse(agency.build_request(world.keys[C], world.now))
+    old = tmp_path / "old"
+    ca.issue(
+        _ca_copy(world, tmp_path),
+        request,
+        Level.MAT,
+        old,
+        world.now - dt.timedelta(days=9),
+        1,
+        replace=True,
+    )
+    valid_sign, valid_enc = pair(world, C)
+    expired_sign, expired_enc = der(old / f"{C}.sign.crt"), der(old / f"{C}.enc.crt")
+    for sign, enc in ((valid_sign, expired_enc), (expired_sign, valid_enc)):
+        d = load(world, signed(world, pairs=[pair(world, A), [sign, enc]]))
+        with pytest.raises(Refused, match=f"^recipient {C} has no currently valid certificate$"):
+            seal_bytes(world, d, A, [C], b"doc")
+        with pytest.raises(Refused, match=f"^sender {C} has no currently valid certificate$"):
+            seal_bytes(world, d, C, [A], b"doc")
+
+
+def test_lookup_by_signing_key_id(world):
+    d = load(world, signed(world))
+    assert d.by_sign_key_id(world.keys[B].sign_key_id) is d.entries[B]
+    assert d.by_sign_key_id(world.keys[B].enc_key_id) is None
+    with pytest.raises(Refused, match="^agency 000.77.77.H41 is not in the directory$"):
+        d.get(AgencyCode.parse("000.77.77.H41"))
+
+
+def test_where_a_holder_keeps_its_trust_state(tmp_path):
+    explicit = TrustState.default({"CIPHERPOST_STATE_DIR": str(tmp_path / "s")})
+    assert explicit.path == tmp_path / "s" / "trust.json"
+    xdg = TrustState.default({"XDG_STATE_HOME": str(tmp_path / "x")})
+    assert xdg.path == tmp_path / "x" / "cipherpost" / "trust.json"
+    home = TrustState.default({})
+    assert home.path == Path("~/.local/state/cipherpost/trust.json").expanduser()

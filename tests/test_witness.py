@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import re
 import stat
@@ -23,6 +24,8 @@ from gateway.checkpoint import (
     MAX_FILE_BYTES,
     MAX_NOTE_BYTES,
     checkpoint_file,
+    key_hash,
+    origin_for,
     parse_checkpoint,
     read_checkpoint_file,
     sign_checkpoint,
@@ -32,7 +35,7 @@ from gateway.witness import Witness, WitnessAlarm
 from keys import ca
 from keys.auditkey import AuditKeyRequest, parse_audit_certificate
 from keys.codes import AgencyCode
-from keys.errors import CipherpostError, Refused
+from keys.errors import CipherpostError, Refused, UsageError
 from keys.levels import Level
 from tests.helpers import NOW, World, make_world
 
@@ -334,7 +337,7 @@ def test_not_a_checkpoint_file(witness, data):
 def test_checkpoint_file_too_large(world, audit):
     ca_cert = ca.load_ca_certificate(world.root / "ca" / "ca.crt")
     data = Log(audit, "a").grow(1).message()
-    with pytest.raises(Refused, match="checkpoint file too large"):
+    with pytest.raises(Refused, match="^checkpoint file too large$"):
         read_checkpoint_file(data + b" " * (MAX_FILE_BYTES + 1 - len(data)), ca_cert)
     read_checkpoint_file(data + b" " * (MAX_FILE_BYTES - len(data)), ca_cert)
 
@@ -350,16 +353,31 @@ def good_note(audit: AuditKey) -> str:
     ("edit", "message"),
     [
         (lambda n: n.replace("\n\n", "\n", 1), "no signature block"),
-        (lambda n: n.replace("cipherpost.audit/", "other.audit/", 1), "not a cipherpost audit"),
+        (
+            lambda n: n.replace("cipherpost.audit/", "other.audit/", 1),
+            "not a cipherpost audit origin",
+        ),
         (lambda n: n.replace("/gw1\n", "\n", 1), "malformed origin"),
-        (lambda n: n.replace("/gw1\n", "/\n", 1), "log id '' must be non-empty"),
-        (lambda n: n.replace("/gw1\n", "/gw 1\n", 1), "log id 'gw 1' must be non-empty"),
+        (
+            lambda n: n.replace("/gw1\n", "/\n", 1),
+            "log id '' must be non-empty, without spaces or '/'",
+        ),
+        (
+            lambda n: n.replace("/gw1\n", "/gw 1\n", 1),
+            "log id 'gw 1' must be non-empty, without spaces or '/'",
+        ),
         (lambda n: n.replace("\n7\n", "\n07\n", 1), "malformed tree size"),
         (lambda n: n.replace("\n7\n", "\n-7\n", 1), "malformed tree size"),
-        (lambda n: n.replace("\n7\n", "\n\n", 1), "not enough values to unpack"),
+        (
+            lambda n: n.replace("\n7\n", "\n\n", 1),
+            r"not enough values to unpack \(expected 4, got 1\)",
+        ),
         (lambda n: n.replace("\ntime ", "\nclock ", 1), "missing time extension line"),
         (lambda n: n.replace("\ntime ", "\ntime x", 1), "missing time extension line"),
-        (lambda n: n.replace("\n\n", "\nextra\n\n", 1), "not enough values|too many values"),
+        (
+            lambda n: n.replace("\n\n", "\nextra\n\n", 1),
+            r"too many values to unpack \(expected 4\)",
+        ),
         (lambda n: n + "— second line\n", "expected exactly one signature line"),
         (lambda n: n.replace("— ", "- ", 1), "malformed signature line"),
         (
@@ -369,7 +387,7 @@ def good_note(audit: AuditKey) -> str:
     ],
 )
 def test_malformed_note(audit, edit, message):
-    with pytest.raises(Refused, match=f"not a cipherpost checkpoint: ({message})"):
+    with pytest.raises(Refused, match=f"^not a cipherpost checkpoint: ({message})$"):
         parse_checkpoint(edit(good_note(audit)).encode())
 
 
@@ -377,17 +395,17 @@ def test_root_and_signature_lengths(audit):
     note = good_note(audit)
     lines = note.split("\n")
     short_root = note.replace(lines[2], base64.b64encode(bytes(31)).decode(), 1)
-    with pytest.raises(Refused, match="root hash is not 32 bytes"):
+    with pytest.raises(Refused, match="root hash is not 32 bytes$"):
         parse_checkpoint(short_root.encode())
     name, sig = lines[-2].rsplit(" ", 1)
     short_sig = note.replace(sig, base64.b64encode(base64.b64decode(sig)[:-1]).decode())
-    with pytest.raises(Refused, match="signature is not key hash \\+ Ed25519"):
+    with pytest.raises(Refused, match="signature is not key hash \\+ Ed25519$"):
         parse_checkpoint(short_sig.encode())
 
 
 def test_note_too_large(audit):
     note = good_note(audit).encode()
-    with pytest.raises(Refused, match="checkpoint note too large"):
+    with pytest.raises(Refused, match="^checkpoint note too large$"):
         parse_checkpoint(note + b"x" * (MAX_NOTE_BYTES + 1 - len(note)))
 
 
@@ -426,3 +444,76 @@ def test_witness_keeps_checkpoint_files(witness, audit, tmp_path):
     assert [p.name for p in folder.iterdir()] == ["000000000003.checkpoint.json"]
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert (folder / "000000000003.checkpoint.json").read_bytes() == message
+
+
+def test_origin_names_a_log_id_without_spaces_or_slashes():
+    code = AgencyCode.parse(GATEWAY)
+    assert origin_for(code, "gw-1") == f"cipherpost.audit/{GATEWAY}/gw-1"
+    for bad in ("", "gw/1", "gw 1", "gw\t1"):
+        with pytest.raises(UsageError, match="must be non-empty, without spaces or '/'"):
+            origin_for(code, bad)
+
+
+def test_key_hash_is_the_signed_note_one(audit):
+    """C2SP signed-note: SHA-256(key name ‖ 0x0A ‖ 0x01 ‖ Ed25519 public key)[:4]."""
+    public = audit.key.public_key().public_bytes_raw()
+    name = f"cipherpost.audit/{GATEWAY}/gw1"
+    want = hashlib.sha256(name.encode() + b"\n" + b"\x01" + public).digest()[:4]
+    assert key_hash(name, public) == want
+    assert parse_checkpoint(Log(audit, "a").grow(2).note()).key_hash == want
+
+
+def test_describe_names_origin_size_root_and_time(audit):
+    log = Log(audit, "a").grow(3)
+    cp = parse_checkpoint(log.note())
+    root = merkle.root_at(3, log.get).hex()
+    assert cp.describe() == f"{cp.origin} size 3 root {root[:16]}… at 2026-11-01T12:00:00+00:00"
+
+
+def test_an_empty_log_has_a_checkpoint(audit):
+    cp = parse_checkpoint(Log(audit, "a").note(0))
+    assert (cp.size, cp.root) == (0, merkle.EMPTY_ROOT)
+
+
+@pytest.mark.parametrize("line", [2, -2])  # the root hash, the signature
+def test_base64_is_strict(audit, line):
+    note = good_note(audit)
+    lines = note.split("\n")
+    lines[line] = lines[line][:-4] + "!" + lines[line][-3:]
+    with pytest.raises(Refused, match="^not a cipherpost checkpoint: "):
+        parse_checkpoint("\n".join(lines).encode())
+
+
+def test_nothing_may_follow_the_signature_line(audit):
+    with pytest.raises(Refused, match="expected exactly one signature line$"):
+        parse_checkpoint((good_note(audit) + "trailing").encode())
+
+
+def test_note_size_limit_is_inclusive(audit):
+    note = good_note(audit).encode()
+    exactly = note.replace(b"\n\n", b"\n" + b"x" * (MAX_NOTE_BYTES - len(note) - 1) + b"\n\n", 1)
+    assert len(exactly) == MAX_NOTE_BYTES
+    with pytest.raises(Refused, match="^not a cipherpost checkpoint: "):  # not "too large"
+        parse_checkpoint(exactly)
+
+
+def test_parsed_checkpoint_keeps_its_note(audit):
+    note = Log(audit, "a").grow(2).note()
+    assert parse_checkpoint(note).note == note
+
+
+def test_signed_at_the_edges_of_the_certificate_validity(world, audit):
+    cert = parse_audit_certificate(audit.pem, ca.load_ca_certificate(world.root / "ca" / "ca.crt"))
+    log = Log(audit, "a").grow(2)
+    for at in (cert.not_before, cert.not_after):
+        assert verify_checkpoint(log.note(at=at), cert).time == at
+    for at in (cert.not_before - dt.timedelta(seconds=1), cert.not_after + dt.timedelta(seconds=1)):
+        with pytest.raises(Refused, match="signed outside the audit certificate's validity$"):
+            verify_checkpoint(log.note(at=at), cert)
+
+
+def test_a_checkpoint_file_carries_its_certificate(world, audit):
+    data = Log(audit, "a").grow(2).message()
+    verified = read_checkpoint_file(data, ca.load_ca_certificate(world.root / "ca" / "ca.crt"))
+    assert verified.certificate_pem == audit.pem
+    assert (verified.certificate.code, verified.certificate.role) == (audit.code, "audit")
