@@ -179,6 +179,7 @@ def test_expiry_is_inclusive(world, directory, forge):
     verify(data, directory, expires)
     e = refusal(lambda: verify(data, directory, expires + dt.timedelta(seconds=1)))
     assert e.reason is Reason.EXPIRED
+    assert str(e) == f"envelope expired at {expires:%Y-%m-%d %H:%M}Z"
 
 
 def test_dated_in_the_future(world, directory, forge):
@@ -213,6 +214,7 @@ def test_recipient_not_in_the_directory(world, directory, forge):
     data = forge(S, [R1, NOBODY], enc_public={NOBODY: public}, recipient_kids={NOBODY: b"k" * 16})
     e = refusal(lambda: verify(data, directory, world.now))
     assert e.reason is Reason.RECIPIENT_UNKNOWN
+    assert str(e) == f"recipient {NOBODY} is not in the directory"
 
 
 def test_revoked_recipient(world, directory, forge):
@@ -225,6 +227,7 @@ def test_recipient_certificate_not_valid_now(world, directory, forge, who):
     data = forge(S, [R1, who])
     e = refusal(lambda: verify(data, directory, world.now))
     assert e.reason is Reason.RECIPIENT_CERTIFICATE
+    assert str(e) == f"recipient {who} has no currently valid certificate"
 
 
 def test_recipient_under_a_key_not_certified(world, directory, forge):
@@ -233,7 +236,9 @@ def test_recipient_under_a_key_not_certified(world, directory, forge):
     data = forge(
         S, [R1, R2], enc_public={R2: rogue.enc_public}, recipient_kids={R2: rogue.enc_key_id}
     )
-    assert refusal(lambda: verify(data, directory, world.now)).reason is Reason.RECIPIENT_KEY
+    e = refusal(lambda: verify(data, directory, world.now))
+    assert e.reason is Reason.RECIPIENT_KEY
+    assert str(e) == f"recipient {R2} is addressed under a key not certified"
 
 
 # --- step 6: segments --------------------------------------------------------------------------
@@ -283,7 +288,7 @@ def test_segment_of_the_wrong_size(world, directory, three_segments, index, delt
     segments[index] = dataclasses.replace(s, ciphertext=ciphertext)
     data = resign(world.keys[S], raw, segments)
     e = refusal(lambda: verify(data, directory, world.now))
-    assert e.reason is Reason.SEGMENT and "wrong size" in str(e)
+    assert (e.reason, str(e)) == (Reason.SEGMENT, "envelope segment has the wrong size")
 
 
 def test_bad_segment_signature(world, directory, three_segments):
@@ -310,9 +315,11 @@ def test_a_part_checked_on_its_own(world, directory, three_segments):
         check_segment(checked, s)
     beyond = SegmentFrame(3, True, s2.ciphertext, s2.signature)
     e = refusal(lambda: check_segment(checked, beyond))
-    assert e.reason is Reason.SEGMENT and "more segments" in str(e)
+    assert e.reason is Reason.SEGMENT
+    assert str(e) == "envelope has more segments than its header announces"
     e = refusal(lambda: check_segment(checked, dataclasses.replace(s1, final=True)))
-    assert e.reason is Reason.SEGMENT and "final flag" in str(e)
+    assert e.reason is Reason.SEGMENT
+    assert str(e) == "envelope segment has the wrong final flag"
 
 
 # --- steps 7-9: opening ------------------------------------------------------------------------
@@ -320,14 +327,16 @@ def test_a_part_checked_on_its_own(world, directory, three_segments):
 
 def test_not_a_recipient(world, directory, forge):
     data = forge(S, [R1])
-    assert refusal(lambda: open_as(world, directory, R2, data)).reason is Reason.NOT_RECIPIENT
+    e = refusal(lambda: open_as(world, directory, R2, data))
+    assert (e.reason, str(e)) == (Reason.NOT_RECIPIENT, f"{R2} is not a recipient of this envelope")
 
 
 def test_addressed_to_another_key_of_this_agency(world, directory, forge):
     """The agency re-keyed (or holds old keys): refused before any unwrap."""
     data = forge(S, [R1])
     old = dataclasses.replace(world.keys[R1], encryption_key=X25519PrivateKey.generate())
-    assert refusal(lambda: open_as(world, directory, old, data)).reason is Reason.STALE_KEY
+    e = refusal(lambda: open_as(world, directory, old, data))
+    assert (e.reason, str(e)) == (Reason.STALE_KEY, f"envelope is addressed to another key of {R1}")
 
 
 def test_key_commitment_invisible_salamander(world, directory, forge):
@@ -464,3 +473,23 @@ def test_open_to_path_writes_the_whole_document_privately(world, directory, forg
         assert [p.name for p in out.parent.iterdir()] == ["doc.bin"]
         assert (opened.document_bytes, opened.metadata.subject) == (3000, "forged")
         out.unlink()
+
+
+def test_open_to_path_never_clobbers_a_file_that_appears_meanwhile(
+    world, directory, forge, tmp_path
+):
+    """Someone creates the destination while the envelope is being opened: it is kept."""
+    out = tmp_path / "doc.bin"
+
+    class Racing(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            if self.tell() > 0 and not out.exists():
+                out.write_bytes(b"theirs")
+            return super().read(n)
+
+    with pytest.raises(CipherpostError) as e:
+        envelopes.open_to_path(
+            Racing(forge(S, [R1])), out, keys=world.keys[R1], directory=directory, now=world.now
+        )
+    assert str(e.value) == f"{out} already exists; refusing to overwrite it"
+    assert out.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["doc.bin"]
