@@ -18,7 +18,14 @@ import envelopes
 from envelopes.errors import EnvelopeRefused, Reason
 from keys import ca
 from keys.codes import AgencyCode
-from keys.directory import CONTEXT, MAGIC, MAX_DIRECTORY_BYTES, Directory, TrustState
+from keys.directory import (
+    CONTEXT,
+    MAGIC,
+    MAX_DIRECTORY_BYTES,
+    Directory,
+    TrustState,
+    entries_for,
+)
 from keys.errors import Refused
 from keys.levels import Level
 from tests.helpers import World, make_world, seal_bytes
@@ -342,3 +349,11 @@ def test_where_a_holder_keeps_its_trust_state(tmp_path):
     assert xdg.path == tmp_path / "x" / "cipherpost" / "trust.json"
     home = TrustState.default({})
     assert home.path == Path("~/.local/state/cipherpost/trust.json").expanduser()
+
+
+def test_entries_for_several_codes(world):
+    d = load(world, signed(world))
+    codes = [d.entries[C].code, d.entries[A].code]
+    assert entries_for(d, codes) == [d.entries[C], d.entries[A]]
+    with pytest.raises(Refused, match="^recipient 000.77.77.H41 is not in the directory$"):
+        entries_for(d, [*codes, AgencyCode.parse("000.77.77.H41")])

@@ -380,3 +380,35 @@ def test_oversized_policy_refused_before_parsing(signed):
     big = sign_policy(DOCS_POLICY + "#" * (MAX_POLICY_BYTES - 2000), authority, NOW, 30)
     assert len(big) <= MAX_POLICY_BYTES
     Policy.load_signed(big, key, NOW)
+
+
+@pytest.mark.parametrize(
+    ("rule_id", "ok"),
+    [("a" * 64, True), ("a" * 65, False), ("0.a_b-c", True), ("-a", False), (".a", False)],
+)
+def test_rule_id_form(rule_id, ok):
+    text = f'[[rule]]\nid = "{rule_id}"\naction = "allow"\nreason = "x"\n'
+    if ok:
+        assert Policy.parse(text).rules[0].id == rule_id
+    else:
+        with pytest.raises(PolicyError, match="id must be lower-case letters, digits, . _ -$"):
+            Policy.parse(text)
+
+
+def test_code_pattern_length_and_alphabet():
+    assert one_rule(sender="?" * 32).rules[0].sender == "?" * 32
+    assert one_rule(recipients="[!0]*.H4?").rules[0].recipients == "[!0]*.H4?"
+    for bad in ("?" * 33, "*.h41", "* .H41", "*/H41"):
+        with pytest.raises(PolicyError, match="sender must be a code pattern"):
+            one_rule(sender=bad)
+
+
+def test_policy_size_limit_is_inclusive(signed):
+    data, authority = signed
+    key = authority.certificate.public_key()
+    text = DOCS_POLICY + "#" * MAX_POLICY_BYTES
+    while (size := len(sign_policy(text, authority, NOW, 30))) != MAX_POLICY_BYTES:
+        text = text[: len(text) - (size - MAX_POLICY_BYTES)]  # msgpack headers are fixed here
+    exactly = sign_policy(text, authority, NOW, 30)
+    assert len(exactly) == MAX_POLICY_BYTES
+    assert Policy.load_signed(exactly, key, NOW).version == 3
