@@ -125,7 +125,8 @@ def test_what_verify_reports(world, directory, forge):
 
 def test_unknown_sender(world, directory):
     data = Forgery(stranger(NOBODY), directory, [R1], world.now).build()
-    assert refusal(lambda: verify(data, directory, world.now)).reason is Reason.SENDER_UNKNOWN
+    e = refusal(lambda: verify(data, directory, world.now))
+    assert (e.reason, str(e)) == (Reason.SENDER_UNKNOWN, f"sender {NOBODY} is not in the directory")
 
 
 def test_revoked_sender(world, directory, forge):
@@ -138,6 +139,7 @@ def test_sender_certificate_not_valid_now(world, directory, forge, who):
     data = forge(who, [R1])
     e = refusal(lambda: verify(data, directory, world.now))
     assert e.reason is Reason.SENDER_CERTIFICATE
+    assert str(e) == f"sender {who} has no currently valid certificate"
 
 
 def test_sender_certificate_validity_bounds(world, directory, forge):
@@ -153,7 +155,9 @@ def test_sender_certificate_validity_bounds(world, directory, forge):
 
 def test_sender_key_id_not_the_certified_key(world, directory, forge):
     data = forge(S, [R1], sender_kid=bytes(16))
-    assert refusal(lambda: verify(data, directory, world.now)).reason is Reason.SENDER_KEY
+    e = refusal(lambda: verify(data, directory, world.now))
+    assert e.reason is Reason.SENDER_KEY
+    assert str(e) == f"envelope is not signed with the certified key of {S}"
 
 
 def test_signed_by_another_agency_in_the_senders_name(world, directory):
@@ -167,7 +171,8 @@ def test_signed_by_another_agency_in_the_senders_name(world, directory):
 def test_bad_header_signature(world, directory, forge):
     (raw, sig), segments = frames(forge(S, [R1]))
     data = join((raw, bytes([sig[0] ^ 1]) + sig[1:]), segments)
-    assert refusal(lambda: verify(data, directory, world.now)).reason is Reason.SIGNATURE
+    e = refusal(lambda: verify(data, directory, world.now))
+    assert (e.reason, str(e)) == (Reason.SIGNATURE, "bad header signature")
 
 
 # --- step 4: lifetime --------------------------------------------------------------------------
@@ -187,7 +192,8 @@ def test_dated_in_the_future(world, directory, forge):
     skew = dt.timedelta(minutes=5)
     verify(forge(S, [R1], created=world.now + skew), directory, world.now)
     data = forge(S, [R1], created=world.now + skew + dt.timedelta(seconds=1))
-    assert refusal(lambda: verify(data, directory, world.now)).reason is Reason.CLOCK
+    e = refusal(lambda: verify(data, directory, world.now))
+    assert (e.reason, str(e)) == (Reason.CLOCK, "envelope is dated in the future")
 
 
 # --- step 5: level and recipients --------------------------------------------------------------
@@ -196,7 +202,9 @@ def test_dated_in_the_future(world, directory, forge):
 def test_level_above_the_senders_clearance(world, directory, forge):
     verify(forge(MAT_SENDER, [R1], level=Level.MAT), directory, world.now)  # at it: fine
     data = forge(MAT_SENDER, [R1], level=Level.TOI_MAT)
-    assert refusal(lambda: verify(data, directory, world.now)).reason is Reason.SENDER_CLEARANCE
+    e = refusal(lambda: verify(data, directory, world.now))
+    assert e.reason is Reason.SENDER_CLEARANCE
+    assert str(e) == f"level toi-mat is above the clearance of sender {MAT_SENDER}"
 
 
 @pytest.mark.parametrize("to", [[R2], [R1, R2], [R2, R1]])
@@ -260,14 +268,14 @@ def test_segment_missing(world, directory, three_segments):
     header, segments = three_segments
     data = join(header, segments[:-1])
     e = refusal(lambda: verify(data, directory, world.now))
-    assert e.reason is Reason.SEGMENT and "truncated" in str(e)
+    assert (e.reason, str(e)) == (Reason.SEGMENT, "envelope is truncated: segments are missing")
 
 
 def test_data_after_the_final_segment(world, directory, three_segments):
     header, segments = three_segments
     data = join(header, [*segments, segments[-1]])
     e = refusal(lambda: verify(data, directory, world.now))
-    assert e.reason is Reason.SEGMENT and "after its final segment" in str(e)
+    assert (e.reason, str(e)) == (Reason.SEGMENT, "envelope has data after its final segment")
 
 
 @pytest.mark.parametrize("flags", [(True, False, True), (False, False, False), (True, True, True)])
@@ -296,7 +304,7 @@ def test_bad_segment_signature(world, directory, three_segments):
     s = segments[1]
     segments[1] = dataclasses.replace(s, signature=bytes([s.signature[0] ^ 1]) + s.signature[1:])
     e = refusal(lambda: verify(join(header, segments), directory, world.now))
-    assert e.reason is Reason.SEGMENT_SIGNATURE
+    assert (e.reason, str(e)) == (Reason.SEGMENT_SIGNATURE, "bad signature on segment 1")
 
 
 def test_segment_signed_by_another_agency(world, directory, three_segments):
@@ -346,6 +354,7 @@ def test_key_commitment_invisible_salamander(world, directory, forge):
     open_as(world, directory, R1, data)
     e = refusal(lambda: open_as(world, directory, R2, data))
     assert e.reason is Reason.KEY_COMMITMENT
+    assert str(e) == "payload key does not match the header's key commitment"
 
 
 def test_key_commitment_replaced(world, directory, forge):
@@ -472,6 +481,7 @@ def test_open_to_path_writes_the_whole_document_privately(world, directory, forg
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
         assert [p.name for p in out.parent.iterdir()] == ["doc.bin"]
         assert (opened.document_bytes, opened.metadata.subject) == (3000, "forged")
+        assert opened.info.envelope_bytes == len(data)
         out.unlink()
 
 
@@ -493,3 +503,16 @@ def test_open_to_path_never_clobbers_a_file_that_appears_meanwhile(
         )
     assert str(e.value) == f"{out} already exists; refusing to overwrite it"
     assert out.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["doc.bin"]
+
+
+def test_an_empty_stream_is_not_an_envelope(world, directory):
+    e = refusal(lambda: verify(b"", directory, world.now))
+    assert (e.reason, str(e)) == (Reason.FORMAT, "envelope is empty")
+
+
+def test_without_a_time_the_clock_decides(world, directory, forge):
+    """``now`` defaults to the wall clock (aware, UTC): today, these certificates are valid."""
+    now = dt.datetime.now(dt.UTC)
+    data = forge(S, [R1], created=now)
+    info = envelopes.verify(io.BytesIO(data), directory=directory)
+    assert info.checked.header.created <= now + dt.timedelta(seconds=1)

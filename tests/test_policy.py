@@ -223,7 +223,7 @@ def test_header_fields_are_parsed():
         Level.TOI_MAT,
     )
     assert (rule.urgency, rule.max_bytes) == ((Urgency.THUONG, Urgency.KHAN), 1000)
-    assert Policy.parse("").version == 1
+    assert (Policy.parse("").version, Policy.parse("").name) == (1, "")
 
 
 # --- every validation of `policy sign` ------------------------------------------------------
@@ -235,10 +235,13 @@ GOOD_RULE = '[[rule]]\nid = "ok"\naction = "allow"\nreason = "fine"\n'
     ("text", "message"),
     [
         ("[[rule]\n", "policy is not valid TOML"),
-        ("[other]\nx = 1\n", "unknown top-level keys"),
+        (
+            "[other]\nx = 1\n",
+            r"^policy has unknown top-level keys \(expected \[policy\] and \[\[rule\]\]\)$",
+        ),
         ('policy = "x"\n', "unknown top-level keys"),
-        ("[policy]\nversion = 0\n", "policy.version must be a positive integer"),
-        ('[policy]\nversion = "3"\n', "policy.version must be a positive integer"),
+        ("[policy]\nversion = 0\n", "^policy.version must be a positive integer$"),
+        ('[policy]\nversion = "3"\n', "^policy.version must be a positive integer$"),
         ("rule = [1]\n", "rule 1 is not a table"),
         (GOOD_RULE + "colour = 'red'\n", r"rule 1 \(ok\): unknown keys \['colour'\]"),
         ('[[rule]]\nid = "Bad Id"\naction = "allow"\nreason = "x"\n', "id must be lower-case"),
@@ -280,7 +283,7 @@ def test_the_second_rule_is_named():
 
 def test_policy_sign_refuses_validity_out_of_range(authority):
     for days in (0, 3651):
-        with pytest.raises(UsageError, match="--valid-days must be 1..3650"):
+        with pytest.raises(UsageError, match=r"^--valid-days must be 1\.\.3650$"):
             sign_policy(GOOD_RULE, authority, NOW, days)
     for days in (1, 3650):
         sign_policy(GOOD_RULE, authority, NOW, days)
@@ -325,8 +328,13 @@ def test_signed_policy_loads_until_it_expires(signed):
     key = authority.certificate.public_key()
     expires = NOW + dt.timedelta(days=30)
     policy = Policy.load_signed(data, key, expires)  # the last second is still valid
-    assert (policy.version, policy.expires, len(policy.rules)) == (3, expires, 2)
-    with pytest.raises(Refused, match="policy expired at"):
+    assert (policy.name, policy.version, policy.expires, len(policy.rules)) == (
+        "Province H41",
+        3,
+        expires,
+        2,
+    )
+    with pytest.raises(Refused, match="^policy expired at 2026-12-01 12:00Z$"):
         Policy.load_signed(data, key, expires + dt.timedelta(seconds=1))
 
 
@@ -339,7 +347,9 @@ def test_tampered_policy_refused(signed):
         [issued, expires, text.replace('"deny"', '"allow"')],  # a rule switched
     ):
         forged = msgpack.packb([magic, msgpack.packb(changed), sig], use_bin_type=True)
-        with pytest.raises(Refused, match="policy signature is not valid"):
+        with pytest.raises(
+            Refused, match=r"^policy signature is not valid \(tampered, or not signed by this CA\)$"
+        ):
             Policy.load_signed(forged, authority.certificate.public_key(), NOW)
     flipped = msgpack.packb([magic, body, bytes([sig[0] ^ 1]) + sig[1:]], use_bin_type=True)
     with pytest.raises(Refused, match="policy signature is not valid"):
@@ -368,14 +378,14 @@ def test_policy_of_another_ca_refused(signed, tmp_path):
 )
 def test_unsigned_or_malformed_policy_refused(signed, data):
     _, authority = signed
-    with pytest.raises(Refused, match="policy file is not a signed cipherpost policy"):
+    with pytest.raises(Refused, match="^policy file is not a signed cipherpost policy$"):
         Policy.load_signed(data, authority.certificate.public_key(), NOW)
 
 
 def test_oversized_policy_refused_before_parsing(signed):
     data, authority = signed
     key = authority.certificate.public_key()
-    with pytest.raises(Refused, match="policy file is too large"):
+    with pytest.raises(Refused, match="^policy file is too large$"):
         Policy.load_signed(data + b"\0" * (MAX_POLICY_BYTES + 1 - len(data)), key, NOW)
     big = sign_policy(DOCS_POLICY + "#" * (MAX_POLICY_BYTES - 2000), authority, NOW, 30)
     assert len(big) <= MAX_POLICY_BYTES
