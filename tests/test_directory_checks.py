@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import stat
 from pathlib import Path
 
 import msgpack
@@ -26,7 +27,7 @@ from keys.directory import (
     TrustState,
     entries_for,
 )
-from keys.errors import Refused
+from keys.errors import CipherpostError, Refused, UsageError
 from keys.levels import Level
 from tests.helpers import World, make_world, seal_bytes
 
@@ -357,3 +358,123 @@ def test_entries_for_several_codes(world):
     assert entries_for(d, codes) == [d.entries[C], d.entries[A]]
     with pytest.raises(Refused, match="^recipient 000.77.77.H41 is not in the directory$"):
         entries_for(d, [*codes, AgencyCode.parse("000.77.77.H41")])
+
+
+def test_the_older_form_without_a_retired_list_loads(world):
+    """Six fields: directories signed before retirement existed."""
+    magic, body, _ = msgpack.unpackb(signed(world), raw=False)
+    fields = msgpack.unpackb(body, raw=False)[:6]
+    d = load(world, signed(world, fields=fields))
+    assert set(d.entries) == {A, B, C} and d.retired == {}
+    assert (d.issued_at, d.expires_at) == (world.now, world.now + dt.timedelta(days=7))
+
+
+@pytest.mark.parametrize(
+    "outer",
+    [
+        lambda m, b, s: ["cipherpost.directory/2", b, s],
+        lambda m, b, s: [m, b.hex(), s],
+        lambda m, b, s: [m, b, s.hex()],
+        lambda m, b, s: [m, b],
+    ],
+)
+def test_malformed_wire_form(world, outer):
+    magic, body, sig = msgpack.unpackb(signed(world), raw=False)
+    data = msgpack.packb(outer(magic, body, sig), use_bin_type=True)
+    with pytest.raises(Refused, match="^directory file is malformed$"):
+        load(world, data)
+
+
+def test_crl_field_must_be_bytes(world):
+    magic, body, _ = msgpack.unpackb(signed(world), raw=False)
+    fields = msgpack.unpackb(body, raw=False)
+    fields[4] = "crl"
+    with pytest.raises(Refused, match="^directory file is malformed$"):
+        load(world, signed(world, fields=fields))
+
+
+def test_size_limit_is_inclusive(world):
+    data = b"\x00" * MAX_DIRECTORY_BYTES
+    with pytest.raises(Refused, match="^directory file is malformed$"):  # not "too large"
+        load(world, data)
+
+
+def test_a_ca_that_is_not_ed25519(world):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "EC CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(world.now - dt.timedelta(days=1))
+        .not_valid_after(world.now + dt.timedelta(days=1))
+        .sign(key, __import__("cryptography").hazmat.primitives.hashes.SHA256())
+    )
+    magic, body, sig = msgpack.unpackb(signed(world), raw=False)
+    fields = msgpack.unpackb(body, raw=False)
+    fields[3] = cert.public_bytes(serialization.Encoding.DER)
+    with pytest.raises(Refused, match="^directory CA key is not Ed25519$"):
+        load(world, signed(world, fields=fields))
+
+
+def test_rollback_message(world, tmp_path):
+    path = tmp_path / "trust.json"
+    load(world, signed(world, version=3), TrustState(path))
+    with pytest.raises(
+        Refused,
+        match=r"^directory version 2 is older than version 3 already trusted \(rollback refused\)$",
+    ):
+        load(world, signed(world, version=2), TrustState(path))
+
+
+def test_trust_never_goes_back_and_is_kept_privately(tmp_path):
+    path = tmp_path / "new" / "state" / "trust.json"
+    trust = TrustState(path)
+    trust.accept("ca", 5)
+    trust.accept("ca", 3)  # a caller that did not check first: still 5
+    assert TrustState(path).highest_version("ca") == 5 and trust.pinned_now == "ca"
+    assert TrustState(path).highest_version("other") == 0
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_build_directory_refuses(world, tmp_path):
+    from keys.directory import build_directory
+
+    authority = _ca_copy(world, tmp_path)
+    for days in (0, 3651):
+        with pytest.raises(UsageError, match=r"^--valid-days must be 1\.\.3650$"):
+            build_directory(authority, world.certs, world.now, days)
+    with pytest.raises(
+        CipherpostError, match=f"^certificates folder {tmp_path / 'none'} does not exist$"
+    ):
+        build_directory(authority, tmp_path / "none", world.now)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CipherpostError, match=r"^no agency certificates \(\*\.sign\.crt\) in "):
+        build_directory(authority, tmp_path / "empty", world.now)
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / f"{A}.sign.crt").write_bytes((world.certs / f"{A}.sign.crt").read_bytes())
+    with pytest.raises(CipherpostError, match=f"has no matching {A}.enc.crt$"):
+        build_directory(authority, lonely, world.now)
+    other = make_world(tmp_path / "other", {A: Level.MAT})
+    with pytest.raises(CipherpostError, match="certificate not issued by the trusted CA$"):
+        build_directory(authority, other.certs, world.now)
+
+
+def test_build_directory_validity(world, tmp_path):
+    from keys.directory import build_directory
+
+    authority = _ca_copy(world, tmp_path)
+    for days, want in ((None, 7), (1, 1), (3650, 3650)):
+        data = (
+            build_directory(authority, world.certs, world.now)
+            if days is None
+            else build_directory(authority, world.certs, world.now, days)
+        )
+        d = load(world, data)
+        assert d.expires_at - d.issued_at == dt.timedelta(days=want)
