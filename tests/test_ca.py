@@ -137,11 +137,21 @@ def test_certificates_are_end_entity_with_their_own_usage(tmp_path, authority):
         assert constraints.critical and constraints.value.ca is False
         assert cert.issuer == authority.certificate.subject
         cert.verify_directly_issued_by(authority.certificate)
-    sign_usage = sign.extensions.get_extension_for_class(x509.KeyUsage).value
-    enc_usage = enc.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert (sign_usage.digital_signature, sign_usage.key_agreement) == (True, False)
-    assert (enc_usage.digital_signature, enc_usage.key_agreement) == (False, True)
-    assert not sign_usage.key_cert_sign and not enc_usage.key_cert_sign
+    for cert, signs in ((sign, True), (enc, False)):
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
+        assert usage.critical
+        u = usage.value
+        assert (u.digital_signature, u.key_agreement) == (signs, not signs)
+        # An agency key certifies nothing, signs no CRL, commits to nothing else.
+        for flag in ("content_commitment", "key_encipherment", "data_encipherment"):
+            assert getattr(u, flag) is False, flag
+        assert u.key_cert_sign is False and u.crl_sign is False
+        if not signs:
+            assert u.encipher_only is False and u.decipher_only is False
+        agency_ext = cert.extensions.get_extension_for_oid(AGENCY_EXTENSION_OID)
+        assert agency_ext.critical
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+        assert not aki.critical
 
 
 def test_revoke_covers_every_certificate_ever_issued(tmp_path, authority):
@@ -264,3 +274,33 @@ def test_revocation_is_recorded_with_its_reason(tmp_path, authority):
             "key compromise",
             NOW.isoformat(),
         )
+
+
+def test_issue_twice_needs_replace_and_keeps_every_serial(tmp_path, authority):
+    request, first = _issue(authority, tmp_path, valid_days=365)
+    with pytest.raises(
+        CipherpostError,
+        match=f"^{request.code} already holds certificates; use --replace to re-issue them$",
+    ):
+        ca.issue(authority, request, Level.MAT, tmp_path / "certs", NOW)
+    serials = {x509.load_pem_x509_certificate(p.read_bytes()).serial_number for p in first}
+    for _ in range(2):
+        paths = ca.issue(authority, request, Level.MAT, tmp_path / "certs", NOW, replace=True)
+        serials |= {x509.load_pem_x509_certificate(p.read_bytes()).serial_number for p in paths}
+    ca.revoke(authority, request.code, "rotated out", NOW)
+    crl = x509.load_der_x509_crl((tmp_path / "ca" / ca.CRL_FILE).read_bytes())
+    assert {r.serial_number for r in crl} == serials and len(serials) == 6
+
+
+def test_issue_defaults_and_bookkeeping(tmp_path, authority):
+    keys = _keys()
+    request = agency.EnrollmentRequest.parse(agency.build_request(keys, NOW))
+    sign_path, _ = ca.issue(authority, request, Level.TOI_MAT, tmp_path / "new" / "certs", NOW)
+    cert = x509.load_pem_x509_certificate(sign_path.read_bytes())
+    assert cert.not_valid_after_utc == NOW + dt.timedelta(days=365)
+    entry = authority.load_state()["issued"][request.code.text]
+    assert (entry["clearance"], entry["not_after"], entry["revoked"]) == (
+        "toi-mat",
+        cert.not_valid_after_utc.isoformat(),
+        False,
+    )

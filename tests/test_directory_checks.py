@@ -100,9 +100,11 @@ def load(world: World, data: bytes, trust: TrustState | None = None, now=None) -
 
 
 def test_a_well_made_directory_loads(world):
-    d = load(world, signed(world))
+    data = signed(world)
+    d = load(world, data)
     assert set(d.entries) == {A, B, C} and not any(e.revoked for e in d.entries.values())
     assert d.entries[C].clearance is Level.MAT
+    assert (d.entries[C].name, d.raw) == (f"Agency {C}", data)
 
 
 # --- the CRL -----------------------------------------------------------------------------------
@@ -478,3 +480,12 @@ def test_build_directory_validity(world, tmp_path):
         )
         d = load(world, data)
         assert d.expires_at - d.issued_at == dt.timedelta(days=want)
+
+
+def test_trust_state_from_the_environment_and_damaged(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIPHERPOST_STATE_DIR", str(tmp_path / "env"))
+    trust = TrustState.default()
+    assert trust.path == tmp_path / "env" / "trust.json" and trust.pinned_now is None
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(CipherpostError, match=f"^{tmp_path / 'bad.json'}: damaged trust state$"):
+        TrustState(tmp_path / "bad.json")
