@@ -304,3 +304,35 @@ def test_issue_defaults_and_bookkeeping(tmp_path, authority):
         cert.not_valid_after_utc.isoformat(),
         False,
     )
+
+
+def test_the_root_certificate_and_first_crl(tmp_path, authority):
+    """The CA's own certificate: a critical CA constraint with no sub-CA, certificate and CRL
+    signing only; its CRL numbered from 1, dated with the clock skew."""
+    cert = authority.certificate
+    assert cert.not_valid_before_utc == NOW - ca.CLOCK_SKEW
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert constraints.critical and constraints.value.ca and constraints.value.path_length == 0
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical
+    u = usage.value
+    assert (u.key_cert_sign, u.crl_sign, u.digital_signature) == (True, True, True)
+    for flag in ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement"):
+        assert getattr(u, flag) is False, flag
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert not ski.critical
+    crl = x509.load_der_x509_crl((tmp_path / "ca" / ca.CRL_FILE).read_bytes())
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber)
+    assert number.value.crl_number == 1 and not number.critical
+    assert crl.last_update_utc == NOW - ca.CLOCK_SKEW
+    assert authority.load_state()["crl_number"] == 1
+
+
+def test_ca_certificate_in_der_and_a_folder_that_is_not_a_ca(tmp_path, authority):
+    from cryptography.hazmat.primitives import serialization
+
+    der = tmp_path / "ca.der"
+    der.write_bytes(authority.certificate.public_bytes(serialization.Encoding.DER))
+    assert ca.load_ca_certificate(der) == authority.certificate
+    with pytest.raises(CipherpostError, match=r"is not a CA folder \(run: cipherpost ca init\)$"):
+        ca.load_ca_state(tmp_path / "nothing")
