@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 import envelopes
 from agents import audit_cli, gateway_cli, onboarding
 from agents.client import Client, ReceivedDocument
+from agents.interrupts import Interrupted, Stops
 from agents.progress import ProgressReader
 from keys import agency, ca
 from keys.auditkey import AuditKeyRequest
@@ -55,6 +56,9 @@ never from the command line."""
 # Side remarks (trust on first use) are printed after the result, or folded into
 # the one error line, so a failure is always exactly one line on stderr.
 _NOTES: list[str] = []
+
+# SIGINT, SIGTERM, SIGHUP: while an envelope is sealed or opened, acted on at a safe point.
+STOPS = Stops()
 
 LEVELS = ", ".join(level.value for level in Level)
 URGENCIES = ", ".join(u.value for u in Urgency)
@@ -309,16 +313,16 @@ def cmd_seal(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CipherpostError(f"cannot read {args.file}: {e.strerror}") from e
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{args.out.name}.", suffix=".partial", dir=args.out.parent
-    )
-    tmp = Path(tmp_name)
-    with src:
+    with src, STOPS.deferred():
         size = os.fstat(src.fileno()).st_size
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{args.out.name}.", suffix=".partial", dir=args.out.parent
+        )
+        tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as dst:
                 sealed = envelopes.seal(
-                    ProgressReader(src, size, "sealing"),  # type: ignore[arg-type]
+                    STOPS.reading(ProgressReader(src, size, "sealing")),  # type: ignore[arg-type]
                     dst,
                     keys=keys,
                     directory=directory,
@@ -337,6 +341,8 @@ def cmd_seal(args: argparse.Namespace) -> int:
                 raise CipherpostError(
                     f"{args.out} already exists; refusing to overwrite it"
                 ) from None
+            if STOPS.pending is not None:
+                args.out.unlink()  # finished just as a stop came: a stop keeps nothing
         finally:
             tmp.unlink(missing_ok=True)
     print(sealed.envelope_id)
@@ -405,14 +411,16 @@ def cmd_open(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CipherpostError(f"cannot read {args.envelope}: {e.strerror}") from e
     args.out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with src:
+    with src, STOPS.deferred():
         size = os.fstat(src.fileno()).st_size
         opened = envelopes.open_to_path(
-            ProgressReader(src, size, "opening"),  # type: ignore[arg-type]
+            STOPS.reading(ProgressReader(src, size, "opening")),  # type: ignore[arg-type]
             args.out,
             keys=keys,
             directory=directory,
         )
+        if STOPS.pending is not None:
+            args.out.unlink()  # finished just as a stop came: a stop keeps nothing
     summary = opened.info.as_dict()
     summary.update(
         {
@@ -1037,7 +1045,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _NOTES.clear()
-    previous = _trap_signals()
+    STOPS.install()
     try:
         code: int = args.handler(args)
         for note in _NOTES:
@@ -1065,30 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_ERROR
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
-
-
-class Interrupted(BaseException):  # like KeyboardInterrupt: not an error
-    """SIGTERM or SIGHUP arrived: unwind so that every clean-up runs."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_interrupted(signum: int, _frame: object) -> None:
-    raise Interrupted(signum)
-
-
-def _trap_signals() -> dict[int, object]:
-    previous: dict[int, object] = {}
-    if threading.current_thread() is not threading.main_thread():
-        return previous  # signal handlers can only be set from the main thread
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        previous[signum] = signal.getsignal(signum)
-        signal.signal(signum, _raise_interrupted)
-    return previous
+        STOPS.restore()
 
 
 def _fail(message: str) -> None:

@@ -290,9 +290,11 @@ def open_to_path(
     """
     if path.exists():
         raise CipherpostError(f"{path} already exists; refusing to overwrite it")
-    quarantine = path.with_name(f".{path.name}.quarantine-{secrets.token_hex(4)}")
-    fd = os.open(quarantine, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # 128 random bits: the name is ours alone, so the finally below may remove it even if
+    # an interruption came between its creation and the first line of the try.
+    quarantine = path.with_name(f".{path.name}.quarantine-{secrets.token_hex(16)}")
     try:
+        fd = os.open(quarantine, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as dst:
             opened = open_envelope(src, dst, keys=keys, directory=directory, now=now)
             dst.flush()

@@ -243,7 +243,9 @@ def _rule(raw: object, n: int) -> Rule:
     if level_min > level_max:
         raise PolicyError(f"{where}: level_min is above level_max")
     max_bytes = raw.get("max_bytes")
-    if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
+    if max_bytes is not None and (
+        not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0
+    ):
         raise PolicyError(f"{where}: max_bytes must be a non-negative integer")
     return Rule(
         rule_id,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,18 @@ def state_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CIPHERPOST_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("CIPHERPOST_PASSPHRASE", "test-passphrase")
     return tmp_path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test module that uses the real-broker helpers (tests/exchange.py) is a ``broker``
+    test even if it forgot to say so: ``pytest -m "not broker"`` must never need RabbitMQ."""
+    exchange = sys.modules.get("tests.exchange")
+    if exchange is None:
+        return
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None or item.get_closest_marker("broker"):
+            continue
+        names = vars(module).values()
+        if any(getattr(v, "__module__", None) == exchange.__name__ for v in names):
+            item.add_marker(pytest.mark.broker)

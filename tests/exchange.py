@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,44 +143,6 @@ def publish_raw(world: World, data: bytes) -> None:
     """Publish without the CLI's own check (it refuses to publish a bad version)."""
     creds = world.root / "broker-credentials" / f"{world.prefix}{PUBLISHER_LOGIN}.broker.json"
     publish_directory(BrokerConfig.load(creds), data)
-
-
-def consume_until(client, done: Callable[[], bool], timeout: float = 60.0, what: str = "") -> list:
-    """Run ``client.receive(follow=True)`` until ``done()`` holds (checked while it runs).
-
-    Synchronises on the event itself (a document in the inbox, a status in the
-    agent's state), never on a quiet period. Returns the documents received.
-    """
-    stop = threading.Event()
-    out: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            out["docs"] = client.receive(follow=True, stop=stop)
-        except BaseException as e:  # handed to the test's thread
-            out["error"] = e
-
-    thread = threading.Thread(target=run, name="test-consume", daemon=True)
-    thread.start()
-    try:
-        reached = wait_for(lambda: done() or not thread.is_alive(), timeout)
-    finally:
-        stop.set()
-        thread.join(60)
-    if "error" in out:
-        raise out["error"]  # type: ignore[misc]
-    assert reached and done(), f"not reached within {timeout:.0f} s: {what or done}"
-    return list(out.get("docs", client.received))  # type: ignore[call-overload]
-
-
-def receive_until(client, envelope_ids: set[str], timeout: float = 60.0) -> list:
-    """Consume ``client``'s inbox until every envelope in ``envelope_ids`` is in its inbox."""
-    return consume_until(
-        client,
-        lambda: envelope_ids <= {d.envelope_id for d in client.received},
-        timeout,
-        f"envelopes {sorted(envelope_ids)} in the inbox of {client.keys.code}",
-    )
 
 
 def parts_of(cpe: bytes) -> list[bytes]:

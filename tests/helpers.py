@@ -45,16 +45,24 @@ class World:
         return build_directory(self.authority, self.certs, at or self.now, valid_days)
 
     def add(
-        self, code: str, clearance: Level = Level.TOI_MAT, name: str | None = None
+        self,
+        code: str,
+        clearance: Level = Level.TOI_MAT,
+        name: str | None = None,
+        *,
+        at: dt.datetime | None = None,
+        valid_days: int = 365,
     ) -> agency.AgencyKeys:
+        """Enroll ``code`` with certificates issued ``at`` (default: the world's now)."""
         keys = agency.AgencyKeys(
             code=AgencyCode.parse(code),
             name=name or f"Agency {code}",
             signing_key=Ed25519PrivateKey.generate(),
             encryption_key=X25519PrivateKey.generate(),
         )
-        request = agency.EnrollmentRequest.parse(agency.build_request(keys, self.now))
-        ca.issue(self.authority, request, clearance, self.certs, self.now, valid_days=365)
+        at = at or self.now
+        request = agency.EnrollmentRequest.parse(agency.build_request(keys, at))
+        ca.issue(self.authority, request, clearance, self.certs, at, valid_days=valid_days)
         self.keys[code] = keys
         return keys
 

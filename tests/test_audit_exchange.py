@@ -15,8 +15,14 @@ from broker.provision import WITNESS_LOGIN
 from gateway.audit import AuditStore
 from keys.codes import AgencyCode
 from keys.levels import Level
-from tests.exchange import PROVINCE, A, make_world, receive_until, wait_for
+from tests.exchange import (
+    PROVINCE,
+    A,
+    make_world,
+    wait_for,
+)
 from tests.helpers import cli
+from tests.sync import receive_until
 
 
 @pytest.fixture
@@ -43,10 +49,13 @@ def send(world: World, tmp_path: Path, n: int, tag: str) -> list[str]:
 def run_gateway(world: World, tmp_path: Path, n: int, tag: str) -> list[str]:
     """Start the gateway, exchange ``n`` documents (with receipts), stop it (it signs at stop)."""
     world.start_gateway()
+    gw = world.gateways[-1][0]
     ids = send(world, tmp_path, n, tag)
     with world.client(A) as a:
-        got = a.receive(idle=1.5)
+        got = receive_until(a, ids)
     assert {d.envelope_id for d in got} == set(ids)
+    # Their receipts decided too (a leaf each) before the gateway stops and signs.
+    assert wait_for(lambda: gw.counters["notices"] >= n, 60), dict(gw.counters)
     world.stop_gateways()
     return ids
 
@@ -96,7 +105,11 @@ def test_checkpoints_are_witnessed_verified_and_prove_an_envelope(
     assert f"envelope {ids[3]}" in capsys.readouterr().out
     # The sender's agent got each envelope's leaf index and proof with the checkpoints.
     with world.client(PROVINCE) as province:
-        province.receive(idle=1.5)
+        receive_until(
+            province,
+            until=lambda: all(province.state.proof(eid) is not None for eid in ids),
+            what="the inclusion proof of each envelope sent",
+        )
         audits = [province.status(eid)["audit"] for eid in ids]
     assert all(a is not None and a["verified"] and a["log_id"] == "gw1" for a in audits), audits
     assert sorted(a["leaf_index"] for a in audits) == sorted(set(a["leaf_index"] for a in audits))

@@ -1,7 +1,7 @@
 import pytest
 
 from keys.codes import AgencyCode, InvalidAgencyCode
-from keys.errors import EXIT_USAGE
+from keys.errors import EXIT_USAGE, UsageError
 from keys.levels import Level, Urgency
 
 
@@ -68,5 +68,13 @@ def test_levels_are_ordered_and_named():
     assert Level.THUONG < Level.MAT < Level.TOI_MAT < Level.TUYET_MAT
     assert Level.parse("toi-mat").display == "Tối mật"
     assert Urgency.parse("hoa-toc-hen-gio").display == "Hỏa tốc hẹn giờ"
-    with pytest.raises(Exception, match="expected one of thuong, mat, toi-mat, tuyet-mat"):
+    with pytest.raises(UsageError, match=r"one of thuong \(Thường\), mat \(Mật\), toi-mat"):
         Level.parse("secret")
+    assert [Level.parse(t) for t in ("Mật", "tối mật", "TOI_MAT", " Tuyệt mật ")] == [
+        Level.MAT,
+        Level.TOI_MAT,
+        Level.TOI_MAT,
+        Level.TUYET_MAT,
+    ]
+    assert Urgency.parse("Hỏa tốc hẹn giờ") is Urgency.HOA_TOC_HEN_GIO
+    assert Urgency.parse("Thượng khẩn") is Urgency.THUONG_KHAN

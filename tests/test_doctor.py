@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,14 @@ import pytest
 from agents.config import AgentConfig
 from agents.world import PASSPHRASE, World
 from broker.connection import BrokerConfig
+from broker.provision import provision
 from keys import agency, ca
 from keys.directory import build_directory
 from keys.levels import Level
-from tests.exchange import A, make_world
+from tests.exchange import A, B, make_world
 from tests.helpers import cli
+
+pytestmark = pytest.mark.broker
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +73,14 @@ def test_wrong_passphrase(world, capsys, monkeypatch):
     assert checks["certificates"].startswith("skip")
 
 
+def authority_copy(world: World, tmp_path: Path) -> ca.CertificateAuthority:
+    """The world's CA, copied: what a test issues or builds leaves the shared CA as it was."""
+    shutil.copytree(world.ca_dir, tmp_path / "ca")
+    return ca.open_ca(tmp_path / "ca", PASSPHRASE)
+
+
 def test_stale_directory(world, tmp_path, capsys):
-    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    authority = authority_copy(world, tmp_path)
     old = tmp_path / "old.cpd"
     now = dt.datetime.now(dt.UTC)
     old.write_bytes(build_directory(authority, world.root / "certs", now - dt.timedelta(days=9), 7))
@@ -81,7 +91,7 @@ def test_stale_directory(world, tmp_path, capsys):
 
 
 def test_expired_certificate(world, tmp_path, capsys):
-    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    authority = authority_copy(world, tmp_path)
     request = agency.EnrollmentRequest.parse(
         (world.root / "agents" / A / "keys" / agency.REQUEST_FILE).read_bytes()
     )
@@ -98,8 +108,6 @@ def test_expired_certificate(world, tmp_path, capsys):
     assert code == 1
     line = checks["certificates"]
     assert line.startswith("FAIL") and "expired" in line and "ca issue --replace" in line
-    # Put A back in good standing for the other tests.
-    ca.issue(authority, request, Level.TOI_MAT, world.root / "certs", now, 365, replace=True)
 
 
 def test_wrong_broker_password(world, tmp_path, capsys):
@@ -112,10 +120,18 @@ def test_wrong_broker_password(world, tmp_path, capsys):
     assert "new credentials" in checks["broker"]
 
 
-def test_missing_queue(world, capsys):
-    queue = f"cp.inbox.{A}"
+@pytest.fixture
+def inbox_deleted(world: World):
+    """B's inbox queue deleted (B is no other test's agency), provisioned again after."""
+    queue = f"cp.inbox.{B}"
     world.mgmt.delete(f"/api/queues/{world.mgmt.q(world.vhost)}/{world.mgmt.q(queue)}")
-    code, checks = doctor(world.agent_config(A), capsys)
+    yield B
+    assert world.directory is not None
+    provision(world.mgmt, world.vhost, world.directory, login_prefix=world.prefix)
+
+
+def test_missing_queue(world, inbox_deleted, capsys):
+    code, checks = doctor(world.agent_config(inbox_deleted), capsys)
     assert code == 1
     assert checks["inbox"].startswith("FAIL") and "missing" in checks["inbox"]
     assert "broker provision" in checks["inbox"]

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pika
@@ -35,8 +34,9 @@ from tests.exchange import (
     queue_depth,
     wait_for,
 )
+from tests.sync import receive_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 LANE = submit_queue(AgencyCode.parse(PROVINCE))  # every test here submits as the province
 
@@ -95,23 +95,24 @@ def gateway_process(world) -> subprocess.Popen[bytes]:
     )
 
 
-def receive_all(world, code: str, expected: int, timeout: float = 240) -> list[str]:
-    ids: list[str] = []
-    deadline = time.monotonic() + timeout
+def receive_all(world, code: str, expected: list[str], timeout: float = 240) -> list[str]:
+    """Every envelope id delivered to ``code`` until all of ``expected`` arrived (repeats too)."""
     with world.client(code) as client:
-        while len(ids) < expected and time.monotonic() < deadline:
-            ids += [d.envelope_id for d in client.receive(idle=1.5)]
-        if len(ids) < expected:  # say where the rest is, to make a failure readable
-            refused = client.state._exec(
-                "SELECT envelope_id, reason FROM received WHERE outcome!='ok'"
-            )
-            spooled = client.state._exec("SELECT COUNT(DISTINCT envelope_id) FROM parts")
-            print(
-                f"receive_all: {len(ids)}/{expected}; inbox queue "
-                f"{queue_depth(world, inbox_queue(AgencyCode.parse(code)))}, dead-letter "
-                f"{queue_depth(world, DEAD_QUEUE)}, refused {refused[:5]}, spooled {spooled}"
-            )
-    return ids
+        try:
+            return [d.envelope_id for d in receive_until(client, expected, deadline=timeout)]
+        except pytest.fail.Exception:
+            print(where_they_are(world, client))
+            raise
+
+
+def where_they_are(world, client) -> str:
+    """Where undelivered envelopes may be: to make a failure readable."""
+    refused = client.state._exec("SELECT envelope_id, reason FROM received WHERE outcome!='ok'")
+    spooled = client.state._exec("SELECT COUNT(DISTINCT envelope_id) FROM parts")
+    return (
+        f"inbox queue {queue_depth(world, inbox_queue(client.keys.code))}, dead-letter "
+        f"{queue_depth(world, DEAD_QUEUE)}, refused {refused[:5]}, spooled {spooled}"
+    )
 
 
 def accepted_decisions(world) -> dict[str, int]:
@@ -144,7 +145,7 @@ def test_kill_9_with_2000_in_flight_delivers_each_exactly_once(world):
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(timeout=60)
-    ids = receive_all(world, A, 2000)
+    ids = receive_all(world, A, [eid for eid, _ in sealed])
     assert len(ids) == 2000 and len(set(ids)) == 2000
     assert set(ids) == {eid for eid, _ in sealed}
     decisions = accepted_decisions(world)
@@ -167,7 +168,7 @@ def test_sigterm_finishes_in_flight_work(world):
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(timeout=60)
-    ids = receive_all(world, A, 600)
+    ids = receive_all(world, A, [eid for eid, _ in sealed])
     assert sorted(ids) == sorted(eid for eid, _ in sealed)
     assert set(accepted_decisions(world).values()) == {1}
 
@@ -199,27 +200,30 @@ def test_connections_cut_by_the_broker_lose_nothing(world):
     assert sum(cuts) >= 3, f"the broker closed too few connections: {cuts}"
     assert wait_for(lambda: queue_depth(world, LANE) == 0, 120)
     assert wait_for(lambda: queue_depth(world, inbox) >= 300, 60)
-    ids: list[str] = []
     with world.client(A) as a:
-        import threading
-
-        stop = threading.Event()
-
         agent_cuts: list[int] = []
+        handled = [0]
 
-        def cut() -> None:
-            while not stop.wait(1.5 if agent_cuts else 0.3):
+        def cut_at_some_documents(_document: object) -> None:
+            """The broker cuts the agent's connection while it holds unacknowledged deliveries."""
+            handled[0] += 1
+            if handled[0] in (1, 100, 200):
                 agent_cuts.append(close_connections(world, world.login(A)))
 
-        cutter = threading.Thread(target=cut, daemon=True)
-        cutter.start()
-        deadline = time.monotonic() + 180
-        while len(set(ids)) < 300 and time.monotonic() < deadline:
-            ids += [d.envelope_id for d in a.receive(idle=1.5)]
-        stop.set()
-    assert sum(agent_cuts) >= 1, "the agent's connection was never cut"
-    assert sorted(set(ids)) == sorted(eid for eid, _ in sealed)
-    assert len(ids) == len(set(ids)), "a document was written twice"
+        a.on_received = cut_at_some_documents
+        expected = [e for e, _ in sealed]
+
+        def all_in_the_inbox() -> bool:  # durably recorded (receive() may miss one at a cut)
+            return all((a.state.received(e) or {}).get("outcome") == "ok" for e in expected)
+
+        try:
+            receive_until(a, until=all_in_the_inbox, what="all 300 recorded", deadline=180)
+        except pytest.fail.Exception:
+            print(where_they_are(world, a))
+            raise
+        documents = [p.name for p in a.config.inbox.iterdir() if not p.name.endswith(".json")]
+    assert len(agent_cuts) == 3 and min(agent_cuts) >= 1, agent_cuts  # consumer + publisher
+    assert sorted(name[:12] for name in documents) == sorted(e[:12] for e in expected)
     assert set(accepted_decisions(world).values()) == {1}
 
 
@@ -230,7 +234,7 @@ def test_two_gateway_instances_share_the_work(world):
     publish_all(world, [body for _, body in sealed])
     assert wait_for(lambda: queue_depth(world, LANE) == 0, 120)
     counts = [gw.counters["forwarded"] for gw, _ in world.gateways]
-    ids = receive_all(world, A, 400)
+    ids = receive_all(world, A, [eid for eid, _ in sealed])
     assert sorted(ids) == sorted(eid for eid, _ in sealed)
     assert all(c > 0 for c in counts), counts
     assert set(accepted_decisions(world).values()) == {1}

@@ -48,14 +48,13 @@ from tests.exchange import (
     A,
     B,
     broker_config,
-    consume_until,
     make_world,
     parts_of,
     queue_depth,
-    receive_until,
     submit,
     wait_for,
 )
+from tests.sync import consume_until, receive_until
 from tests.vectors.generate import _edit_header, _frames, _resign
 
 X = MAT_ONLY  # a co-recipient (cleared for Mật)

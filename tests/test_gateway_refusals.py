@@ -20,12 +20,11 @@ from tests.exchange import (
     PROVINCE,
     A,
     B,
-    consume_until,
     make_world,
-    receive_until,
     submit,
     wait_for,
 )
+from tests.sync import consume_until, receive_until
 from tests.vectors.generate import _edit_header, _frames, _resign
 
 SEG = 1024

@@ -4,7 +4,6 @@ provisioned, finished and exchanging with the province on the real RabbitMQ."""
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +16,9 @@ from keys.codes import AgencyCode
 from keys.levels import Level
 from tests.exchange import OPERATOR_URL, PROVINCE, make_world, wait_for
 from tests.helpers import cli
+from tests.sync import receive_until
+
+pytestmark = pytest.mark.broker
 
 COMMUNES = [f"000.{i:02d}.31.H41" for i in range(1, 76)]
 
@@ -35,7 +37,6 @@ def test_75_communes_onboard_and_exchange_with_the_province(env, tmp_path, capsy
     world = env
     world.agencies.update({c: Level.MAT for c in COMMUNES})  # so cleanup removes their users
     gateway = world.start_gateway()
-    start = time.monotonic()
     csv = tmp_path / "communes.csv"
     csv.write_text(
         "code,name,clearance,parent\n"
@@ -96,10 +97,9 @@ def test_75_communes_onboard_and_exchange_with_the_province(env, tmp_path, capsy
     # 5. each agency
     for code in COMMUNES:
         assert cli("agency", "finish", kits / code, "--dir", tmp_path / "agencies" / code) == 0
-    onboarded = time.monotonic() - start
 
     # The running gateway learnt the new version from the broker, without a restart.
-    assert wait_for(lambda: len(gateway.directory.entries) == 77, 20)
+    assert wait_for(lambda: len(gateway.directory.entries) == 77, 60)
     doc = tmp_path / "thong-bao.txt"
     doc.write_text("Thông báo sáp nhập (Mật)\n" * 100, encoding="utf-8")
     with world.client(PROVINCE) as province:
@@ -110,28 +110,31 @@ def test_75_communes_onboard_and_exchange_with_the_province(env, tmp_path, capsy
     def commune(code: str) -> tuple[bool, str]:
         config = AgentConfig.load(tmp_path / "agencies" / code / "agent.toml")
         with Client(config, PASSPHRASE) as client:
-            got = client.receive(idle=1.0)
+            got = receive_until(client, [eid])
             reply = tmp_path / f"reply-{code}.txt"
             reply.write_text(f"{code} đã nhận\n", encoding="utf-8")
-            client.send(reply, to=[AgencyCode.parse(PROVINCE)], level=Level.MAT, progress=False)
-        return any(
-            d.envelope_id == eid and d.path.read_bytes() == doc.read_bytes() for d in got
-        ), code
+            reply_id = client.send(
+                reply, to=[AgencyCode.parse(PROVINCE)], level=Level.MAT, progress=False
+            )
+        ok = any(d.envelope_id == eid and d.path.read_bytes() == doc.read_bytes() for d in got)
+        return ok, reply_id
 
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(commune, COMMUNES))
-    assert all(ok for ok, _ in results), [c for ok, c in results if not ok]
+        results = dict(zip(COMMUNES, pool.map(commune, COMMUNES), strict=True))
+    assert all(ok for ok, _ in results.values()), [c for c, (ok, _) in results.items() if not ok]
+
+    def every_receipt() -> bool:
+        receipts = province.status(eid)["recipients"]
+        return all(any(h["status"] == "01" for h in receipts[c]) for c in COMMUNES)
+
     with world.client(PROVINCE) as province:
-        replies = province.receive(idle=1.5)
+        replies = receive_until(
+            province, [r for _, r in results.values()], until=every_receipt, what="75 receipts"
+        )
         receipts = province.status(eid)["recipients"]
     assert {d.metadata["sender"]["code"] for d in replies} == set(COMMUNES)
     assert all(any(h["status"] == "01" and h["verified"] for h in receipts[c]) for c in COMMUNES)
-    total = time.monotonic() - start
-    (tmp_path.parent / "onboarding-75.json").write_text(
-        json.dumps({"onboard_s": round(onboarded, 1), "total_s": round(total, 1)})
-    )
-    print(f"onboarding 75: {onboarded:.1f} s; with the exchange: {total:.1f} s")
-    assert total < 60, f"75 communes took {total:.0f} s"
+    # How long this takes is measured by bench/onboarding.py, not asserted here.
 
 
 def test_import_refuses_a_bad_file_and_writes_nothing(env, tmp_path, capsys):

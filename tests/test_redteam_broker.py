@@ -34,10 +34,10 @@ from tests.exchange import (
     make_world,
     parts_of,
     queue_depth,
-    receive_until,
     submit,
     wait_for,
 )
+from tests.sync import receive_until
 
 X = MAT_ONLY  # a co-recipient
 

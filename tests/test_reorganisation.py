@@ -13,10 +13,12 @@ from envelopes.errors import EnvelopeRefused
 from keys import ca
 from keys.codes import AgencyCode
 from keys.directory import build_directory
-from keys.errors import CipherpostError
 from keys.levels import Level
 from tests.exchange import PROVINCE, A, B, make_world, publish_raw, sealed_by, submit, wait_for
 from tests.helpers import cli
+from tests.sync import receive_until
+
+pytestmark = pytest.mark.broker
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def test_a_retired_code_is_refused_naming_its_successor(world, tmp_path):
     assert cli("ca", "retire", B, "--successor", A, "--ca", world.ca_dir) == 0
     authority = ca.open_ca(world.ca_dir, PASSPHRASE)
     publish_raw(world, build_directory(authority, world.root / "certs", dt.datetime.now(dt.UTC)))
-    assert wait_for(lambda: gateway.directory.successor(AgencyCode.parse(B)) == A, 15)
+    assert wait_for(lambda: gateway.directory.successor(AgencyCode.parse(B)) == A, 60)
 
     doc = tmp_path / "d.txt"
     doc.write_text("sau sáp nhập\n")
@@ -50,8 +52,11 @@ def test_a_retired_code_is_refused_naming_its_successor(world, tmp_path):
     record = next(r for r in gateway.audit_records() if r["rule_id"] == "invariant:retired")
     assert record["decision"] == "refused" and A in str(record["reason"])
     with world.client(PROVINCE) as province:
-        province.receive(idle=1.5)
-        notices = province.status(record["envelope_id"])["gateway"]
+        eid = record["envelope_id"]
+        receive_until(
+            province, until=lambda: bool(province.status(eid)["gateway"]), what="the rejection"
+        )
+        notices = province.status(eid)["gateway"]
     assert notices and notices[0]["verified"] and f"send to {A}" in notices[0]["reason"]
 
 
@@ -62,25 +67,13 @@ def test_during_a_transition_both_codes_work(world, tmp_path):
     authority = ca.open_ca(world.ca_dir, PASSPHRASE)
     now = dt.datetime.now(dt.UTC)
     publish_raw(world, build_directory(authority, world.root / "certs", now))
-    assert wait_for(lambda: gateway.directory.successor(AgencyCode.parse(B)) == A, 15)
+    assert wait_for(lambda: gateway.directory.successor(AgencyCode.parse(B)) == A, 60)
     assert gateway.directory.successor(AgencyCode.parse(B), now) is None  # not yet
     doc = tmp_path / "d.txt"
     doc.write_text("trong thời gian chuyển tiếp\n")
     with world.client(PROVINCE) as province:
         eid = province.send(doc, to=[AgencyCode.parse(B)], level=Level.MAT, progress=False)
     with world.client(B) as old_code:
-        assert [d.envelope_id for d in old_code.receive(idle=1.5)] == [eid]
+        assert [d.envelope_id for d in receive_until(old_code, [eid])] == [eid]
     later = now + dt.timedelta(days=31)
     assert gateway.directory.successor(AgencyCode.parse(B), later) == A
-
-
-def test_retire_refuses_nonsense(world):
-    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
-    now = dt.datetime.now(dt.UTC)
-    with pytest.raises(CipherpostError, match="its own successor"):
-        ca.retire(authority, AgencyCode.parse(A), AgencyCode.parse(A), now)
-    with pytest.raises(CipherpostError, match="no certificates"):
-        ca.retire(authority, AgencyCode.parse("000.77.77.H41"), AgencyCode.parse(A), now)
-    ca.retire(authority, AgencyCode.parse(B), AgencyCode.parse(A), now)
-    with pytest.raises(CipherpostError, match="itself retired"):
-        ca.retire(authority, AgencyCode.parse(PROVINCE), AgencyCode.parse(B), now)

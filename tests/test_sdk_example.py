@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agents import edxml_fields
 from agents.world import PASSPHRASE
-from keys.errors import UsageError
 from tests.exchange import PROVINCE, A, make_world
+
+pytestmark = pytest.mark.broker
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "dms_bridge.py"
 
@@ -42,10 +42,3 @@ def test_the_dms_bridge_example_runs(world, tmp_path):
     assert entries[0]["notation"] == "12/UBND-VP" and entries[0]["due"] == "2026-12-05"
     assert json.loads((tmp_path / "register.json").read_text())[0]["type"] == "Công văn"
     assert bridge.history(province, eid) == {A: ["01 arrived", "03 accepted", "06 completed"]}
-
-
-def test_edxml_fields_are_checked():
-    with pytest.raises(UsageError, match="unknown edXML field"):
-        edxml_fields(nonsense="x")
-    with pytest.raises(UsageError, match="date like"):
-        edxml_fields(due_date="next week")

@@ -4,8 +4,12 @@ Run: ``python tests/vectors/generate.py [OUT_DIR]``. Each vector is one
 ``.cpe`` file with exactly one expected outcome in ``manifest.json``:
 
 - ``expect: "ok"`` - verifies, and opens for ``open_as`` with the original bytes;
-- ``expect: "refused"`` - fails at ``stage`` (``verify`` or ``open``) with a
-  message containing ``reason``.
+- otherwise ``expect`` is the slug of the one :class:`envelopes.errors.Reason`
+  it is refused with, at ``stage``: ``verify`` (and then ``open`` too, for the
+  same reason) or ``open`` only (it verifies: the gateway cannot tell).
+
+Forged vectors (a level above a clearance, invisible salamanders, ...) are made
+with ``tests/forge.py``: what an enrolled agency can sign with its own keys.
 
 Everything is checked against ``directory.cpd`` at the instant ``now`` of the
 manifest. The agencies' key files (passphrase ``PASSPHRASE``) are kept so the
@@ -14,6 +18,7 @@ tests can open; they are test fixtures, never used anywhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -23,25 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 # Run as a script from a checkout: make the project importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import envelopes
 from envelopes import _crypto
-from envelopes.frames import (
-    FrameReader,
-    encode_header_frame,
-    encode_segment_frame,
-    parse_header_frame,
-    parse_segment_frame,
-    segment_signed_message,
-)
+from envelopes.errors import Reason
+from envelopes.frames import encode_header_frame, encode_segment_frame
 from envelopes.header import MAGIC, Header
 from keys import agency, ca
+from keys.certs import key_id
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState, build_directory
 from keys.levels import Level, Urgency
+from tests.forge import Forgery, edit_header, frames, join, resign
 
 PASSPHRASE = b"cipherpost-test-vectors"
 SEGMENT = 1024  # small segments: multi-segment vectors stay a few KiB
@@ -51,6 +53,8 @@ R2 = "000.02.12.H41"
 OUTSIDER = "000.03.12.H41"
 REVOKED = "000.04.12.H41"
 UNKNOWN = "000.05.12.H41"
+MAT_SENDER = "000.06.12.H41"
+EXPIRED_CERT = "000.07.12.H41"
 AGENCIES = {
     SENDER: ("UBND tỉnh H41", Level.TOI_MAT),
     R1: ("UBND xã An Bình", Level.TOI_MAT),
@@ -58,53 +62,18 @@ AGENCIES = {
     OUTSIDER: ("UBND xã Ngoài Cuộc", Level.TOI_MAT),
     REVOKED: ("UBND xã Đã Thu Hồi", Level.TOI_MAT),
     UNKNOWN: ("Đơn vị Chưa Đăng Ký", Level.TOI_MAT),
+    MAT_SENDER: ("UBND xã Chỉ Mật", Level.MAT),
+    EXPIRED_CERT: ("UBND xã Hết Hạn", Level.TOI_MAT),
 }
 KEPT_AGENCIES = (R1, R2, OUTSIDER)  # the ones tests open as
 
 
+# The names tests/test_gateway_refusals.py imports from here (the helpers moved to tests/forge.py).
+_frames, _join, _resign, _edit_header = frames, join, resign, edit_header
+
+
 def _document(n: int, seed: int) -> bytes:
     return bytes((i * 31 + seed) & 0xFF for i in range(n))
-
-
-def _frames(data: bytes) -> tuple[tuple[bytes, bytes], list[envelopes.frames.SegmentFrame]]:
-    reader = FrameReader(io.BytesIO(data))
-    header = parse_header_frame(reader.next())
-    segments = []
-    while (obj := reader.next()) is not None:
-        segments.append(parse_segment_frame(obj))
-    return header, segments
-
-
-def _join(header: tuple[bytes, bytes], segments: list[Any]) -> bytes:
-    out = encode_header_frame(*header)
-    for s in segments:
-        out += encode_segment_frame(s.index, s.final, s.ciphertext, s.signature)
-    return out
-
-
-def _resign(keys: agency.AgencyKeys, header_raw: bytes, segments: list[Any]) -> bytes:
-    """Sign ``header_raw`` and every segment again with ``keys`` (ciphertext unchanged)."""
-    header_hash = _crypto.sha256(header_raw)
-    sig = _crypto.sign(keys.signing_key, _crypto.HEADER_CONTEXT, header_raw)
-    out = encode_header_frame(header_raw, sig)
-    for s in segments:
-        msg = segment_signed_message(header_hash, s.index, s.final, s.ciphertext)
-        out += encode_segment_frame(
-            s.index,
-            s.final,
-            s.ciphertext,
-            _crypto.sign(keys.signing_key, _crypto.SEGMENT_CONTEXT, msg),
-        )
-    return out
-
-
-def _edit_header(raw: bytes, **changes: Any) -> bytes:
-    """Re-encode header bytes with some positional fields changed."""
-    fields = list(msgpack.unpackb(raw, raw=False))
-    positions = {"version": 1, "sender": 5, "sender_kid": 6, "label": 7, "recipients": 11}
-    for name, value in changes.items():
-        fields[positions[name]] = value
-    return bytes(msgpack.packb(fields, use_bin_type=True))
 
 
 def generate(out: Path, now: dt.datetime) -> dict[str, Any]:
@@ -121,7 +90,8 @@ def generate(out: Path, now: dt.datetime) -> dict[str, Any]:
         keys[code] = agency.enroll(work / code, AgencyCode.parse(code), name, PASSPHRASE, issued)
         request = agency.EnrollmentRequest.parse((work / code / agency.REQUEST_FILE).read_bytes())
         target = work / ("certs-unknown" if code == UNKNOWN else "certs")
-        ca.issue(authority, request, clearance, target, issued, valid_days=3650)
+        days = 1 if code == EXPIRED_CERT else 3650
+        ca.issue(authority, request, clearance, target, issued, valid_days=days)
     # Sealing happens with a directory that still knows everyone ...
     shutil.copytree(work / "certs", work / "certs-all")
     for p in (work / "certs-unknown").iterdir():
@@ -169,18 +139,16 @@ def generate(out: Path, now: dt.datetime) -> dict[str, Any]:
         docs[name] = doc
 
     def refused(
-        name: str, data: bytes, stage: str, reason: str, note: str, open_as: str = R1
+        name: str, data: bytes, stage: str, reason: Reason, note: str, open_as: str = R1
     ) -> None:
+        """``reason``: the one expected outcome (its slug); ``stage``: verify, or open only."""
         vectors[name] = (
             data,
-            {
-                "expect": "refused",
-                "stage": stage,
-                "reason": reason,
-                "open_as": open_as,
-                "note": note,
-            },
+            {"expect": reason.value, "stage": stage, "open_as": open_as, "note": note},
         )
+
+    def forge(signer: str, to: list[str], **fields: Any) -> bytes:
+        return Forgery(keys[signer], before, to, now, segment_size=SEGMENT, **fields).build()
 
     doc_small = _document(100, 1)
     doc_multi = _document(2500, 2)  # + metadata: 3 segments of 1 KiB
@@ -199,84 +167,86 @@ def generate(out: Path, now: dt.datetime) -> dict[str, Any]:
         "payload exactly two full segments",
     )
 
-    (h_raw, h_sig), segs = _frames(good)
+    (h_raw, h_sig), segs = frames(good)
     header = Header.parse(h_raw)
 
     bad_sig = bytearray(h_sig)
     bad_sig[0] ^= 1
     refused(
         "bad-header-signature",
-        _join((h_raw, bytes(bad_sig)), segs),
+        join((h_raw, bytes(bad_sig)), segs),
         "verify",
-        "bad header signature",
+        Reason.SIGNATURE,
         "one bit of the header signature flipped",
     )
     s1 = segs[1]
-    forged = envelopes.frames.SegmentFrame(
-        s1.index, s1.final, s1.ciphertext, bytes([s1.signature[0] ^ 1]) + s1.signature[1:]
-    )
+    flipped = dataclasses.replace(s1, signature=bytes([s1.signature[0] ^ 1]) + s1.signature[1:])
     refused(
         "bad-segment-signature",
-        _join((h_raw, h_sig), [segs[0], forged, segs[2]]),
+        join((h_raw, h_sig), [segs[0], flipped, segs[2]]),
         "verify",
-        "bad signature on segment 1",
+        Reason.SEGMENT_SIGNATURE,
         "one bit of segment 1's signature flipped",
     )
     refused(
         "label-changed",
-        _join((_edit_header(h_raw, label=["thuong", []]), h_sig), segs),
+        join((edit_header(h_raw, label=["thuong", []]), h_sig), segs),
         "verify",
-        "bad header signature",
+        Reason.SIGNATURE,
         "level mat relabelled thuong, signature kept",
     )
     recips = list(msgpack.unpackb(h_raw, raw=False)[11])[:1]
     refused(
         "recipients-changed",
-        _join((_edit_header(h_raw, recipients=recips), h_sig), segs),
+        join((edit_header(h_raw, recipients=recips), h_sig), segs),
         "verify",
-        "bad header signature",
+        Reason.SIGNATURE,
         "a recipient removed, signature kept",
     )
-    stripped = _edit_header(h_raw, sender=OUTSIDER, sender_kid=keys[OUTSIDER].sign_key_id)
+    stripped = edit_header(h_raw, sender=OUTSIDER, sender_kid=keys[OUTSIDER].sign_key_id)
     refused(
         "stripped-resigned",
-        _resign(keys[OUTSIDER], stripped, segs),
+        resign(keys[OUTSIDER], stripped, segs),
         "open",
-        "payload key does not open",
+        Reason.DECRYPT,
         "OUTSIDER replaced the sender and re-signed header and segments (surreptitious"
         " forwarding): verifies as OUTSIDER's, but no recipient can open it",
     )
     refused(
-        "truncated", _join((h_raw, h_sig), segs[:-1]), "verify", "truncated", "last segment dropped"
+        "truncated",
+        join((h_raw, h_sig), segs[:-1]),
+        "verify",
+        Reason.SEGMENT,
+        "last segment dropped",
     )
     refused(
         "reordered",
-        _join((h_raw, h_sig), [segs[1], segs[0], segs[2]]),
+        join((h_raw, h_sig), [segs[1], segs[0], segs[2]]),
         "verify",
-        "out of order",
+        Reason.SEGMENT,
         "segments 0 and 1 swapped",
     )
     other = seal(SENDER, [R1, R2], _document(2500, 9))
-    _, other_segs = _frames(other)
+    _, other_segs = frames(other)
     refused(
         "spliced",
-        _join((h_raw, h_sig), [segs[0], other_segs[1], segs[2]]),
+        join((h_raw, h_sig), [segs[0], other_segs[1], segs[2]]),
         "verify",
-        "bad signature on segment 1",
+        Reason.SEGMENT_SIGNATURE,
         "segment 1 taken from another envelope of the same sender",
     )
     refused(
         "expired",
         seal(SENDER, [R1], doc_small, at=now - dt.timedelta(days=3), lifetime=dt.timedelta(days=1)),
         "verify",
-        "expired",
+        Reason.EXPIRED,
         "expired two days before the check",
     )
     refused(
         "wrong-recipient",
         seal(SENDER, [R1], doc_small),
         "open",
-        "is not a recipient",
+        Reason.NOT_RECIPIENT,
         "opened by an agency that is not named",
         open_as=OUTSIDER,
     )
@@ -284,22 +254,22 @@ def generate(out: Path, now: dt.datetime) -> dict[str, Any]:
         "revoked-sender",
         seal(REVOKED, [R1], doc_small),
         "verify",
-        "is revoked",
+        Reason.SENDER_REVOKED,
         "sealed before the sender was revoked",
     )
     refused(
         "unknown-sender",
         seal(UNKNOWN, [R1], doc_small),
         "verify",
-        "not in the directory",
+        Reason.SENDER_UNKNOWN,
         "sender certified, but not in the published directory",
     )
-    v2 = _edit_header(h_raw, version=2)
+    v2 = edit_header(h_raw, version=2)
     refused(
         "version-changed",
-        _resign(keys[SENDER], v2, segs),
+        resign(keys[SENDER], v2, segs),
         "verify",
-        "unsupported envelope version",
+        Reason.VERSION,
         "version 2, properly signed by the sender",
     )
     big = bytes(msgpack.packb([MAGIC, 1, b"\0" * (300 * 1024)], use_bin_type=True))
@@ -307,42 +277,130 @@ def generate(out: Path, now: dt.datetime) -> dict[str, Any]:
         "oversized-header",
         encode_header_frame(big, b"\0" * 64),
         "verify",
-        "larger than the limit",
+        Reason.OVERSIZED,
         "a 300 KiB header",
     )
     refused(
         "malformed-msgpack",
         b"\xc1\x93\xff garbage",
         "verify",
-        "malformed",
+        Reason.FORMAT,
         "bytes that are not msgpack",
     )
-    refused("empty-file", b"", "verify", "empty", "a 0-byte file")
+    refused("empty-file", b"", "verify", Reason.FORMAT, "a 0-byte file")
     refused(
         "trailing-data",
         good + encode_segment_frame(3, True, b"x" * 40, b"\0" * 64),
         "verify",
-        "after its final segment",
+        Reason.SEGMENT,
         "an extra frame after the final segment",
     )
     refused(
         "cut-mid-frame",
         good[: len(good) - 10],
         "verify",
-        "middle of a frame",
+        Reason.FORMAT,
         "the file stops inside the last frame",
     )
-    flag = envelopes.frames.SegmentFrame(
-        segs[2].index, False, segs[2].ciphertext, segs[2].signature
-    )
+    flag = dataclasses.replace(segs[2], final=False)
     refused(
         "final-flag-cleared",
-        _join((h_raw, h_sig), [segs[0], segs[1], flag]),
+        join((h_raw, h_sig), [segs[0], segs[1], flag]),
         "verify",
-        "wrong final flag",
+        Reason.SEGMENT,
         "the last segment claims not to be final",
     )
     assert header.segment_count == 3
+
+    # Forged by enrolled agencies with their own keys: what seal() refuses to make.
+    refused(
+        "sender-clearance",
+        forge(MAT_SENDER, [R1], level=Level.TOI_MAT),
+        "verify",
+        Reason.SENDER_CLEARANCE,
+        "a sender cleared for mat signs a toi-mat envelope",
+    )
+    refused(
+        "recipient-clearance",
+        forge(SENDER, [R1, R2], level=Level.TOI_MAT),
+        "verify",
+        Reason.RECIPIENT_CLEARANCE,
+        "toi-mat to two recipients, the second cleared for mat only",
+    )
+    refused(
+        "key-commitment",
+        forge(SENDER, [R1, R2], wrap_for={R2: _crypto.new_payload_key()}),
+        "open",
+        Reason.KEY_COMMITMENT,
+        "invisible salamanders: R2 is given another payload key than the one the header"
+        " commits to (R1 opens it); the gateway cannot tell",
+        open_as=R2,
+    )
+    refused(
+        "dated-in-the-future",
+        forge(SENDER, [R1], created=now + dt.timedelta(minutes=6)),
+        "verify",
+        Reason.CLOCK,
+        "created six minutes after the check (five are tolerated)",
+    )
+    refused(
+        "sender-key",
+        forge(SENDER, [R1], sender_kid=bytes(16)),
+        "verify",
+        Reason.SENDER_KEY,
+        "signed by the sender, naming a key id that is not its certified key",
+    )
+    rogue = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    refused(
+        "recipient-key",
+        forge(SENDER, [R1, R2], enc_public={R2: rogue}, recipient_kids={R2: key_id(rogue)}),
+        "verify",
+        Reason.RECIPIENT_KEY,
+        "R2 addressed under an encryption key the CA never certified",
+    )
+    refused(
+        "unknown-recipient",
+        forge(SENDER, [R1, UNKNOWN]),
+        "verify",
+        Reason.RECIPIENT_UNKNOWN,
+        "a recipient that is not in the published directory",
+    )
+    refused(
+        "revoked-recipient",
+        forge(SENDER, [R1, REVOKED]),
+        "verify",
+        Reason.RECIPIENT_REVOKED,
+        "a recipient revoked in the published directory",
+    )
+    refused(
+        "sender-certificate-expired",
+        forge(EXPIRED_CERT, [R1], created=issued + dt.timedelta(hours=1)),
+        "verify",
+        Reason.SENDER_CERTIFICATE,
+        "sealed while the sender's one-day certificate was valid; checked nine days later",
+    )
+    short = dataclasses.replace(segs[1], ciphertext=segs[1].ciphertext[:-1])
+    refused(
+        "segment-size",
+        resign(keys[SENDER], h_raw, [segs[0], short, segs[2]]),
+        "verify",
+        Reason.SEGMENT,
+        "segment 1 one byte short, signed by the sender",
+    )
+    refused(
+        "stream-final-early",
+        forge(SENDER, [R1], doc=doc_multi, final_tag_at=0),
+        "open",
+        Reason.DECRYPT,
+        "the secretstream FINAL tag on segment 0 of 3 (frames and signatures in order)",
+    )
+    refused(
+        "malformed-payload",
+        forge(SENDER, [R1], payload=b"\x00\x00\x00\x03\x93\x01\x02" + doc_small),
+        "open",
+        Reason.PAYLOAD,
+        "the private metadata is a msgpack array, not a map",
+    )
 
     (out / "agencies").mkdir()
     for code in KEPT_AGENCIES:

@@ -1,0 +1,126 @@
+"""A log's documented end (gateway/ending.py): signed by the CA, honoured by witness and verify."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from gateway.audit import AuditStore
+from gateway.auditlog import verify_store
+from gateway.checkpoint import parse_checkpoint, verify_checkpoint
+from gateway.ending import read_ending, sign_ending
+from gateway.witness import Witness, WitnessAlarm
+from keys import ca
+from keys.errors import CipherpostError, Refused, UsageError
+from tests.gateway_kit import A, B, delivery, make_gateway, make_kit, parts, witness_signer
+
+
+@pytest.fixture
+def kit(tmp_path):
+    return make_kit(tmp_path / "kit")
+
+
+def published_checkpoints(gw) -> list[bytes]:
+    return [p.body for p in gw._transport.published if p.exchange == "cp.audit.checkpoints"]
+
+
+def run(kit, root, n: int) -> tuple[list[bytes], object]:
+    gw = make_gateway(kit, root)
+    for _ in range(n):
+        gw.handle(delivery(parts(kit.seal(A, [B]))[0], A))
+        gw.commit_batch()
+        gw._checkpoint(force=True)
+    cps, cert = published_checkpoints(gw), gw.checkpointer.certificate
+    gw.close()
+    return cps, cert
+
+
+def test_an_ending_is_signed_by_the_ca_over_its_exact_bytes(kit, tmp_path):
+    cps, _ = run(kit, tmp_path, 2)
+    last = parse_checkpoint(json.loads(cps[-1])["checkpoint"].encode())
+    data = sign_ending(kit.world.authority, last, "gw2", "disk lost", kit.now)
+    ending = read_ending(data, kit.world.authority.certificate)
+    assert (ending.origin, ending.size, ending.root, ending.successor) == (
+        last.origin,
+        last.size,
+        last.root,
+        "gw2",
+    )
+    doc = json.loads(data)
+    doc["ending"] = doc["ending"].replace('"gw2"', '"gw3"')
+    with pytest.raises(Refused, match="bad signature"):
+        read_ending(json.dumps(doc).encode(), kit.world.authority.certificate)
+    other = ca.init_ca(tmp_path / "other-ca", b"other-passphrase", kit.now, "Other CA")
+    with pytest.raises(Refused, match="bad signature"):
+        read_ending(data, other)
+    with pytest.raises(Refused, match="not a log ending"):
+        read_ending(b"{}", kit.world.authority.certificate)
+    with pytest.raises(UsageError, match="new log id"):
+        sign_ending(kit.world.authority, last, last.log_id, "x", kit.now)
+
+
+def test_the_witness_takes_an_ending_only_at_its_last_checkpoint_and_holds_to_it(kit, tmp_path):
+    cps, _ = run(kit, tmp_path, 3)
+    w = Witness(tmp_path / "w", kit.world.root / "ca" / "ca.crt", witness_signer(kit, tmp_path))
+    for m in cps[:2]:
+        w.observe(m)
+    second = parse_checkpoint(json.loads(cps[1])["checkpoint"].encode())
+    first = parse_checkpoint(json.loads(cps[0])["checkpoint"].encode())
+    with pytest.raises(CipherpostError, match="not at the last checkpoint held"):
+        w.end(sign_ending(kit.world.authority, first, "gw2", "x", kit.now))
+    w.end(sign_ending(kit.world.authority, second, "gw2", "disk lost", kit.now))
+    assert not w.observe(cps[1])[1]  # its last checkpoint again: fine, not new
+    with pytest.raises(WitnessAlarm, match="after the end of its log"):
+        w.observe(cps[2])  # the ended log written further
+    again = Witness(tmp_path / "w")  # the end is kept on disk
+    with pytest.raises(WitnessAlarm, match="after the end of its log"):
+        again.observe(cps[2])
+    assert again.stale(0) == []  # an ended log is not silent, it is over
+
+
+def test_verify_reports_an_ended_log_and_refuses_leaves_after_its_end(kit, tmp_path):
+    cps, cert = run(kit, tmp_path, 3)
+    second = parse_checkpoint(json.loads(cps[1])["checkpoint"].encode())
+    ending = read_ending(
+        sign_ending(kit.world.authority, second, "gw2", "disk lost", kit.now),
+        kit.world.authority.certificate,
+    )
+    store = AuditStore(tmp_path / "audit.db", readonly=True)
+    try:
+        checkpoints = [(verify_checkpoint(n, cert), cert) for n in store.checkpoints()]
+        report = verify_store(store, checkpoints, endings=[ending])
+    finally:
+        store.close()
+    assert "gw1" in report.ended and "disk lost" in report.ended["gw1"]
+    assert any("written after its end" in p for p in report.problems)
+    # A store without the ended log: reported as ended, not as a deleted log.
+    empty = AuditStore(tmp_path / "new.db", log_id="gw2")
+    try:
+        report = verify_store(empty, checkpoints[:2], endings=[ending])
+    finally:
+        empty.close()
+    assert report.ok and "gw1" in report.ended
+    root = base64.b64encode(second.root).decode()
+    assert root in sign_ending(kit.world.authority, second, "gw2", "r", kit.now).decode()
+
+
+def test_a_checkpoint_cosignature_is_checked(kit, tmp_path):
+    from gateway.checkpoint import read_checkpoint_file
+
+    cps, _ = run(kit, tmp_path, 1)
+    w = Witness(tmp_path / "w", kit.world.root / "ca" / "ca.crt", witness_signer(kit, tmp_path))
+    w.observe(cps[0])
+    [stored] = list((tmp_path / "w").rglob("*.checkpoint.json"))
+    ca_cert = kit.world.authority.certificate
+    assert read_checkpoint_file(stored.read_bytes(), ca_cert).cosigned
+    assert not read_checkpoint_file(cps[0], ca_cert).cosigned  # as the gateway published it
+    doc = json.loads(stored.read_bytes())
+    doc["cosignatures"][0]["time"] += 1
+    with pytest.raises(Refused, match="bad witness cosignature"):
+        read_checkpoint_file(json.dumps(doc).encode(), ca_cert)
+    doc = json.loads(stored.read_bytes())
+    doc["cosignatures"][0]["witness_certificate"] = json.loads(cps[0])["audit_certificate"]
+    with pytest.raises(Refused, match="not a witness one"):
+        read_checkpoint_file(json.dumps(doc).encode(), ca_cert)
