@@ -225,7 +225,8 @@ def rotate(
     mgmt.put(path, {"password": password, "tags": ""})
     config = BrokerConfig(login, password, amqp_host, amqp_port, vhost)
     config.save(target)
-    for connection in mgmt.get("/api/connections") or []:
-        if connection.get("user") == login:
-            mgmt.delete(f"/api/connections/{mgmt.q(str(connection['name']))}")
+    # The broker's own connection tracking (what enforces the user's connection limit) closes
+    # them at once; the statistics listing lags by its collection interval and would miss a
+    # connection opened in the last few seconds.
+    mgmt.delete(f"/api/connections/username/{mgmt.q(login)}")
     return config

@@ -116,5 +116,8 @@ def parse_audit_certificate(
         raise Refused(f"{role} certificate is not a PEM certificate") from None
     cert = AgencyCertificate.parse(der, ca)
     if cert.role != role:
-        raise Refused(f"certificate of {cert.code} is a {cert.role} certificate, not a {role} one")
+        article = "an" if role[0] in "aeiou" else "a"
+        raise Refused(
+            f"certificate of {cert.code} is a {cert.role} certificate, not {article} {role} one"
+        )
     return cert

@@ -106,7 +106,7 @@ def test_signed_by_another_agency_in_the_signers_name(world, directory):
 def test_body_changed_after_signing(world, directory):
     magic, body, sig = msgpack.unpackb(notice(world).raw, raw=False)
     fields = msgpack.unpackb(body, raw=False)
-    fields[5] = "06"  # "completed" instead of "arrived"
+    fields[8] += 3600  # an hour later than signed (a receipt's status can only be 01)
     raw = msgpack.packb([magic, msgpack.packb(fields, use_bin_type=True), sig])
     assert reason(lambda: verify_notice(raw, directory, world.now)) is Reason.SIGNATURE
 
@@ -169,9 +169,12 @@ def test_header_hash_may_be_empty(world, directory):
     ("fields", "message"),
     [
         ({"kind": "complaint"}, "unknown notice kind"),
-        ({"status": "99"}, "unknown status code '99'"),
+        ({"status": "99"}, "a receipt carries status 01, not '99'"),
         ({"note": "x" * (MAX_TEXT + 1)}, f"limited to {MAX_TEXT} characters"),
-        ({"kind": KIND_REJECTION, "reason": "x" * (MAX_TEXT + 1)}, "limited to"),
+        (
+            {"kind": KIND_REJECTION, "status": "refused", "reason": "x" * (MAX_TEXT + 1)},
+            "limited to",
+        ),
     ],
 )
 def test_sign_notice_refuses(world, fields, message):
