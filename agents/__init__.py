@@ -22,7 +22,7 @@ from pathlib import Path
 from agents.client import Client, ReceivedDocument
 from agents.config import AgentConfig
 from agents.edxml import EDXML_FIELDS, edxml_fields
-from keys.keystore import read_passphrase
+from keys.keystore import unlock
 
 __all__ = [
     "EDXML_FIELDS",
@@ -37,4 +37,7 @@ __all__ = [
 def open_agent(config: str | Path, passphrase: bytes | None = None) -> Client:
     """The agent of the agency configured in ``config`` (passphrase: argument, else
     ``CIPHERPOST_PASSPHRASE``, else a prompt). Use it as a context manager."""
-    return Client(AgentConfig.load(Path(config)), passphrase or read_passphrase())
+    settings = AgentConfig.load(Path(config))
+    if passphrase is not None:
+        return Client(settings, passphrase)
+    return unlock(lambda prompted: Client(settings, prompted))

@@ -46,7 +46,7 @@ from keys.ca import load_ca_certificate
 from keys.certs import ROLE_WITNESS
 from keys.codes import AgencyCode
 from keys.errors import EXIT_REFUSED, CipherpostError, Refused, UsageError
-from keys.keystore import read_passphrase
+from keys.keystore import read_passphrase, unlock
 from keys.levels import Level
 from keys.logsetup import get_logger
 
@@ -79,7 +79,7 @@ def _checkpoint_file(path: Path, ca_cert: Path) -> VerifiedFile:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    code = AgencyCode.parse(args.code)
+    code = AgencyCode.from_user(args.code)
     request = make_audit_key(args.dir, code, read_passphrase(confirm=True), _now())
     print(f"audit key made in {args.dir}; request: {request}")
     print(
@@ -95,7 +95,10 @@ def cmd_witness(args: argparse.Namespace) -> int:
         ca_cert = load_ca_certificate(args.ca or args.store / CA_FILE)
         cert_path = args.key / AUDIT_CERT_FILE
         load_audit_certificate(cert_path, ca_cert, ROLE_WITNESS)  # refuses another role
-        signer = (load_audit_key(args.key, read_passphrase()), cert_path.read_bytes())
+        signer = (
+            unlock(lambda passphrase: load_audit_key(args.key, passphrase)),
+            cert_path.read_bytes(),
+        )
     else:
         log.warning(
             "witness_without_key",
@@ -181,7 +184,7 @@ def cmd_end_log(args: argparse.Namespace) -> int:
     held = witness.held(origin)
     if not held:
         raise CipherpostError(f"the witness store {args.store} holds no checkpoint of {origin}")
-    authority = ca_module.open_ca(args.ca, read_passphrase())
+    authority = unlock(lambda passphrase: ca_module.open_ca(args.ca, passphrase))
     if authority.certificate != witness.certificate:
         raise CipherpostError("this CA is not the one the witness store pins")
     data = sign_ending(authority, held[-1], args.successor, args.reason, _now())

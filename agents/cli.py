@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -27,8 +26,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from cryptography.hazmat.primitives import serialization
-
 import envelopes
 from agents import audit_cli, gateway_cli, onboarding
 from agents.client import Client, ReceivedDocument
@@ -39,7 +36,7 @@ from keys.auditkey import AuditKeyRequest
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState, build_directory
 from keys.errors import EXIT_ERROR, EXIT_USAGE, CipherpostError, Refused, UsageError
-from keys.keystore import read_passphrase
+from keys.keystore import read_passphrase, unlock
 from keys.levels import Level, Urgency
 
 EXIT_CODES = """exit codes:
@@ -92,7 +89,7 @@ def parse_duration(text: str) -> dt.timedelta:
 
 def parse_codes(text: str) -> list[AgencyCode]:
     """``A,B,C`` -> codes, each validated."""
-    codes = [AgencyCode.parse(part.strip()) for part in text.split(",") if part.strip()]
+    codes = [AgencyCode.from_user(part) for part in text.split(",") if part.strip()]
     if not codes:
         raise UsageError("--to needs at least one agency code")
     return codes
@@ -123,15 +120,15 @@ def _load_directory(args: argparse.Namespace, trust: TrustState) -> Directory:
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
     cert = ca.init_ca(args.dir, read_passphrase(confirm=True), _now(), args.name)
-    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
     print(f"CA created in {args.dir}")
-    print(f"CA fingerprint SHA256:{fingerprint}")
+    print(f"CA fingerprint {ca.fingerprint(cert)}")
+    print("publish it by a channel other than the kits: every agency compares it at join")
     return 0
 
 
 def cmd_ca_issue(args: argparse.Namespace) -> int:
     request = agency.EnrollmentRequest.parse(_read_file(args.request, "enrollment request"))
-    authority = ca.open_ca(args.ca, read_passphrase())
+    authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     paths = ca.issue(
         authority,
         request,
@@ -163,14 +160,14 @@ def cmd_directory_publish(args: argparse.Namespace) -> int:
 
 def cmd_ca_issue_audit(args: argparse.Namespace) -> int:
     request = AuditKeyRequest.parse(_read_file(args.request, "audit key request"))
-    authority = ca.open_ca(args.ca, read_passphrase())
+    authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     path = ca.issue_audit(authority, request, args.out, _now(), args.valid_days, args.role)
     print(f"{args.role} key of {request.code} certified: {path}")
     return 0
 
 
 def cmd_ca_approve(args: argparse.Namespace) -> int:
-    authority = ca.open_ca(args.ca, read_passphrase())
+    authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     result = onboarding.approve(
         authority, args.kits, args.certs, args.directory, _now(), valid_days=args.valid_days
     )
@@ -198,7 +195,7 @@ def cmd_agency_import(args: argparse.Namespace) -> int:
     except UnicodeDecodeError:
         raise UsageError(f"{args.csv} is not UTF-8 text") from None
     rows = onboarding.read_csv(text)
-    authority = ca.open_ca(args.ca, read_passphrase())
+    authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     new = onboarding.import_agencies(rows, authority, args.kits)
     print(f"{len(rows)} agencies imported ({new} new); one kit each in {args.kits}")
     print("give each agency its kit; it runs: cipherpost agency join KIT --dir AGENCY_DIR")
@@ -207,6 +204,7 @@ def cmd_agency_import(args: argparse.Namespace) -> int:
 
 def cmd_agency_join(args: argparse.Namespace) -> int:
     config = onboarding.join(args.kit, args.dir, read_passphrase(confirm=True), _now())
+    _print_kit_ca(args.dir)
     print(f"keys made in {args.dir / 'keys'} (they never leave it); request put into {args.kit}")
     print(
         f"return the kit to the cipher department; then: cipherpost agency finish {args.kit}"
@@ -216,8 +214,18 @@ def cmd_agency_join(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_kit_ca(agency_dir: Path) -> None:
+    """The fingerprint of the CA this agency now trusts, to compare with the published one."""
+    cert = ca.load_ca_certificate(agency_dir / "ca.crt")
+    print(
+        f"CA fingerprint {ca.fingerprint(cert)} (the kit's ca.crt): it must equal the one the"
+        " cipher department published; if not, stop and call them"
+    )
+
+
 def cmd_agency_finish(args: argparse.Namespace) -> int:
     directory = onboarding.finish(args.kit, args.dir, _now())
+    _print_kit_ca(args.dir)
     print(f"ready: directory version {directory.version} checked, broker login works")
     print(f"receive with: cipherpost receive --follow --config {args.dir / 'agent.toml'}")
     return 0
@@ -238,8 +246,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_retire(args: argparse.Namespace) -> int:
-    authority = ca.open_ca(args.ca, read_passphrase())
-    code, successor = AgencyCode.parse(args.code), AgencyCode.parse(args.successor)
+    authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
+    code, successor = AgencyCode.from_user(args.code), AgencyCode.from_user(args.successor)
     effective = _now()
     if args.after:
         effective += parse_duration(args.after)
@@ -255,8 +263,8 @@ def cmd_ca_retire(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_revoke(args: argparse.Namespace) -> int:
-    code = AgencyCode.parse(args.code)
-    authority = ca.open_ca(args.ca, read_passphrase())
+    code = AgencyCode.from_user(args.code)
+    authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     if ca.revoke(authority, code, args.reason, _now()):
         print(f"revoked {code}; CRL updated: {args.ca / ca.CRL_FILE}")
         print("rebuild and distribute the directory: cipherpost directory build ...")
@@ -269,7 +277,7 @@ def cmd_ca_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_enroll(args: argparse.Namespace) -> int:
-    code = AgencyCode.parse(args.code)
+    code = AgencyCode.from_user(args.code)
     agency.enroll(args.dir, code, args.name, read_passphrase(confirm=True), _now())
     print(f"keys for {code} created in {args.dir}")
     print(f"send {args.dir / agency.REQUEST_FILE} to the cipher department")
@@ -277,7 +285,7 @@ def cmd_keys_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_directory_build(args: argparse.Namespace) -> int:
-    authority = ca.open_ca(args.ca, read_passphrase())
+    authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     data = build_directory(authority, args.certs, _now(), args.valid_days)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
@@ -306,7 +314,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
     lifetime = parse_duration(args.expires_in)
     if args.out.exists():
         raise CipherpostError(f"{args.out} already exists; refusing to overwrite it")
-    keys = agency.load_agency(args.as_dir, read_passphrase())
+    keys = unlock(lambda passphrase: agency.load_agency(args.as_dir, passphrase))
     directory = _load_directory(args, _agency_trust(args.as_dir))
     try:
         src = args.file.open("rb")
@@ -404,7 +412,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_open(args: argparse.Namespace) -> int:
-    keys = agency.load_agency(args.as_dir, read_passphrase())
+    keys = unlock(lambda passphrase: agency.load_agency(args.as_dir, passphrase))
     directory = _load_directory(args, _agency_trust(args.as_dir))
     try:
         src = args.envelope.open("rb")
@@ -455,7 +463,8 @@ def _client(args: argparse.Namespace) -> Client:
     # long-running one (receive --follow) shows reconnects as they happen.
     follow = getattr(args, "follow", False)
     logs.configure(json_lines=False, level=logging.WARNING if follow else logging.CRITICAL)
-    return Client(AgentConfig.load(args.config), read_passphrase())
+    config = AgentConfig.load(args.config)
+    return unlock(lambda passphrase: Client(config, passphrase))
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -621,7 +630,7 @@ def cmd_policy_sign(args: argparse.Namespace) -> int:
         text = args.policy.read_text()
     except OSError as e:
         raise CipherpostError(f"cannot read {args.policy}: {e.strerror}") from e
-    authority = ca.open_ca(args.ca, read_passphrase())
+    authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     data = sign_policy(text, authority, _now(), args.valid_days)
     args.out.write_bytes(data)
     policy = Policy.parse(text)

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +101,15 @@ class ReceivedDocument:
     path: Path
     sidecar: Path
     metadata: dict[str, Any]
+
+
+def recipients(to: Sequence[AgencyCode | str] | str) -> list[AgencyCode]:
+    """Codes as a caller gives them: ``"000.01.12.h41"``, ``"A,B"``, a list of either."""
+    items = to.split(",") if isinstance(to, str) else list(to)
+    codes = [c if isinstance(c, AgencyCode) else AgencyCode.from_user(c) for c in items]
+    if not codes:
+        raise UsageError("no recipient: give at least one agency code")
+    return codes
 
 
 class Client:
@@ -176,9 +185,9 @@ class Client:
 
     def send(
         self,
-        path: Path,
+        path: Path | str,
         *,
-        to: list[AgencyCode],
+        to: Sequence[AgencyCode | str] | str,
         level: Level | str,
         urgency: Urgency | str = Urgency.THUONG,
         subject: str = "",
@@ -193,6 +202,7 @@ class Client:
         so many documents go out pipelined.
         """
         level, urgency = Level.parse(level), Urgency.parse(urgency)
+        to, path = recipients(to), Path(path)
         try:
             src = path.open("rb")
         except OSError as e:

@@ -174,6 +174,7 @@ class Doctor:
                 "certificates", "FAIL", f"{keys.code} is revoked", "contact the cipher department"
             )
             return
+        self._retirement(keys, directory)
         not_after = min(entry.sign.not_after, entry.enc.not_after)
         if not (entry.sign.valid_at(self.now) and entry.enc.valid_at(self.now)):
             self._add(
@@ -191,6 +192,29 @@ class Doctor:
             )
         else:
             self._add("certificates", "ok", f"valid until {not_after:%Y-%m-%d}, not revoked")
+
+    def _retirement(self, keys: AgencyKeys, directory: Directory) -> None:
+        """A merged commune: when its code stops working and what replaces it."""
+        successor = directory.retired.get(keys.code.text)
+        if successor is None:
+            return
+        since = directory.retired_from[keys.code.text]
+        if self.now >= since:
+            self._add(
+                "retirement",
+                "FAIL",
+                f"{keys.code} retired on {since:%Y-%m-%d} (merged into {successor}): envelopes"
+                " from and to it are refused",
+                f"send as {successor}; this agent may still receive what was already on its way",
+            )
+        else:
+            self._add(
+                "retirement",
+                "WARN",
+                f"{keys.code} retires on {since:%Y-%m-%d %H:%M}Z (merged into {successor});"
+                " after that envelopes from and to it are refused",
+                f"move the work to {successor}'s agent before then",
+            )
 
     def _broker(self, config: AgentConfig) -> BrokerConfig | None:
         try:

@@ -26,7 +26,7 @@ from keys import agency
 from keys.auditkey import make_audit_key
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError
-from keys.keystore import read_passphrase
+from keys.keystore import read_passphrase, unlock
 
 Add = Callable[..., argparse.ArgumentParser]
 Group = Callable[[str, str], Any]
@@ -41,7 +41,7 @@ def _now() -> dt.datetime:
 def cmd_init(args: argparse.Namespace) -> int:
     from gateway.config import example
 
-    code = AgencyCode.parse(args.code)
+    code = AgencyCode.from_user(args.code)
     folder: Path = args.dir
     config = folder / CONFIG_FILE
     if config.exists():
@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=getattr(logging, config.log_level.upper()),
         static={"gateway_id": config.gateway_id, "log_id": config.gateway_id},
     )
-    gateway = Gateway(config, load(config, read_passphrase()))
+    gateway = Gateway(config, unlock(lambda passphrase: load(config, passphrase)))
     signal.signal(signal.SIGTERM, lambda *_: gateway.stop())
     signal.signal(signal.SIGINT, lambda *_: gateway.stop())
     gateway.run()

@@ -54,9 +54,22 @@ class Row:
     parent: AgencyCode | None
 
 
+def _delimiter(text: str) -> str:
+    """``,`` or ``;`` (what Excel saves in a Vietnamese locale): the one that splits the first
+    line into code,name,clearance[,parent]. A name with a comma in a ``,`` file is quoted."""
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            for delimiter in (",", ";"):
+                if len(next(csv.reader([line], delimiter=delimiter))) in (3, 4):
+                    return delimiter
+            break
+    return ","
+
+
 def read_csv(text: str) -> list[Row]:
     """Parse and check every row; :class:`UsageError` naming every bad line, or all rows."""
-    reader = csv.reader(io.StringIO(text))
+    text = text.removeprefix("\ufeff")  # the byte-order mark Excel writes
+    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(text))
     rows: list[Row] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
@@ -71,11 +84,11 @@ def read_csv(text: str) -> list[Row]:
             problems.append(f"line {n}: expected code,name,clearance[,parent]")
             continue
         try:
-            code = AgencyCode.parse(fields[0].strip())
+            code = AgencyCode.from_user(fields[0])
             name = agency.validate_name(fields[1].strip())
             clearance = Level.parse(fields[2].strip())
             parent_text = fields[3].strip() if len(fields) == 4 else ""
-            parent = AgencyCode.parse(parent_text) if parent_text else None
+            parent = AgencyCode.from_user(parent_text) if parent_text else None
         except (UsageError, CipherpostError) as e:
             problems.append(f"line {n}: {e}")
             continue

@@ -42,7 +42,8 @@ _KEYS = {
     "level_min",
     "level_max",
     "urgency",
-    "max_bytes",
+    "size_at_most",
+    "size_above",
 }
 
 
@@ -62,7 +63,9 @@ class Rule:
     level_min: Level = Level.THUONG
     level_max: Level = Level.TUYET_MAT
     urgency: tuple[Urgency, ...] = ()
-    max_bytes: int | None = None
+    # Conditions, not limits: the rule applies to payloads of at most / more than N bytes.
+    size_at_most: int | None = None
+    size_above: int | None = None
 
     def applies(self, checked: CheckedHeader) -> bool:
         """True if every condition of the rule holds for this envelope."""
@@ -72,7 +75,8 @@ class Rule:
             and all(fnmatch.fnmatchcase(r.code.text, self.recipients) for r in h.recipients)
             and self.level_min <= h.level <= self.level_max
             and (not self.urgency or h.urgency in self.urgency)
-            and (self.max_bytes is None or h.payload_size <= self.max_bytes)
+            and (self.size_at_most is None or h.payload_size <= self.size_at_most)
+            and (self.size_above is None or h.payload_size > self.size_above)
         )
 
 
@@ -218,6 +222,11 @@ def _rule(raw: object, n: int) -> Rule:
         raise PolicyError(f"rule {n} is not a table")
     unknown = set(raw) - _KEYS
     where = f"rule {n} ({raw.get('id', '?')})"
+    if "max_bytes" in unknown:
+        raise PolicyError(
+            f"{where}: max_bytes is gone (it read as a limit but was a condition); write"
+            " size_at_most = N (the rule applies up to N bytes) or size_above = N"
+        )
     if unknown:
         raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
     rule_id = raw.get("id")
@@ -242,11 +251,17 @@ def _rule(raw: object, n: int) -> Rule:
         raise PolicyError(f"{where}: {e}") from e
     if level_min > level_max:
         raise PolicyError(f"{where}: level_min is above level_max")
-    max_bytes = raw.get("max_bytes")
-    if max_bytes is not None and (
-        not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0
-    ):
-        raise PolicyError(f"{where}: max_bytes must be a non-negative integer")
+    sizes = {}
+    for key in ("size_at_most", "size_above"):
+        value = raw.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            raise PolicyError(f"{where}: {key} must be a non-negative integer (bytes)")
+        sizes[key] = value
+    at_most, above = sizes["size_at_most"], sizes["size_above"]
+    if at_most is not None and above is not None and above >= at_most:
+        raise PolicyError(f"{where}: size_above {above} >= size_at_most {at_most}: never applies")
     return Rule(
         rule_id,
         raw["action"] == "allow",
@@ -256,5 +271,6 @@ def _rule(raw: object, n: int) -> Rule:
         level_min,
         level_max,
         urgency,
-        max_bytes,
+        at_most,
+        above,
     )

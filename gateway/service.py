@@ -90,6 +90,8 @@ log = get_logger("cipherpost.gateway")
 NO_ENVELOPE = b"\0" * 16
 POLICY_FILE_CHECK = dt.timedelta(seconds=5)  # a running gateway looks for a newer policy file
 PAUSED_REMINDER = dt.timedelta(seconds=60)
+EXPIRY_WARNING = dt.timedelta(days=3)  # as the Prometheus alert: log it too, once a day
+EXPIRY_REMINDER = dt.timedelta(days=1)
 
 
 def _now() -> dt.datetime:
@@ -255,6 +257,7 @@ class Gateway:
         self._held: list[Settleable] = []  # received while no policy or directory was in force
         self._paused_since: dt.datetime | None = None
         self._paused_told = _now()
+        self._expiry_told: dict[str, dt.datetime] = {}
         self._proofs = ThreadPoolExecutor(1, thread_name_prefix="audit-proofs")
         self.ready = threading.Event()
         self.audit_certificate = loaded.audit_certificate
@@ -574,6 +577,7 @@ class Gateway:
         elif now > self.directory.expires_at:
             why = f"directory version {self.directory.version} expired"
         else:
+            self._warn_before_expiry(now)
             return True
         self.metrics.pause(True, len(self._held))
         if self._paused_since is None or (now - self._paused_told) >= PAUSED_REMINDER:
@@ -587,6 +591,28 @@ class Gateway:
                 fix="install a newer signed policy file / publish a newer directory version",
             )
         return False
+
+    def _warn_before_expiry(self, now: dt.datetime) -> None:
+        """Days before decisions stop, say so (once a day per thing, while it lasts)."""
+        for what, version, expires in (
+            ("policy", self.policy.version, self.policy.expires),
+            ("directory", self.directory.version, self.directory.expires_at),
+        ):
+            if expires is None or expires - now > EXPIRY_WARNING:
+                continue
+            key = f"{what}:{version}"
+            told = self._expiry_told.get(key)
+            if told is not None and now - told < EXPIRY_REMINDER:
+                continue
+            self._expiry_told[key] = now
+            log.warning(
+                "gateway_expires_soon",
+                what=what,
+                version=version,
+                expires=expires.isoformat(),
+                hours_left=round((expires - now).total_seconds() / 3600, 1),
+                fix=f"sign and install a newer {what} before then: decisions stop when it expires",
+            )
 
     def _resume(self, now: dt.datetime) -> None:
         """Pick up a newer policy file; decide what was held once everything is in force."""

@@ -8,6 +8,7 @@ directory version) and ``crl.der``.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,12 @@ class CertificateAuthority:
         write_private_file(
             self.directory / STATE_FILE, (json.dumps(state, indent=2) + "\n").encode()
         )
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """``SHA256:<hex>`` of the certificate's DER bytes: what ``ca init`` prints and holders
+    compare. From a PEM file: ``openssl x509 -in ca.crt -outform DER | sha256sum``."""
+    return "SHA256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def load_ca_certificate(path: Path) -> x509.Certificate:

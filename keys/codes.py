@@ -47,6 +47,19 @@ class AgencyCode:
             f"invalid agency code {text!r}: expected LLL.kk.jj.Xnn, e.g. 000.00.00.H41"
         )
 
+    @classmethod
+    def from_user(cls, text: str) -> AgencyCode:
+        """A code as a person types it: surrounding spaces and a lower-case letter forgiven
+        (``000.01.12.h41``). For input only: what travels signed is parsed strictly."""
+        if not isinstance(text, str) or len(text) > MAX_CODE_LENGTH * 2:
+            raise InvalidAgencyCode("agency code must be a short string like 000.00.00.H41")
+        try:
+            return cls.parse(text.strip().upper())
+        except InvalidAgencyCode:
+            raise InvalidAgencyCode(
+                f"invalid agency code {text!r}: expected LLL.kk.jj.Xnn, e.g. 000.00.00.H41"
+            ) from None
+
     @property
     def level1(self) -> str:
         """The level-1 unit, e.g. ``H41``."""

@@ -16,6 +16,7 @@ A holder remembers, per trusted CA, the highest version it accepted
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import hashlib
 import json
 import os
@@ -86,8 +87,16 @@ class Directory:
         """The entry for ``code``; :class:`Refused` if unknown."""
         entry = self.entries.get(code.text)
         if entry is None:
-            raise Refused(f"{role} {code} is not in the directory")
+            raise Refused(f"{role} {code} is not in the directory{self._did_you_mean(code)}")
         return entry
+
+    def _did_you_mean(self, code: AgencyCode) -> str:
+        """`` (did you mean X (name)?)`` for the closest codes in this directory, or ``""``."""
+        close = difflib.get_close_matches(code.text, list(self.entries), n=2, cutoff=0.75)
+        if not close:
+            return ""
+        named = " or ".join(f"{c} ({self.entries[c].name})" for c in close)
+        return f" (did you mean {named}?)"
 
     def by_sign_key_id(self, kid: bytes) -> DirectoryEntry | None:
         """The entry whose signing certificate has key id ``kid``."""

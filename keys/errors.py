@@ -40,6 +40,10 @@ class KeyStoreError(CipherpostError):
     """A private key file could not be read: wrong passphrase, damaged, wrong mode."""
 
 
+class WrongPassphrase(KeyStoreError):
+    """The key file is well formed but does not open with this passphrase (or was altered)."""
+
+
 MAX_MESSAGE = 200
 
 

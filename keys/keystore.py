@@ -11,8 +11,9 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import msgpack
 import nacl.exceptions
@@ -20,7 +21,7 @@ import nacl.pwhash
 import nacl.secret
 import nacl.utils
 
-from keys.errors import CipherpostError, KeyStoreError, UsageError
+from keys.errors import CipherpostError, KeyStoreError, UsageError, WrongPassphrase
 
 MAGIC = "cipherpost.secret/1"
 PASSPHRASE_ENV = "CIPHERPOST_PASSPHRASE"  # noqa: S105 - a variable name
@@ -50,14 +51,49 @@ def read_passphrase(*, confirm: bool = False, env: Mapping[str, str] | None = No
             raise UsageError(
                 f"no passphrase: set {PASSPHRASE_ENV} or run in a terminal to be prompted"
             )
-        value = getpass.getpass("Passphrase: ")
-        if confirm and getpass.getpass("Passphrase (again): ") != value:
+        value = _prompt("Passphrase: ")
+        if confirm and _prompt("Passphrase (again): ") != value:
             raise UsageError("the two passphrases differ")
     if not value:
         raise UsageError("empty passphrase refused")
     if confirm and len(value) < MIN_NEW_PASSPHRASE:
         raise UsageError(f"a new passphrase needs at least {MIN_NEW_PASSPHRASE} characters")
     return value.encode("utf-8")
+
+
+def _prompt(text: str) -> str:
+    try:
+        return getpass.getpass(text)
+    except EOFError:  # Ctrl-D at the prompt
+        sys.stderr.write("\n")
+        raise UsageError("no passphrase given (end of input at the prompt)") from None
+
+
+T = TypeVar("T")
+PROMPT_TRIES = 3
+
+
+def unlock(
+    open_with: Callable[[bytes], T],
+    *,
+    env: Mapping[str, str] | None = None,
+    tries: int = PROMPT_TRIES,
+) -> T:
+    """``open_with(passphrase)``, asking again on a terminal when the passphrase is wrong.
+
+    A passphrase from the environment or a file gets one try: asking again could not change it.
+    """
+    environ = os.environ if env is None else env
+    prompted = environ.get(PASSPHRASE_ENV) is None and not environ.get(PASSPHRASE_FILE_ENV)
+    attempts = tries if prompted else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return open_with(read_passphrase(env=environ))
+        except WrongPassphrase:
+            if attempt == attempts:
+                raise
+            sys.stderr.write(f"wrong passphrase, try again ({attempts - attempt} left)\n")
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _passphrase_file(path: Path) -> str:
@@ -115,7 +151,7 @@ def read_secret(path: Path, passphrase: bytes) -> bytes:
     try:
         return bytes(nacl.secret.SecretBox(key).decrypt(box))
     except nacl.exceptions.CryptoError:
-        raise KeyStoreError(f"{path}: wrong passphrase or damaged key file") from None
+        raise WrongPassphrase(f"{path}: wrong passphrase or damaged key file") from None
 
 
 def write_private_file(path: Path, data: bytes) -> None:

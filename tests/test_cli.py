@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -691,3 +692,106 @@ def test_trust_state_is_private_whatever_the_umask(setup, tmp_path):
         preexec_fn=lambda: os.umask(0),
     )
     assert stat.S_IMODE((tmp_path / "st" / "trust.json").stat().st_mode) == 0o600
+
+
+def on_terminal(
+    args: list[str | Path], env: dict[str, str], answers: list[bytes]
+) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal, typing one answer at each passphrase prompt."""
+    import pty
+
+    exe = str(Path(sys.executable).with_name("cipherpost"))
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal is its controlling terminal, as a clerk's is
+        os.execve(exe, [exe, *map(str, args)], env)  # noqa: S606 - the CLI itself, no shell
+    seen, typed = b"", 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if typed < len(answers) and seen.count(b"Passphrase: ") > typed:
+            os.write(fd, answers[typed])
+            typed += 1
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
+
+
+def test_a_mistyped_passphrase_is_asked_again_three_times_in_all(setup, tmp_path):
+    root, env, *_ = setup
+    clerk = {k: v for k, v in env.items() if k != "CIPHERPOST_PASSPHRASE"}
+    doc = tmp_path / "note.txt"
+    doc.write_text("ba lần\n")
+    args: list[str | Path] = ["seal", doc, "--as", root / A, "--directory", root / "dir.cpd",
+                              "--to", B, "--level", "mat", "--out", tmp_path / "a.cpe"]  # fmt: skip
+    code, screen = on_terminal(args, clerk, [b"wrong one\n", b"cli-test-pass\n"])
+    assert code == 0, screen
+    assert "wrong passphrase, try again (2 left)" in screen
+    assert (tmp_path / "a.cpe").exists()
+    args[-1] = tmp_path / "b.cpe"
+    code, screen = on_terminal(args, clerk, [b"no\n", b"nope\n", b"still no\n", b"unused\n"])
+    assert code == 1, screen
+    assert screen.count("Passphrase: ") == 3
+    assert "(1 left)" in screen and "wrong passphrase or damaged key file" in screen
+    assert "Traceback" not in screen and not (tmp_path / "b.cpe").exists()
+
+
+def test_ctrl_d_at_the_passphrase_prompt_is_a_usage_error(setup, tmp_path):
+    root, env, *_ = setup
+    clerk = {k: v for k, v in env.items() if k != "CIPHERPOST_PASSPHRASE"}
+    doc = tmp_path / "note.txt"
+    doc.write_text("x\n")
+    args: list[str | Path] = ["seal", doc, "--as", root / A, "--directory", root / "dir.cpd",
+                              "--to", B, "--level", "mat", "--out", tmp_path / "a.cpe"]  # fmt: skip
+    code, screen = on_terminal(args, clerk, [b"\x04"])
+    assert code == 2, screen
+    assert "no passphrase given" in screen
+    assert "internal error" not in screen and "EOFError" not in screen
+
+
+def test_a_passphrase_from_the_environment_gets_one_try(setup, tmp_path):
+    root, env, *_ = setup
+    doc = tmp_path / "note.txt"
+    doc.write_text("x\n")
+    wrong = {**env, "CIPHERPOST_PASSPHRASE": "not it"}
+    args: list[str | Path] = ["seal", doc, "--as", root / A, "--directory", root / "dir.cpd",
+                              "--to", B, "--level", "mat", "--out", tmp_path / "a.cpe"]  # fmt: skip
+    code, screen = on_terminal(args, wrong, [])
+    assert code == 1 and "try again" not in screen and "wrong passphrase" in screen
+
+
+def test_seal_takes_a_lower_case_code_and_suggests_a_close_one(setup, tmp_path):
+    root, env, doc, *_ = setup
+    base = ["seal", doc, "--as", root / A, "--directory", root / "dir.cpd", "--level", "Mật"]
+    cli(*base, "--to", B.lower(), "--out", tmp_path / "ok.cpe", env=env)
+    assert (tmp_path / "ok.cpe").exists()
+    typo = B.replace(".12.", ".13.")
+    r = cli(*base, "--to", typo, "--out", tmp_path / "no.cpe", env=env, code=3)
+    assert f"recipient {typo} is not in the directory (did you mean {B} (" in one_line(r)
+    assert not (tmp_path / "no.cpe").exists()
+
+
+def test_join_shows_the_kits_ca_fingerprint_as_openssl_computes_it(setup, tmp_path):
+    root, env, *_ = setup
+    csv = tmp_path / "one.csv"
+    csv.write_text("000.07.31.H41,Xã Bảy,mat\n", encoding="utf-8")
+    kits = tmp_path / "kits"
+    cli("agency", "import", csv, "--ca", root / "ca", "--kits", kits, env=env)
+    joined = cli("agency", "join", kits / "000.07.31.H41", "--dir", tmp_path / "a", env=env)
+    der = subprocess.run(
+        ["openssl", "x509", "-in", root / "ca" / "ca.crt", "-outform", "DER"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    expected = "SHA256:" + hashlib.sha256(der).hexdigest()
+    assert f"CA fingerprint {expected} (the kit's ca.crt)" in joined.stdout
+    fresh = cli("ca", "init", "--dir", tmp_path / "ca2", env=env)
+    der2 = subprocess.run(
+        ["openssl", "x509", "-in", tmp_path / "ca2" / "ca.crt", "-outform", "DER"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"CA fingerprint SHA256:{hashlib.sha256(der2).hexdigest()}" in fresh.stdout

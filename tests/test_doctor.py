@@ -14,6 +14,7 @@ from agents.world import PASSPHRASE, World
 from broker.connection import BrokerConfig
 from broker.provision import provision
 from keys import agency, ca
+from keys.codes import AgencyCode
 from keys.directory import build_directory
 from keys.levels import Level
 from tests.exchange import A, B, make_world
@@ -136,3 +137,21 @@ def test_missing_queue(world, inbox_deleted, capsys):
     assert checks["inbox"].startswith("FAIL") and "missing" in checks["inbox"]
     assert "broker provision" in checks["inbox"]
     assert checks["gateway"].startswith("ok")
+
+
+@pytest.mark.parametrize(
+    ("days", "status", "words"),
+    [(-1, "FAIL", "retired on"), (10, "WARN", "retires on")],
+)
+def test_a_merged_commune_is_told_when_its_code_stops_working(
+    world, tmp_path, capsys, days, status, words
+):
+    authority = authority_copy(world, tmp_path)
+    now = dt.datetime.now(dt.UTC)
+    ca.retire(authority, AgencyCode.parse(A), AgencyCode.parse(B), now + dt.timedelta(days=days))
+    directory = tmp_path / "d.cpd"
+    directory.write_bytes(build_directory(authority, world.root / "certs", now, 7))
+    code, checks = doctor(variant(world, tmp_path, directory=directory), capsys)
+    line = checks["retirement"]
+    assert line.startswith(status) and words in line and f"merged into {B}" in line, line
+    assert code == (1 if status == "FAIL" else 0), checks

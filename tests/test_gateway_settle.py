@@ -213,6 +213,26 @@ def test_no_decision_on_an_expired_policy_until_a_newer_one_is_installed(kit, tm
         gw.close()
 
 
+def test_the_gateway_warns_days_before_its_policy_expires_once_a_day(kit, tmp_path, caplog):
+    authority = kit.world.authority
+    kit.policy_bytes = sign_policy(POLICY, authority, kit.now - dt.timedelta(days=5), 7)
+    kit.policy = Policy.load_signed(kit.policy_bytes, authority.certificate.public_key(), kit.now)
+    gw = make_gateway(kit, tmp_path)
+    caplog.set_level("WARNING", logger="cipherpost")
+    try:
+        for _ in range(3):
+            d = delivery(parts(kit.seal(A, [B]))[0], A)
+            gw.handle(d)
+            gw.commit_batch()
+            assert d.settled == "ack"  # still deciding: two days are left
+        warned = [r.msg for r in caplog.records if isinstance(r.msg, dict)
+                  and r.msg.get("event") == "gateway_expires_soon"]  # fmt: skip
+        assert len(warned) == 1, warned
+        assert warned[0]["what"] == "policy" and 40 < warned[0]["hours_left"] <= 48
+    finally:
+        gw.close()
+
+
 def test_the_gateways_store_and_state_files_are_private(gw, kit):
     gw.handle(delivery(parts(kit.seal(A, [B]))[0], A))
     gw.commit_batch()

@@ -66,7 +66,7 @@ recipients = "*.H41"
 level_min = "thuong"
 level_max = "toi-mat"
 urgency = ["thuong", "khan"]
-max_bytes = 1000
+size_at_most = 1000
 """
 
 H41, H41B, H42 = "000.00.00.H41", "000.02.12.H41", "000.00.00.H42"
@@ -92,7 +92,7 @@ H41, H41B, H42 = "000.00.00.H41", "000.02.12.H41", "000.00.00.H42"
         # urgency list
         ({"urgency": Urgency.KHAN}, "h41-internal"),
         ({"urgency": Urgency.HOA_TOC}, DEFAULT_DENY),
-        # max_bytes, inclusive
+        # size_at_most, inclusive
         ({"size": 1000}, "h41-internal"),
         ({"size": 1001}, DEFAULT_DENY),
     ],
@@ -170,10 +170,29 @@ def test_a_rule_without_conditions_matches_everything():
             assert policy.decide(facts).allow
 
 
-def test_max_bytes_zero_and_absent():
-    assert not one_rule(max_bytes=0).decide(envelope(size=4)).allow
-    assert one_rule(max_bytes=4).decide(envelope(size=4)).allow
+def test_size_conditions_zero_and_absent():
+    assert not one_rule(size_at_most=0).decide(envelope(size=4)).allow
+    assert one_rule(size_at_most=4).decide(envelope(size=4)).allow
+    assert one_rule(size_above=3).decide(envelope(size=4)).allow
+    assert not one_rule(size_above=4).decide(envelope(size=4)).allow
     assert one_rule().decide(envelope(size=1 << 40)).allow
+
+
+def test_a_deny_rule_on_large_documents_reads_as_it_acts():
+    """The seen mistake: a deny rule meant for large files (max_bytes = 1 MiB) refused a 6-byte
+    one. size_above says which envelopes the rule applies to."""
+    policy = Policy.parse(
+        '[[rule]]\nid = "no-large"\naction = "deny"\nreason = "over 1 MiB"\nsize_above = 1048576\n'
+        '[[rule]]\nid = "rest"\naction = "allow"\nreason = "the rest"\n'
+    )
+    assert policy.decide(envelope(size=6)).rule_id == "rest"
+    assert policy.decide(envelope(size=1048576)).rule_id == "rest"
+    assert policy.decide(envelope(size=1048577)).rule_id == "no-large"
+
+
+def test_the_old_max_bytes_key_is_refused_with_what_to_write():
+    with pytest.raises(PolicyError, match="max_bytes is gone .* size_at_most = N .* size_above"):
+        Policy.parse(GOOD_RULE + "max_bytes = 1000\n")
 
 
 def rules(*specs: tuple[str, str]) -> Policy:
@@ -222,7 +241,7 @@ def test_header_fields_are_parsed():
         Level.THUONG,
         Level.TOI_MAT,
     )
-    assert (rule.urgency, rule.max_bytes) == ((Urgency.THUONG, Urgency.KHAN), 1000)
+    assert (rule.urgency, rule.size_at_most) == ((Urgency.THUONG, Urgency.KHAN), 1000)
     assert (Policy.parse("").version, Policy.parse("").name) == (1, "")
 
 
@@ -262,10 +281,11 @@ GOOD_RULE = '[[rule]]\nid = "ok"\naction = "allow"\nreason = "fine"\n'
         (GOOD_RULE + 'urgency = "khan"\n', "unknown urgency"),
         (GOOD_RULE + "urgency = 3\n", r"rule 1 \(ok\): "),
         (GOOD_RULE + 'level_min = "toi-mat"\nlevel_max = "mat"\n', "level_min is above level_max"),
-        (GOOD_RULE + "max_bytes = -1\n", "max_bytes must be a non-negative integer"),
-        (GOOD_RULE + 'max_bytes = "1 GB"\n', "max_bytes must be a non-negative integer"),
-        (GOOD_RULE + "max_bytes = 1.5\n", "max_bytes must be a non-negative integer"),
-        (GOOD_RULE + "max_bytes = true\n", "max_bytes must be a non-negative integer"),
+        (GOOD_RULE + "size_at_most = -1\n", "size_at_most must be a non-negative integer"),
+        (GOOD_RULE + 'size_at_most = "1 GB"\n', "size_at_most must be a non-negative integer"),
+        (GOOD_RULE + "size_above = 1.5\n", "size_above must be a non-negative integer"),
+        (GOOD_RULE + "size_above = true\n", "size_above must be a non-negative integer"),
+        (GOOD_RULE + "size_above = 10\nsize_at_most = 10\n", "never applies"),
         (GOOD_RULE + GOOD_RULE, "rule id 'ok' is used twice"),
     ],
 )
