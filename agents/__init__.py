@@ -40,4 +40,7 @@ def open_agent(config: str | Path, passphrase: bytes | None = None) -> Client:
     settings = AgentConfig.load(Path(config))
     if passphrase is not None:
         return Client(settings, passphrase)
-    return unlock(lambda prompted: Client(settings, prompted))
+    return unlock(
+        lambda prompted: Client(settings, prompted),
+        prompt=f"Passphrase for {settings.agency_dir}: ",
+    )

@@ -103,10 +103,25 @@ class ReceivedDocument:
     metadata: dict[str, Any]
 
 
-def recipients(to: Sequence[AgencyCode | str] | str) -> list[AgencyCode]:
+def recipients(to: Sequence[AgencyCode | str] | AgencyCode | str) -> list[AgencyCode]:
     """Codes as a caller gives them: ``"000.01.12.h41"``, ``"A,B"``, a list of either."""
-    items = to.split(",") if isinstance(to, str) else list(to)
-    codes = [c if isinstance(c, AgencyCode) else AgencyCode.from_user(c) for c in items]
+    if isinstance(to, AgencyCode):
+        return [to]
+    if isinstance(to, str):
+        items: list[object] = list(to.split(","))
+    elif isinstance(to, (list, tuple)):
+        items = list(to)
+    else:
+        raise UsageError(f"to: agency codes as a string or a list, not {type(to).__name__}")
+    codes = []
+    for item in items:
+        if isinstance(item, AgencyCode):
+            codes.append(item)
+        elif isinstance(item, str):
+            if item.strip():
+                codes.append(AgencyCode.from_user(item))
+        else:
+            raise UsageError(f"to: {type(item).__name__} is not an agency code")
     if not codes:
         raise UsageError("no recipient: give at least one agency code")
     return codes
@@ -187,7 +202,7 @@ class Client:
         self,
         path: Path | str,
         *,
-        to: Sequence[AgencyCode | str] | str,
+        to: Sequence[AgencyCode | str] | AgencyCode | str,
         level: Level | str,
         urgency: Urgency | str = Urgency.THUONG,
         subject: str = "",

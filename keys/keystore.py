@@ -36,7 +36,9 @@ MAX_SECRET_FILE = 64 * 1024
 MIN_NEW_PASSPHRASE = 8
 
 
-def read_passphrase(*, confirm: bool = False, env: Mapping[str, str] | None = None) -> bytes:
+def read_passphrase(
+    *, confirm: bool = False, env: Mapping[str, str] | None = None, prompt: str = "Passphrase: "
+) -> bytes:
     """The passphrase from ``CIPHERPOST_PASSPHRASE``, the file ``CIPHERPOST_PASSPHRASE_FILE``
     names (services: systemd's ``LoadCredential=``, a compose secret) or a terminal prompt.
 
@@ -45,13 +47,13 @@ def read_passphrase(*, confirm: bool = False, env: Mapping[str, str] | None = No
     environ = os.environ if env is None else env
     value = environ.get(PASSPHRASE_ENV)
     if value is None and environ.get(PASSPHRASE_FILE_ENV):
-        value = _passphrase_file(Path(environ[PASSPHRASE_FILE_ENV]))
+        value = read_passphrase_file(Path(environ[PASSPHRASE_FILE_ENV]))
     if value is None:
         if not sys.stdin.isatty():
             raise UsageError(
                 f"no passphrase: set {PASSPHRASE_ENV} or run in a terminal to be prompted"
             )
-        value = _prompt("Passphrase: ")
+        value = _prompt(prompt)
         if confirm and _prompt("Passphrase (again): ") != value:
             raise UsageError("the two passphrases differ")
     if not value:
@@ -78,6 +80,7 @@ def unlock(
     *,
     env: Mapping[str, str] | None = None,
     tries: int = PROMPT_TRIES,
+    prompt: str = "Passphrase: ",
 ) -> T:
     """``open_with(passphrase)``, asking again on a terminal when the passphrase is wrong.
 
@@ -88,7 +91,7 @@ def unlock(
     attempts = tries if prompted else 1
     for attempt in range(1, attempts + 1):
         try:
-            return open_with(read_passphrase(env=environ))
+            return open_with(read_passphrase(env=environ, prompt=prompt))
         except WrongPassphrase:
             if attempt == attempts:
                 raise
@@ -96,7 +99,7 @@ def unlock(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _passphrase_file(path: Path) -> str:
+def read_passphrase_file(path: Path) -> str:
     """The first line of a passphrase file that no other user may read."""
     try:
         if path.stat().st_mode & 0o077:

@@ -76,8 +76,15 @@ def test_a_bad_csv_line_is_named_whatever_the_separator():
 def test_recipients_given_as_strings_lists_or_codes():
     assert recipients("000.01.12.h41, 000.00.00.H41") == [AgencyCode.parse(B), AgencyCode.parse(A)]
     assert recipients([B, AgencyCode.parse(A)]) == [AgencyCode.parse(B), AgencyCode.parse(A)]
+    assert recipients(AgencyCode.parse(A)) == [AgencyCode.parse(A)]
     with pytest.raises(UsageError, match="no recipient"):
         recipients([])
+    with pytest.raises(UsageError, match="no recipient"):
+        recipients(" , ")
+    with pytest.raises(UsageError, match="int is not an agency code"):
+        recipients([B, 41])  # type: ignore[list-item]
+    with pytest.raises(UsageError, match="not int"):
+        recipients(41)  # type: ignore[arg-type]
 
 
 def test_an_unknown_code_gets_did_you_mean_from_the_directory(tmp_path):

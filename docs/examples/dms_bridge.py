@@ -6,33 +6,47 @@ replies "accepted" (03) and, once handled, "completed" (06); the province's
 DMS then reads the signed history. Run by tests/test_sdk_example.py against the
 real RabbitMQ; run it yourself with two agent configs:
 
-    CIPHERPOST_PASSPHRASE=... python docs/examples/dms_bridge.py \
-        /srv/province/agent.toml /srv/commune/agent.toml 000.01.12.H41
+    python docs/examples/dms_bridge.py /srv/province/agent.toml \
+        /srv/commune/agent.toml 000.01.12.H41
+
+Each agency has its own passphrase: from the file named by
+``PROVINCE_PASSPHRASE_FILE`` / ``COMMUNE_PASSPHRASE_FILE`` (mode 0600), else
+``CIPHERPOST_PASSPHRASE``, else a prompt naming the agency's folder. An error
+is one line on stderr and the cipherpost exit code; nothing already sent is
+lost (the envelope id is printed first).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 from agents import edxml_fields, open_agent
-from keys.codes import AgencyCode
-from keys.levels import Level, Urgency
+from keys.errors import CipherpostError
+from keys.keystore import read_passphrase_file
+
+
+def passphrase(role: str) -> bytes | None:
+    """This agency's passphrase from ``<ROLE>_PASSPHRASE_FILE``; None: the usual sources."""
+    path = os.environ.get(f"{role.upper()}_PASSPHRASE_FILE")
+    return read_passphrase_file(Path(path)).encode() if path else None
 
 
 def send_letter(province_config: Path, commune: str, workdir: Path) -> str:
     """The province's DMS hands a letter to cipherpost; returns the envelope id."""
     letter = workdir / "cong-van-12-UBND-VP.pdf"
     letter.write_bytes(b"%PDF-1.7\n% Cong van ve viec sap nhap xa (demo)\n" * 200)
-    with open_agent(province_config) as agent:
+    with open_agent(province_config, passphrase("province")) as agent:
         return agent.send(
             letter,
-            to=[AgencyCode.parse(commune)],
-            level=Level.MAT,
-            urgency=Urgency.KHAN,
+            to=commune,
+            level="mat",
+            urgency="khan",
             subject="Về việc sắp xếp đơn vị hành chính cấp xã",
             fields=edxml_fields(
                 document_code="000.00.00.H41-2026-000123",
@@ -51,7 +65,7 @@ def send_letter(province_config: Path, commune: str, workdir: Path) -> str:
 def take_in(commune_config: Path, register: Path) -> list[dict[str, object]]:
     """The commune's DMS registers each arriving document and answers its sender."""
     entries = []
-    with open_agent(commune_config) as agent:
+    with open_agent(commune_config, passphrase("commune")) as agent:
         for doc in agent.documents(idle=1.5):  # verified, decrypted, durable, receipted
             fields = doc.metadata["fields"]
             entry = {
@@ -72,7 +86,7 @@ def take_in(commune_config: Path, register: Path) -> list[dict[str, object]]:
 
 def history(province_config: Path, envelope_id: str) -> dict[str, list[str]]:
     """What the province's DMS shows: per recipient, each signed status, verified."""
-    with open_agent(province_config) as agent:
+    with open_agent(province_config, passphrase("province")) as agent:
         agent.receive(idle=1.5)  # collect receipts and statuses waiting in the inbox
         report = agent.status(envelope_id)
     return {
@@ -81,16 +95,27 @@ def history(province_config: Path, envelope_id: str) -> dict[str, list[str]]:
     }
 
 
-def main(province_config: Path, commune_config: Path, commune: str) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        eid = send_letter(province_config, commune, Path(tmp))
-        print(f"sent {eid}")
-        for entry in take_in(commune_config, Path(tmp) / "register.json"):
-            print(f"registered {entry['notation']} ({entry['type']}) due {entry['due']}")
-        for code, statuses in history(province_config, eid).items():
-            print(f"{code}: {', '.join(statuses)}")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Send a letter from the province's DMS to a commune's and read its history.",
+    )
+    parser.add_argument("province_config", type=Path, metavar="PROVINCE_AGENT.toml")
+    parser.add_argument("commune_config", type=Path, metavar="COMMUNE_AGENT.toml")
+    parser.add_argument("commune", metavar="COMMUNE_CODE")
+    args = parser.parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            eid = send_letter(args.province_config, args.commune, Path(tmp))
+            print(f"sent {eid}", flush=True)
+            for entry in take_in(args.commune_config, Path(tmp) / "register.json"):
+                print(f"registered {entry['notation']} ({entry['type']}) due {entry['due']}")
+            for code, statuses in history(args.province_config, eid).items():
+                print(f"{code}: {', '.join(statuses)}")
+    except CipherpostError as e:
+        print(f"dms_bridge: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))
+    raise SystemExit(main())
