@@ -24,6 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from agents.output import emit, say
 from broker.connection import BrokerConfig
 from broker.consumer import Consumer, Delivery
 from broker.topology import WITNESS_QUEUE
@@ -45,7 +46,7 @@ from keys.auditkey import AUDIT_CERT_FILE, load_audit_certificate, load_audit_ke
 from keys.ca import load_ca_certificate
 from keys.certs import ROLE_WITNESS
 from keys.codes import AgencyCode
-from keys.errors import EXIT_REFUSED, CipherpostError, Refused, UsageError
+from keys.errors import CipherpostError, Refused, UsageError
 from keys.keystore import read_passphrase, unlock
 from keys.levels import Level
 from keys.logsetup import get_logger
@@ -81,11 +82,16 @@ def _checkpoint_file(path: Path, ca_cert: Path) -> VerifiedFile:
 def cmd_keygen(args: argparse.Namespace) -> int:
     code = AgencyCode.from_user(args.code)
     request = make_audit_key(args.dir, code, read_passphrase(confirm=True), _now())
-    print(f"audit key made in {args.dir}; request: {request}")
-    print(
-        f"next, at the cipher department: cipherpost ca issue-audit {request} --ca CA_DIR --out DIR"
+    emit(
+        args,
+        {"code": code.text, "key_dir": str(args.dir), "request": str(request)},
+        f"audit key made in {args.dir}; request: {request}",
     )
-    print(f"then copy DIR/{code}.audit.crt to {args.dir}/audit.crt")
+    say(
+        args,
+        f"next, at the cipher department: cipherpost ca issue-audit {request} --ca CA_DIR"
+        f" --out DIR; then copy DIR/{code}.audit.crt to {args.dir}/audit.crt",
+    )
     return 0
 
 
@@ -167,10 +173,10 @@ def cmd_witness(args: argparse.Namespace) -> int:
         threading.Thread(target=idle, daemon=True).start()
     consumer.run()
     stop.set()
+    emit(args, {"checked": seen[0], "new": seen[1], "alarm": alarm[0] if alarm else None})
     if alarm:
-        sys.stderr.write(f"cipherpost: ALARM: {alarm[0]}\n")
-        return EXIT_REFUSED
-    sys.stderr.write(f"{seen[0]} checkpoint(s) checked, {seen[1]} new, all consistent\n")
+        raise Refused(f"ALARM: {alarm[0]}")
+    say(args, f"{seen[0]} checkpoint(s) checked, {seen[1]} new, all consistent")
     return 0
 
 
@@ -191,7 +197,12 @@ def cmd_end_log(args: argparse.Namespace) -> int:
     ending = witness.end(data)
     if args.out is not None:
         args.out.write_bytes(data)
-    print(f"{ending.describe()}; recorded in the witness store {args.store}")
+    emit(
+        args,
+        {"ending": ending.describe(), "store": str(args.store),
+         "out": str(args.out) if args.out else None},
+        f"{ending.describe()}; recorded in the witness store {args.store}",
+    )  # fmt: skip
     return 0
 
 
@@ -381,8 +392,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         db.commit()
     finally:
         db.close()
-    print(f"exported {len(checkpoints)} checkpoint(s) and the audit store to {args.out}")
-    print(f"check it offline: cipherpost audit verify --export {args.out} --ca CA_CERT")
+    emit(
+        args,
+        {"out": str(args.out), "checkpoints": len(checkpoints)},
+        f"exported {len(checkpoints)} checkpoint(s) and the audit store to {args.out}",
+    )
+    say(args, f"check it offline: cipherpost audit verify --export {args.out} --ca CA_CERT")
     return 0
 
 
@@ -475,7 +490,6 @@ def register(group: Group, add: Add) -> None:
     sp.add_argument(
         "--ca", type=Path, metavar="CA_CERT", help="your own copy of the CA certificate"
     )
-    sp.add_argument("--json", action="store_true", help="print one JSON object")
 
     sp = add(
         audit,
@@ -501,16 +515,20 @@ def register(group: Group, add: Add) -> None:
     sp.add_argument("proof", type=Path, metavar="PROOF.json")
     sp.add_argument("--checkpoint", required=True, type=Path, metavar="FILE")
     sp.add_argument("--ca", required=True, type=Path, metavar="CA_CERT")
-    sp.add_argument("--json", action="store_true")
 
-    sp = add(audit, "query", cmd_query, "list audit records by agency, time, level, decision")
+    sp = add(
+        audit,
+        "query",
+        cmd_query,
+        "list audit records by agency, time, level, decision",
+        json_help="one JSON object per record, one per line",
+    )
     sp.add_argument("--db", required=True, type=Path, metavar="AUDIT_DB")
     sp.add_argument("--agency", metavar="CODE", help="sender or recipient; patterns like *.H41")
     sp.add_argument("--since", metavar="TIME", help="ISO time, UTC unless it says otherwise")
     sp.add_argument("--until", metavar="TIME")
     sp.add_argument("--level", metavar="LEVEL")
     sp.add_argument("--decision", choices=("accepted", "refused"))
-    sp.add_argument("--json", action="store_true", help="one JSON object per record")
     sp.add_argument("--csv", action="store_true")
 
     sp = add(audit, "export", cmd_export, "the store and the witness's checkpoints in one file")

@@ -13,7 +13,9 @@ Exit codes (also in ``--help`` and the README):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import importlib.metadata
 import json
 import logging
 import os
@@ -24,12 +26,13 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import envelopes
-from agents import audit_cli, gateway_cli, onboarding
-from agents.client import Client, ReceivedDocument
+from agents import audit_cli, gateway_cli, onboarding, progress
+from agents.client import Client, ReceivedDocument, ReceiverRunning
 from agents.interrupts import Interrupted, Stops
+from agents.output import emit, error_line, say
 from agents.progress import ProgressReader
 from keys import agency, ca
 from keys.auditkey import AuditKeyRequest
@@ -47,8 +50,10 @@ EXIT_CODES = """exit codes:
      unknown party, level above a clearance, directory rollback
   4  audit verify: all checked holds, but leaves no witnessed checkpoint covers
 
-The passphrase of a key file comes from CIPHERPOST_PASSPHRASE or a prompt,
-never from the command line."""
+The passphrase of a key file comes from CIPHERPOST_PASSPHRASE, the file named
+by CIPHERPOST_PASSPHRASE_FILE, or a prompt (three tries), never from the
+command line. Agent commands read CIPHERPOST_CONFIG (or
+~/.config/cipherpost/agent.toml) when --config is not given."""
 
 # Side remarks (trust on first use) are printed after the result, or folded into
 # the one error line, so a failure is always exactly one line on stderr.
@@ -62,10 +67,18 @@ URGENCIES = ", ".join(u.value for u in Urgency)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
+    """argparse, but a usage error is one line on stderr (JSON with --json) and exit code 2."""
+
+    json_errors = False
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: usage error: {message} (see --help)\n")
+        if self.json_errors:
+            text = json.dumps(
+                {"error": f"usage error: {message}", "exit_code": EXIT_USAGE, "kind": "usage"}
+            )
+        else:
+            text = f"{self.prog}: usage error: {message} (see --help)"
+        sys.stderr.write(text + "\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -115,14 +128,39 @@ def _load_directory(args: argparse.Namespace, trust: TrustState) -> Directory:
     return directory
 
 
+CONFIG_ENV = "CIPHERPOST_CONFIG"
+
+
+def config_path(args: argparse.Namespace, env: dict[str, str] | None = None) -> Path:
+    """``--config``, else ``$CIPHERPOST_CONFIG``, else ``$XDG_CONFIG_HOME/cipherpost/agent.toml``
+    (``~/.config/...``) when it exists: a clerk need not type it every time."""
+    if args.config is not None:
+        return Path(args.config)
+    environ = os.environ if env is None else env
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    base = Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    default = base / "cipherpost" / "agent.toml"
+    if default.is_file():
+        return default
+    raise UsageError(
+        f"no agent settings: give --config AGENT.toml, set {CONFIG_ENV}, or put them in {default}"
+    )
+
+
 # --- ca -------------------------------------------------------------------------------------
 
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
     cert = ca.init_ca(args.dir, read_passphrase(confirm=True), _now(), args.name)
-    print(f"CA created in {args.dir}")
-    print(f"CA fingerprint {ca.fingerprint(cert)}")
-    print("publish it by a channel other than the kits: every agency compares it at join")
+    fingerprint = ca.fingerprint(cert)
+    emit(
+        args,
+        {"ca_dir": str(args.dir), "fingerprint": fingerprint},
+        f"CA created in {args.dir}",
+        f"CA fingerprint {fingerprint}",
+    )
+    say(args, "publish it by a channel other than the kits: every agency compares it at join")
     return 0
 
 
@@ -138,9 +176,14 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
         args.valid_days,
         replace=args.replace,
     )
-    print(f"issued {request.code} ({request.name}) cleared for {args.clearance}:")
-    for p in paths:
-        print(f"  {p}")
+    clearance = Level.parse(args.clearance).value
+    emit(
+        args,
+        {"code": request.code.text, "name": request.name, "clearance": clearance,
+         "certificates": [str(p) for p in paths]},
+        f"issued {request.code} ({request.name}) cleared for {clearance}:",
+        *(f"  {p}" for p in paths),
+    )  # fmt: skip
     return 0
 
 
@@ -151,10 +194,13 @@ def cmd_directory_publish(args: argparse.Namespace) -> int:
     data = _read_file(args.file, "directory")
     directory = Directory.load(data, TrustState(None), now=_now())  # never publish a bad one
     publish_directory(BrokerConfig.load(args.broker), data)
-    print(
+    emit(
+        args,
+        {"version": directory.version, "agencies": len(directory.entries),
+         "expires": directory.expires_at.isoformat(), "published": True},
         f"directory version {directory.version} ({len(directory.entries)} agencies, expires "
-        f"{directory.expires_at:%Y-%m-%d %H:%M}Z) published on cp.directory"
-    )
+        f"{directory.expires_at:%Y-%m-%d %H:%M}Z) published on cp.directory",
+    )  # fmt: skip
     return 0
 
 
@@ -162,7 +208,11 @@ def cmd_ca_issue_audit(args: argparse.Namespace) -> int:
     request = AuditKeyRequest.parse(_read_file(args.request, "audit key request"))
     authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     path = ca.issue_audit(authority, request, args.out, _now(), args.valid_days, args.role)
-    print(f"{args.role} key of {request.code} certified: {path}")
+    emit(
+        args,
+        {"code": request.code.text, "role": args.role, "certificate": str(path)},
+        f"{args.role} key of {request.code} certified: {path}",
+    )
     return 0
 
 
@@ -171,17 +221,19 @@ def cmd_ca_approve(args: argparse.Namespace) -> int:
     result = onboarding.approve(
         authority, args.kits, args.certs, args.directory, _now(), valid_days=args.valid_days
     )
-    for code in result.approved:
-        print(f"approved {code}")
-    for reason in result.refused:
-        print(f"REFUSED {reason}")
-    print(
+    emit(
+        args,
+        {"approved": [str(c) for c in result.approved], "already": [str(c) for c in result.already],
+         "waiting": [str(c) for c in result.waiting], "refused": list(result.refused),
+         "directory": str(args.directory) if result.approved else None},
+        *(f"approved {code}" for code in result.approved),
+        *(f"REFUSED {reason}" for reason in result.refused),
         f"{len(result.approved)} approved, {len(result.already)} already approved, "
         f"{len(result.waiting)} waiting for their agency (no request yet), "
-        f"{len(result.refused)} refused"
-    )
+        f"{len(result.refused)} refused",
+    )  # fmt: skip
     if result.approved:
-        print(f"new directory {args.directory}, copied into every kit; next: broker provision")
+        say(args, f"new directory {args.directory}, copied into every kit; next: broker provision")
     if result.refused:
         raise Refused(f"{len(result.refused)} request(s) refused: {result.refused[0]}")
     return 0
@@ -197,51 +249,70 @@ def cmd_agency_import(args: argparse.Namespace) -> int:
     rows = onboarding.read_csv(text)
     authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     new = onboarding.import_agencies(rows, authority, args.kits)
-    print(f"{len(rows)} agencies imported ({new} new); one kit each in {args.kits}")
-    print("give each agency its kit; it runs: cipherpost agency join KIT --dir AGENCY_DIR")
+    emit(
+        args,
+        {"imported": len(rows), "new": new, "kits": str(args.kits),
+         "codes": [r.code.text for r in rows]},
+        f"{len(rows)} agencies imported ({new} new); one kit each in {args.kits}",
+    )  # fmt: skip
+    say(args, "give each agency its kit; it runs: cipherpost agency join KIT --dir AGENCY_DIR")
     return 0
 
 
 def cmd_agency_join(args: argparse.Namespace) -> int:
     config = onboarding.join(args.kit, args.dir, read_passphrase(confirm=True), _now())
-    _print_kit_ca(args.dir)
-    print(f"keys made in {args.dir / 'keys'} (they never leave it); request put into {args.kit}")
-    print(
+    fingerprint = _kit_ca(args.dir)
+    emit(
+        args,
+        {"keys": str(args.dir / "keys"), "request": str(args.kit), "config": str(config),
+         "ca_fingerprint": fingerprint},
+        f"CA fingerprint {fingerprint} (the kit's ca.crt): it must equal the one the"
+        " cipher department published; if not, stop and call them",
+        f"keys made in {args.dir / 'keys'} (they never leave it); request put into {args.kit}",
+        f"agent settings: {config}",
+    )  # fmt: skip
+    say(
+        args,
         f"return the kit to the cipher department; then: cipherpost agency finish {args.kit}"
-        f" --dir {args.dir}"
+        f" --dir {args.dir}",
     )
-    print(f"agent settings: {config}")
     return 0
 
 
-def _print_kit_ca(agency_dir: Path) -> None:
+def _kit_ca(agency_dir: Path) -> str:
     """The fingerprint of the CA this agency now trusts, to compare with the published one."""
-    cert = ca.load_ca_certificate(agency_dir / "ca.crt")
-    print(
-        f"CA fingerprint {ca.fingerprint(cert)} (the kit's ca.crt): it must equal the one the"
-        " cipher department published; if not, stop and call them"
-    )
+    return ca.fingerprint(ca.load_ca_certificate(agency_dir / "ca.crt"))
 
 
 def cmd_agency_finish(args: argparse.Namespace) -> int:
     directory = onboarding.finish(args.kit, args.dir, _now())
-    _print_kit_ca(args.dir)
-    print(f"ready: directory version {directory.version} checked, broker login works")
-    print(f"receive with: cipherpost receive --follow --config {args.dir / 'agent.toml'}")
+    fingerprint = _kit_ca(args.dir)
+    emit(
+        args,
+        {"ready": True, "directory_version": directory.version, "ca_fingerprint": fingerprint,
+         "config": str(args.dir / "agent.toml")},
+        f"CA fingerprint {fingerprint} (the kit's ca.crt): it must equal the one the"
+        " cipher department published; if not, stop and call them",
+        f"ready: directory version {directory.version} checked, broker login works",
+    )  # fmt: skip
+    say(args, f"receive with: cipherpost receive --follow --config {args.dir / 'agent.toml'}")
     return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from agents.doctor import Doctor
 
-    checks = Doctor(args.config, read_passphrase).run()
-    for check in checks:
-        print(check.line(), flush=True)
+    checks = Doctor(config_path(args), read_passphrase).run()
     failed = [c for c in checks if c.status == "FAIL"]
+    emit(
+        args,
+        {"ok": not failed, "checks": [dataclasses.asdict(c) for c in checks]},
+        *(check.line() for check in checks),
+    )
     if failed:
         sys.stderr.write(f"cipherpost: {len(failed)} check(s) failed; first: {failed[0].name}\n")
         return EXIT_ERROR
-    sys.stderr.write("every check passed\n")
+    say(args, "every check passed")
     return 0
 
 
@@ -257,19 +328,28 @@ def cmd_ca_retire(args: argparse.Namespace) -> int:
         if not args.after
         else f"from {effective:%Y-%m-%d %H:%M}Z (both codes work until then)"
     )
-    print(f"{code} retired {when}; its successor is {successor}")
-    print("rebuild and distribute the directory: directory build, broker provision --publish")
+    emit(
+        args,
+        {"code": code.text, "successor": successor.text, "from": effective.isoformat()},
+        f"{code} retired {when}; its successor is {successor}",
+    )
+    say(args, "rebuild and distribute the directory: directory build, broker provision --publish")
     return 0
 
 
 def cmd_ca_revoke(args: argparse.Namespace) -> int:
     code = AgencyCode.from_user(args.code)
     authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
-    if ca.revoke(authority, code, args.reason, _now()):
-        print(f"revoked {code}; CRL updated: {args.ca / ca.CRL_FILE}")
-        print("rebuild and distribute the directory: cipherpost directory build ...")
-    else:
-        print(f"{code} was already revoked")
+    revoked = ca.revoke(authority, code, args.reason, _now())
+    emit(
+        args,
+        {"code": code.text, "revoked": True, "already": not revoked,
+         "crl": str(args.ca / ca.CRL_FILE)},
+        f"revoked {code}; CRL updated: {args.ca / ca.CRL_FILE}" if revoked
+        else f"{code} was already revoked",
+    )  # fmt: skip
+    if revoked:
+        say(args, "rebuild and distribute the directory: cipherpost directory build ...")
     return 0
 
 
@@ -279,8 +359,12 @@ def cmd_ca_revoke(args: argparse.Namespace) -> int:
 def cmd_keys_enroll(args: argparse.Namespace) -> int:
     code = AgencyCode.from_user(args.code)
     agency.enroll(args.dir, code, args.name, read_passphrase(confirm=True), _now())
-    print(f"keys for {code} created in {args.dir}")
-    print(f"send {args.dir / agency.REQUEST_FILE} to the cipher department")
+    emit(
+        args,
+        {"code": code.text, "keys": str(args.dir), "request": str(args.dir / agency.REQUEST_FILE)},
+        f"keys for {code} created in {args.dir}",
+    )
+    say(args, f"send {args.dir / agency.REQUEST_FILE} to the cipher department")
     return 0
 
 
@@ -293,10 +377,13 @@ def cmd_directory_build(args: argparse.Namespace) -> int:
     os.replace(tmp, args.out)
     directory = Directory.load(data, TrustState(None), now=_now())
     revoked = sum(1 for e in directory.entries.values() if e.revoked)
-    print(
+    emit(
+        args,
+        {"version": directory.version, "agencies": len(directory.entries), "revoked": revoked,
+         "expires": directory.expires_at.isoformat(), "out": str(args.out)},
         f"directory version {directory.version}: {len(directory.entries)} agencies"
-        f" ({revoked} revoked), expires {directory.expires_at:%Y-%m-%d %H:%M}Z -> {args.out}"
-    )
+        f" ({revoked} revoked), expires {directory.expires_at:%Y-%m-%d %H:%M}Z -> {args.out}",
+    )  # fmt: skip
     return 0
 
 
@@ -353,10 +440,17 @@ def cmd_seal(args: argparse.Namespace) -> int:
                 args.out.unlink()  # finished just as a stop came: a stop keeps nothing
         finally:
             tmp.unlink(missing_ok=True)
-    print(sealed.envelope_id)
-    sys.stderr.write(
+    emit(
+        args,
+        {"envelope_id": sealed.envelope_id, "out": str(args.out),
+         "recipients": [c.text for c in to], "level": level.value,
+         "envelope_bytes": sealed.envelope_bytes},
+        sealed.envelope_id,
+    )  # fmt: skip
+    say(
+        args,
         f"sealed {args.file.name} for {len(to)} recipient(s) at level {level.value}"
-        f" -> {args.out} ({sealed.envelope_bytes:,} bytes)\n"
+        f" -> {args.out} ({sealed.envelope_bytes:,} bytes)",
     )
     return 0
 
@@ -463,7 +557,7 @@ def _client(args: argparse.Namespace) -> Client:
     # long-running one (receive --follow) shows reconnects as they happen.
     follow = getattr(args, "follow", False)
     logs.configure(json_lines=False, level=logging.WARNING if follow else logging.CRITICAL)
-    config = AgentConfig.load(args.config)
+    config = AgentConfig.load(config_path(args))
     return unlock(lambda passphrase: Client(config, passphrase))
 
 
@@ -476,16 +570,65 @@ def cmd_send(args: argparse.Namespace) -> int:
             raise CipherpostError(f"cannot read {path}: not a file")
     with _client(args) as client:
         sent = []
-        for path in args.files:
-            envelope_id = client.send(
-                path, to=to, level=level, urgency=urgency, subject=args.subject, wait=False
-            )
-            sent.append((path, envelope_id))
-        client.flush()  # every part of every document confirmed by the broker
-        for path, envelope_id in sent:
+        try:
+            for path in args.files:
+                envelope_id = client.send(
+                    path, to=to, level=level, urgency=urgency, subject=args.subject, wait=False
+                )
+                sent.append((path, envelope_id))
+            client.flush()  # every part of every document confirmed by the broker
+        except (KeyboardInterrupt, Interrupted) as e:
+            return _send_interrupted(client, sent, e)
+        listening = client.gateways_listening()
+    if args.json:
+        print(json.dumps({
+            "sent": [{"envelope_id": eid, "file": str(path), "recipients": [c.text for c in to],
+                      "level": level.value, "urgency": urgency.value} for path, eid in sent],
+            "gateways_listening": listening,
+        }, ensure_ascii=False))  # fmt: skip
+    for path, envelope_id in sent:
+        if not args.json:
             print(envelope_id)
-            sys.stderr.write(f"sent {path.name} to {len(to)} agency(ies) at level {level.value}\n")
+        say(args, f"sent {path.name} to {len(to)} agency(ies) at level {level.value}")
+    if listening == 0:
+        say(
+            args,
+            "warning: no gateway is consuming submissions now: queued, not yet checked; they"
+            " are decided when one starts (`cipherpost outbox` shows each one's state)",
+            always=True,
+        )
     return 0
+
+
+def _send_interrupted(client: Client, sent: list[tuple[Path, str]], e: BaseException) -> int:
+    """A stop during send: say exactly what left (ids, parts) and what becomes of it."""
+    signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+    stopped = {s.envelope_id for s in client.interrupted}
+    for path, envelope_id in sent:
+        if envelope_id not in stopped:
+            print(envelope_id)  # every part of it went: it is sent
+            sys.stderr.write(f"sent {path.name}\n")
+    name = signal.Signals(signum).name
+    if not client.interrupted:
+        sys.stderr.write(f"cipherpost: interrupted by {name} before anything was sent\n")
+    for s in client.interrupted:
+        expires = f" on {s.expires:%Y-%m-%d %H:%M}Z" if s.expires else ""
+        sys.stderr.write(
+            f"cipherpost: interrupted by {name}: envelope {s.envelope_id} ({s.name or 'sealed'})"
+            f" stopped after {s.confirmed} of {s.parts} part(s); it will not be delivered, and"
+            f" recipients discard its parts when it expires{expires}. Send the document again;"
+            " `cipherpost outbox` lists it as interrupted\n"
+        )
+    return 128 + signum
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    """One line for a notice taken in: a refusal, a receipt or a status."""
+    eid, mark = event["envelope_id"], "" if event["verified"] else "  [NOT VERIFIED]"
+    if event["kind"] == "rejection":
+        return f"{eid}  REFUSED by the gateway: rule {event['rule_id']} ({event['reason']}){mark}"
+    note = f"  {event['note']}" if event.get("note") else ""
+    return f"{eid}  {event['status']} {event['status_name']} from {event['signer']}{note}{mark}"
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
@@ -496,7 +639,9 @@ def cmd_receive(args: argparse.Namespace) -> int:
     def show(doc: ReceivedDocument) -> None:  # each document as soon as it is durable
         meta = doc.metadata
         if args.json:
-            line = json.dumps({**meta, "path": str(doc.path)}, ensure_ascii=False)
+            line = json.dumps(
+                {"event": "document", **meta, "path": str(doc.path)}, ensure_ascii=False
+            )
         else:
             line = (
                 f"{doc.envelope_id}  from {meta['sender']['code']}  {meta['level']}"
@@ -504,32 +649,71 @@ def cmd_receive(args: argparse.Namespace) -> int:
             )
         print(line, flush=True)
 
+    def told(event: dict[str, Any]) -> None:  # refusals, receipts, statuses about what we sent
+        if args.json:
+            print(json.dumps({"event": event["kind"], **event}, ensure_ascii=False), flush=True)
+        else:
+            print(_event_line(event), flush=True)
+
     with _client(args) as client:
         client.on_received = show
+        client.on_event = told
+        if args.follow:
+            say(
+                args,
+                f"receiving for {client.keys.code} from {client.broker.host}:{client.broker.port}"
+                f" into {client.config.inbox}; waiting for documents and notices (Ctrl-C stops)",
+            )
         try:
             got = client.receive(follow=args.follow, idle=args.idle, stop=stop)
         except KeyboardInterrupt:
             stop.set()
             got = client.received
-    sys.stderr.write(f"{len(got)} document(s) received\n")
+        events = len(client.events)
+    say(args, f"{len(got)} document(s) received, {events} notice(s)")
     return 0
 
 
 def cmd_reply_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        client.reply_status(args.envelope_id, args.code, args.note)
-    sys.stderr.write(f"status {args.code} sent for {args.envelope_id}\n")
+        envelope_id = client.resolve(args.envelope_id)
+        client.reply_status(envelope_id, args.code, args.note)
+    if args.json:
+        print(json.dumps({"envelope_id": envelope_id, "status": args.code, "sent": True}))
+    say(args, f"status {args.code} sent for {envelope_id}")
     return 0
+
+
+def _take_in_notices(client: Client, idle: float) -> str:
+    """Collect the notices waiting in the inbox ('' or why it did not need to)."""
+    if idle <= 0:
+        return "not checked for new notices (--idle 0)"
+    try:
+        client.receive(idle=idle)
+    except ReceiverRunning:
+        return "notices are taken in by the receiver already running for this agency"
+    return ""
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        client.receive(idle=args.idle)  # pick up notices waiting in the inbox
-        report = client.status(args.envelope_id)
+        envelope_id = client.resolve(args.envelope_id)
+        remark = _take_in_notices(client, args.idle)
+        report = client.status(envelope_id)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return 0
+    sent, received = report["sent"], report["received"]
     print(f"envelope {report['envelope_id']}")
+    if sent is not None:
+        state = sent.get("state", "sent")
+        if state == "interrupted":
+            state = f"interrupted after {sent['confirmed']} of {sent['parts']} part(s)"
+        print(f"  sent     {sent['time']}  {sent['filename'] or '-'}  {sent['level']}  {state}")
+        print(f"  subject  {sent['subject'] or '-'}")
+    if received is not None:
+        where = received["path"] or received["outcome"]
+        print(f"  received {received['time']}  from {received['sender'] or '?'}  {where}")
     for item in report["gateway"]:
         mark = "verified" if item["verified"] else "NOT VERIFIED"
         print(
@@ -551,8 +735,29 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  audit: logged at leaf {audit['leaf_index']} of log {audit['log_id']}, "
             f"proven in checkpoint {audit['checkpoint']}  [{mark}]"
         )
-    elif report["sent"] is not None:
+    elif sent is not None:
         print("  audit: no inclusion proof yet (it comes with the gateway's next checkpoint)")
+    if remark:
+        say(args, f"note: {remark}")
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        remark = _take_in_notices(client, args.idle)
+        rows = client.outbox(args.limit)
+    if args.json:
+        print(json.dumps({"outbox": rows}, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("nothing sent yet")
+    for row in rows:
+        subject = row["subject"] or row["filename"] or "-"
+        print(f"{row['envelope_id']}  {row['time']}  {row['level']}  {subject}")
+        for code, state in row["by_recipient"].items():
+            print(f"    {code}  {state}")
+    if remark:
+        say(args, f"note: {remark}")
     return 0
 
 
@@ -572,10 +777,8 @@ def cmd_broker_provision(args: argparse.Namespace) -> int:
         login_prefix=args.login_prefix,
         credentials_dir=args.credentials_dir,
     )
-    for change in result.changes:
-        print(change)
-    if not result.changes:
-        print("nothing to change: the broker matches the directory")
+    lines = list(result.changes) or ["nothing to change: the broker matches the directory"]
+    in_kits = []
     if args.kits is not None:
         # Each new agency's login goes into its onboarding kit (0600), with the directory.
         for login, config in list(result.new_credentials.items()):
@@ -583,7 +786,8 @@ def cmd_broker_provision(args: argparse.Namespace) -> int:
             if (kit / onboarding.KIT_FILE).exists():
                 config.save(kit / onboarding.KIT_BROKER)
                 del result.new_credentials[login]
-                print(f"credentials of {login} written to its kit {kit}")
+                in_kits.append(login)
+                lines.append(f"credentials of {login} written to its kit {kit}")
     if args.publish:
         from broker.connection import BrokerConfig
         from broker.directory_feed import publish_directory
@@ -592,13 +796,23 @@ def cmd_broker_provision(args: argparse.Namespace) -> int:
             mgmt.username, mgmt.password, args.amqp_host, args.amqp_port, args.vhost
         )
         publish_directory(admin, directory.raw)
-        print(f"directory version {directory.version} published to running gateways and agents")
+        lines.append(
+            f"directory version {directory.version} published to running gateways and agents"
+        )
     if result.new_credentials:
         # Written to files only (0600), never to the terminal: a screen is not a safe.
-        print(
+        lines.append(
             f"{len(result.new_credentials)} credentials file(s) written to {args.credentials_dir}"
             " (mode 0600): deliver each to its agency"
         )
+    emit(
+        args,
+        {"changes": list(result.changes), "credentials_in_kits": in_kits,
+         "credentials_files": sorted(result.new_credentials),
+         "credentials_dir": str(args.credentials_dir),
+         "published_version": directory.version if args.publish else None},
+        *lines,
+    )  # fmt: skip
     return 0
 
 
@@ -615,10 +829,12 @@ def cmd_broker_rotate(args: argparse.Namespace) -> int:
         amqp_host=args.amqp_host,
         amqp_port=args.amqp_port,
     )
-    print(
-        f"new password for {config.login} written to "
-        f"{args.credentials_dir / (config.login + '.broker.json')} (mode 0600); its open "
-        "connections were closed: deliver the file and restart what used the old one"
+    path = args.credentials_dir / (config.login + ".broker.json")
+    emit(
+        args,
+        {"login": config.login, "credentials_file": str(path), "connections_closed": True},
+        f"new password for {config.login} written to {path} (mode 0600); its open"
+        " connections were closed: deliver the file and restart what used the old one",
     )
     return 0
 
@@ -634,10 +850,13 @@ def cmd_policy_sign(args: argparse.Namespace) -> int:
     data = sign_policy(text, authority, _now(), args.valid_days)
     args.out.write_bytes(data)
     policy = Policy.parse(text)
-    print(
+    emit(
+        args,
+        {"name": policy.name, "version": policy.version, "rules": len(policy.rules),
+         "valid_days": args.valid_days, "out": str(args.out)},
         f"policy {policy.name!r} version {policy.version}: {len(policy.rules)} rule(s),"
-        f" signed for {args.valid_days} days -> {args.out}"
-    )
+        f" signed for {args.valid_days} days -> {args.out}",
+    )  # fmt: skip
     return 0
 
 
@@ -645,6 +864,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from agents.demo import main as demo_main
 
     return demo_main(args.admin_url, args.amqp_port, args.dir)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    parser = build_parser()
+    _complete_paths(parser)
+    print(shtab.complete(parser, shell=args.shell, root_prefix="cipherpost"))
+    return 0
+
+
+def _complete_paths(parser: argparse.ArgumentParser) -> None:
+    """Every argument that names a file or folder completes as one."""
+    import shtab
+
+    for action in parser._actions:
+        if action.type is Path:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _complete_paths(sub)
 
 
 def cmd_tour(args: argparse.Namespace) -> int:
@@ -664,6 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=formatter,
     )
+    p.add_argument("--version", action="version", version=f"cipherpost {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def add(
@@ -671,16 +912,24 @@ def build_parser() -> argparse.ArgumentParser:
         name: str,
         handler: Callable[[argparse.Namespace], int],
         help_: str,
+        *,
+        json_help: str | None = "print the result as one JSON object (errors too, on stderr)",
     ) -> _Parser:
+        """A command; every one takes --quiet, and --json unless ``json_help`` is None."""
         sp = parent.add_parser(
             name, help=help_, description=help_, epilog=EXIT_CODES, formatter_class=formatter
         )
         sp.set_defaults(handler=handler)
+        sp.add_argument(
+            "-q", "--quiet", action="store_true", help="no remarks or progress on stderr"
+        )
+        if json_help is not None:
+            sp.add_argument("--json", action="store_true", help=json_help)
         return sp  # type: ignore[no-any-return]
 
     def group(name: str, help_: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
         """A command with subcommands (``cipherpost ca ...``); each needs one of them."""
-        parent = add(sub, name, lambda a: 0, help_)
+        parent = add(sub, name, lambda a: 0, help_, json_help=None)
         return parent.add_subparsers(
             dest=f"{name}_command", required=True, metavar="COMMAND", parser_class=_Parser
         )
@@ -861,7 +1110,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("envelope", type=Path, metavar="ENVELOPE.cpe")
     directory_args(sp)
-    sp.add_argument("--json", action="store_true", help="print one JSON object")
 
     sp = add(
         sub,
@@ -873,15 +1121,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--as", dest="as_dir", required=True, type=Path, metavar="AGENCY_DIR")
     directory_args(sp)
     sp.add_argument("--out", required=True, type=Path, metavar="PATH")
-    sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def notices_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--idle",
+            type=float,
+            default=1.0,
+            metavar="SECONDS",
+            help="first take in the notices waiting in the inbox until this long passes"
+            " quietly (default 1; 0: only what is known already)",
+        )
 
     def config_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--config",
-            required=True,
             type=Path,
             metavar="AGENT.toml",
-            help="the agent's settings (keys, directory, broker, inbox)",
+            help="the agent's settings (keys, directory, broker, inbox); default:"
+            f" ${CONFIG_ENV}, else ~/.config/cipherpost/agent.toml",
         )
 
     sp = add(
@@ -902,6 +1159,8 @@ def build_parser() -> argparse.ArgumentParser:
         "receive",
         cmd_receive,
         "verify and decrypt what is waiting into the inbox folder; send signed receipts",
+        json_help='one JSON object per line: each document (event "document": the sidecar and'
+        ' path) and each notice taken in (event "rejection", "receipt" or "status")',
     )
     mode = sp.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="until the inbox is quiet (default)")
@@ -913,9 +1172,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --once: stop after this long without a message (default 2)",
     )
-    sp.add_argument(
-        "--json", action="store_true", help="one JSON object per document (the sidecar + path)"
-    )
     config_arg(sp)
 
     sp = add(
@@ -924,7 +1180,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_reply_status,
         "send a signed status about a received document back to its sender",
     )
-    sp.add_argument("envelope_id", metavar="ENVELOPE_ID")
+    sp.add_argument("envelope_id", metavar="ENVELOPE_ID", help="the id or its first digits")
     sp.add_argument(
         "--code",
         required=True,
@@ -938,17 +1194,25 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "status",
         cmd_status,
-        "per recipient: the gateway's decisions and the signed statuses of ENVELOPE_ID",
+        "one envelope: subject, the gateway's decisions, each recipient's signed statuses",
     )
-    sp.add_argument("envelope_id", metavar="ENVELOPE_ID")
-    sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.add_argument(
-        "--idle",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="how long to wait for notices still in the inbox (default 1)",
+        "envelope_id",
+        metavar="ENVELOPE_ID",
+        help="the id or its first digits (inbox files start with 12)",
     )
+    notices_arg(sp)
+    config_arg(sp)
+
+    sp = add(
+        sub,
+        "outbox",
+        cmd_outbox,
+        "what this agency sent, newest first, with each recipient's latest state (queued,"
+        " accepted, refused with the rule, arrived, statuses, interrupted)",
+    )
+    sp.add_argument("--limit", type=int, default=50, metavar="N", help="how many (default 50)")
+    notices_arg(sp)
     config_arg(sp)
 
     gateway_cli.register(group, add)
@@ -1018,6 +1282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         cmd_demo,
         "the exchange end to end over RabbitMQ, in a throwaway vhost (removed at the end)",
+        json_help=None,
     )
     sp.add_argument("--admin-url", default="http://guest:guest@127.0.0.1:15672", metavar="URL")
     sp.add_argument("--amqp-port", type=int, default=5672, metavar="PORT")
@@ -1036,9 +1301,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add(
         sub,
+        "completion",
+        cmd_completion,
+        'print a shell completion script: eval "$(cipherpost completion bash)" in ~/.bashrc,'
+        " or cipherpost completion zsh > ~/.zfunc/_cipherpost",
+        json_help=None,
+    )
+    sp.add_argument("shell", choices=("bash", "zsh"), metavar="SHELL", help="bash or zsh")
+
+    sp = add(
+        sub,
         "tour",
         cmd_tour,
         "offline tour: make a CA, enroll agencies, seal, verify, open, refuse forgeries",
+        json_help=None,
     )
     sp.add_argument(
         "--dir",
@@ -1049,45 +1325,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cipherpost")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return (and, as a script, exit with) a documented code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
+    args = build_parser().parse_args(argv)
     _NOTES.clear()
+    if args.quiet or getattr(args, "json", False):
+        progress.DEFAULT_ENABLED = False  # stderr stays for the one error line
     STOPS.install()
+
+    def fail(message: str, exit_code: int, kind: str) -> int:
+        notes = f" [{'; '.join(_NOTES)}]" if _NOTES else ""
+        sys.stderr.write(error_line(args, message + notes, exit_code, kind) + "\n")
+        return exit_code
+
     try:
         code: int = args.handler(args)
         for note in _NOTES:
-            sys.stderr.write(f"cipherpost: {note}\n")
+            say(args, f"cipherpost: {note}")
         return code
     except CipherpostError as e:
-        _fail(str(e))
-        return e.exit_code
+        return fail(str(e), e.exit_code, type(e).__name__)
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
-        _fail(f"error:{where}: {e.strerror or e}")
-        return EXIT_ERROR
+        where = f"{e.filename}: " if e.filename else ""
+        return fail(f"error: {where}{e.strerror or e}", EXIT_ERROR, "OSError")
     except (KeyboardInterrupt, Interrupted) as e:
         # Every finally: above ran: quarantine and partial files are already removed.
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        sys.stderr.write(
-            f"cipherpost: interrupted by {signal.Signals(signum).name}; nothing kept\n"
-        )
-        return 128 + signum
+        name = signal.Signals(signum).name
+        return fail(f"interrupted by {name}; nothing kept", 128 + signum, "Interrupted")
     except Exception as e:  # last resort: one line, never a traceback, unless asked
         if os.environ.get("CIPHERPOST_DEBUG"):
             raise
-        sys.stderr.write(
-            f"cipherpost: internal error ({type(e).__name__}); set CIPHERPOST_DEBUG=1 for details\n"
+        return fail(
+            f"internal error ({type(e).__name__}); set CIPHERPOST_DEBUG=1 for details",
+            EXIT_ERROR,
+            "InternalError",
         )
-        return EXIT_ERROR
     finally:
         STOPS.restore()
-
-
-def _fail(message: str) -> None:
-    notes = f" [{'; '.join(_NOTES)}]" if _NOTES else ""
-    sys.stderr.write(f"cipherpost: {' '.join(message.split())}{notes}\n")
 
 
 def entry() -> NoReturn:

@@ -38,13 +38,13 @@ import pika
 
 import envelopes
 from agents.config import AgentConfig
-from agents.progress import ProgressReader
+from agents.progress import Progress, ProgressReader
 from agents.state import INTERRUPTED, SENDING, SENT, AgentState
-from broker.connection import BrokerConfig
+from broker.connection import BrokerConfig, BrokerError, connect_blocking
 from broker.consumer import Consumer, Delivery
 from broker.directory_feed import DirectoryFeed
 from broker.publisher import ConfirmingPublisher
-from broker.topology import SUBMIT_EXCHANGE, directory_queue, inbox_queue
+from broker.topology import SUBMIT_EXCHANGE, directory_queue, inbox_queue, submit_queue
 from envelopes.checking import check_header, check_segment
 from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import FrameReader, decode_frame, parse_header_frame
@@ -87,6 +87,8 @@ class Sending:
     envelope_id: str
     parts: int
     confirmed: int = 0
+    name: str = ""  # the document's file name
+    expires: dt.datetime | None = None  # when recipients drop the parts of an incomplete one
 
     def confirm(self, future: Future[None]) -> None:
         if future.exception() is None:
@@ -156,6 +158,8 @@ class Client:
         self._publisher: ConfirmingPublisher | None = None
         self._in_flight: list[Future[None]] = []
         self._unconfirmed: list[Sending] = []  # sent without waiting, until flush()
+        self.interrupted: list[Sending] = []  # submissions stopped before every part went
+        self._receiving: dict[str, Progress] = {}  # envelopes arriving in parts, shown
         self.sending: Sending | None = None  # the envelope being submitted, or last submitted
         self.received: list[ReceivedDocument] = []
         self.on_received: Callable[[ReceivedDocument], None] | None = None
@@ -256,7 +260,7 @@ class Client:
                     parts=parts,
                     state=SENDING,
                 )
-                self.sending = Sending(eid, parts)
+                self.sending = Sending(eid, parts, 0, path.name, sealed.header.expires)
                 env_file.seek(0)
                 try:
                     self._in_flight += self._submit(
@@ -265,7 +269,8 @@ class Client:
                     if wait:
                         self.flush()
                 except BaseException:
-                    self.state.mark_sent(eid, self.sending.confirmed, INTERRUPTED)
+                    self._stopped([self.sending, *self._unconfirmed])
+                    self._unconfirmed = []
                     raise
             if wait:
                 self.state.mark_sent(eid, parts, SENT)
@@ -300,12 +305,13 @@ class Client:
             parts=parts,
             state=SENDING,
         )
-        self.sending = Sending(eid, parts)
+        self.sending = Sending(eid, parts, 0, "", header.expires)
         try:
             self._in_flight += self._submit(env_file, eid, total, False, self.sending)
             self.flush()
         except BaseException:
-            self.state.mark_sent(eid, self.sending.confirmed, INTERRUPTED)
+            self._stopped([self.sending, *self._unconfirmed])
+            self._unconfirmed = []
             raise
         self.state.mark_sent(eid, parts, SENT)
         return eid
@@ -337,6 +343,22 @@ class Client:
             futures = [f for f in futures if not f.done()]
         return futures
 
+    def gateways_listening(self) -> int | None:
+        """How many gateway instances consume this agency's submit lane now (None: could not
+        ask). Zero means what was sent waits, queued and unchecked, until one starts."""
+        try:
+            connection = connect_blocking(self.broker)
+        except BrokerError:
+            return None
+        try:
+            lane = submit_queue(self.keys.code)
+            return int(connection.channel().queue_declare(lane, passive=True).method.consumer_count)
+        except pika.exceptions.AMQPError:
+            return None
+        finally:
+            if connection.is_open:
+                connection.close()
+
     def flush(self, timeout: float = 300.0) -> None:
         """Wait until every submission so far is confirmed by the broker."""
         pending, self._in_flight = self._in_flight, []
@@ -353,11 +375,29 @@ class Client:
                 if error is not None:
                     raise CipherpostError(f"submission failed: {error}")
         except BaseException:
-            for s in unconfirmed:
-                self.state.mark_sent(s.envelope_id, s.confirmed, INTERRUPTED)
+            self._stopped(unconfirmed)
             raise
         for s in unconfirmed:
             self.state.mark_sent(s.envelope_id, s.parts, SENT)
+
+    def _stopped(self, sendings: list[Sending]) -> None:
+        """A submission stopped (signal, broker gone): record how far each envelope got. One
+        every part of which the broker confirmed is sent; the others are interrupted, listed
+        in :attr:`interrupted` (recipients drop their parts once the envelope expires)."""
+        if self._publisher is not None:
+            # Nothing more leaves after this: what is reported is what the broker took.
+            self._publisher.abort()
+            self._publisher = None
+        done: set[str] = set()
+        for s in sendings:
+            if s.envelope_id in done:
+                continue
+            done.add(s.envelope_id)
+            if s.confirmed >= s.parts:
+                self.state.mark_sent(s.envelope_id, s.parts, SENT)
+            else:
+                self.state.mark_sent(s.envelope_id, s.confirmed, INTERRUPTED)
+                self.interrupted.append(s)
 
     # --- receive -----------------------------------------------------------------------------
 
@@ -597,8 +637,14 @@ class Client:
         else:
             self._after_sync.append((d, lambda: None, d.ack))  # a redelivery: already spooled
         count = part.header.segment_count
-        if self.state.count_parts(eid) + len(batch) < count:
+        have = self.state.count_parts(eid) + len(batch)
+        shown = self._receiving.get(eid)
+        if shown is None:
+            shown = self._receiving[eid] = Progress(count, f"receiving {eid[:12]}", unit="parts")
+        shown.advance(have - shown.done)
+        if have < count:
             return
+        self._receiving.pop(eid, None)
         stream = _ChainReader([folder / "header"] + [folder / f"{i:08d}.seg" for i in range(count)])
         try:
             self._assemble(d, eid, stream, part.header.hash, now, spooled=folder)
@@ -836,6 +882,11 @@ class Client:
         }
 
 
+class ReceiverRunning(CipherpostError):
+    """Another process receives for this agency now (``receive --follow``): it takes in the
+    notices too, so a command that only wanted them can read the state instead."""
+
+
 class _ReceiveLock:
     """An exclusive lock on the agency folder for one receiver at a time (released on exit,
     and by the kernel if the process dies)."""
@@ -851,7 +902,7 @@ class _ReceiveLock:
         except BlockingIOError:
             other = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise CipherpostError(
+            raise ReceiverRunning(
                 f"another receiver is running for this agency (process {other}); stop it first"
             ) from None
         os.ftruncate(fd, 0)

@@ -178,12 +178,12 @@ def register(group: Group, add: Add) -> None:
     sp.add_argument("--code", required=True, metavar="CODE", help="the gateway's agency code")
     sp.add_argument("--name", default="Cổng trao đổi", help="its name in the directory")
     sp.add_argument("--id", default="gw1", help="this instance's audit log id (default gw1)")
-    sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp = add(
         gw_sub,
         "run",
         cmd_run,
         "verify, apply the signed policy, forward or refuse, audit; until SIGTERM",
+        json_help=None,
     )
     sp.add_argument("--config", required=True, type=Path, metavar="GATEWAY.toml")
     sp = add(
@@ -194,4 +194,3 @@ def register(group: Group, add: Add) -> None:
     )
     sp.add_argument("--config", required=True, type=Path, metavar="GATEWAY.toml")
     sp.add_argument("--out", required=True, type=Path, metavar="DIR", help="an empty folder")
-    sp.add_argument("--json", action="store_true", help="print one JSON object")

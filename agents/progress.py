@@ -1,4 +1,8 @@
-"""Progress on long work: a byte counter shown on stderr when it is a terminal."""
+"""Progress on long work: done / total, rate and time left, on stderr when it is a terminal.
+
+One line, redrawn at most twice a second and finished exactly once. Commands given
+``--quiet`` (or a library caller passing ``enabled=False``) show nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,64 @@ import time
 from typing import BinaryIO
 
 MIN_BYTES = 16 * 1024 * 1024  # smaller jobs finish before a bar is worth drawing
+MIN_PARTS = 4  # parts of about 4 MiB each
 INTERVAL_S = 0.5
+# None: shown when stderr is a terminal; the CLI sets False for --quiet and --json.
+DEFAULT_ENABLED: bool | None = None
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """A counter of ``total`` units (bytes or parts) drawn as one line on stderr."""
+
+    def __init__(
+        self, total: int, label: str, *, unit: str = "MiB", enabled: bool | None = None
+    ) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.unit = unit
+        self.done = 0
+        self._start = self._last = time.monotonic()
+        self._finished = False
+        if enabled is None:
+            enabled = DEFAULT_ENABLED
+        if enabled is None:
+            big = total >= (MIN_BYTES if unit == "MiB" else MIN_PARTS)
+            enabled = sys.stderr.isatty() and big
+        self.enabled = enabled
+
+    def _amount(self, n: float) -> str:
+        return f"{n / 2**20:,.1f}" if self.unit == "MiB" else f"{int(n):,}"
+
+    def line(self, now: float) -> str:
+        """What is drawn: ``label: 35.0% of 200.0 MiB, 12.3 MiB/s, 0:00:11 left``."""
+        pct = min(100.0, 100.0 * self.done / self.total)
+        elapsed = max(now - self._start, 1e-6)
+        rate = self.done / elapsed
+        text = f"{self.label}: {pct:5.1f}% of {self._amount(self.total)} {self.unit}"
+        if self.done and elapsed >= 1.0:
+            text += f", {self._amount(rate)} {self.unit}/s"
+            if self.done < self.total:
+                text += f", {_clock((self.total - self.done) / rate)} left"
+            else:
+                text += f", took {_clock(elapsed)}"
+        return text
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if not self.enabled or self._finished:
+            return
+        now = time.monotonic()
+        finished = self.done >= self.total
+        if finished or now - self._last >= INTERVAL_S:
+            self._last = now
+            sys.stderr.write("\r" + self.line(now) + ("\n" if finished else ""))
+            sys.stderr.flush()
+            self._finished = finished
 
 
 class ProgressReader:
@@ -17,25 +78,11 @@ class ProgressReader:
         self, src: BinaryIO, total: int, label: str, *, enabled: bool | None = None
     ) -> None:
         self._src = src
-        self._total = max(total, 1)
-        self._label = label
-        self._done = 0
-        self._last = 0.0
-        if enabled is None:
-            enabled = sys.stderr.isatty() and total >= MIN_BYTES
-        self._enabled = enabled
+        self.progress = Progress(total, label, enabled=enabled)
 
     def read(self, n: int = -1) -> bytes:
         data = self._src.read(n)
-        self._done += len(data)
-        now = time.monotonic()
-        if self._enabled and (now - self._last >= INTERVAL_S or self._done >= self._total):
-            self._last = now
-            pct = min(100.0, 100.0 * self._done / self._total)
-            sys.stderr.write(f"\r{self._label}: {pct:5.1f}% of {self._total / 2**20:,.1f} MiB")
-            if self._done >= self._total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+        self.progress.advance(len(data))
         return data
 
     def readinto(self, buf: memoryview) -> int:  # pragma: no cover - msgpack uses read()

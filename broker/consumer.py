@@ -160,17 +160,24 @@ class Consumer:
         self._drain = drain
         self._last = time.monotonic()  # idle time counts across reconnects
         backoff = RECONNECT_INITIAL_S
+        unreachable: BrokerError | None = None
         while not self._stop.is_set():
             if until_idle is not None and time.monotonic() - self._last > until_idle:
+                if unreachable is not None:
+                    # A round that ends on its own must not pass off "could not look" as
+                    # "nothing there": what was not taken stays queued for the next round.
+                    raise unreachable
                 return
             try:
                 connection = connect_blocking(self.config)
             except BrokerError as e:
                 log.warning("consumer_connect_failed", queue=self.queue, error=str(e))
+                unreachable = e
                 if self._stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, RECONNECT_MAX_S)
                 continue
+            unreachable = None
             backoff = RECONNECT_INITIAL_S
             try:
                 if self._consume(connection, until_idle):

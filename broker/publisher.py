@@ -140,6 +140,22 @@ class ConfirmingPublisher:
                 except TimeoutError:
                     raise BrokerError("timed out waiting for broker confirms") from None
 
+    def abort(self, timeout: float = 5.0) -> None:
+        """Stop now (a signal): messages not yet handed to the broker are dropped (their futures
+        fail), those already sent get up to ``timeout`` for their confirms; then close. After
+        this, the confirmed futures are exactly what the broker took."""
+        with self._lock:
+            dropped = [self._pending.pop(seq) for seq in self._to_send if seq in self._pending]
+            self._to_send.clear()
+        for p in dropped:
+            if not p.future.done():
+                p.future.set_exception(BrokerError("not sent: the submission was stopped"))
+        try:
+            self.flush(timeout)
+        except BrokerError:
+            pass
+        self.close(timeout=0)
+
     def close(self, timeout: float = 30.0) -> None:
         """Flush (up to ``timeout``) and close the connection."""
         if timeout:

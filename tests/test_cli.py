@@ -795,3 +795,82 @@ def test_join_shows_the_kits_ca_fingerprint_as_openssl_computes_it(setup, tmp_pa
         capture_output=True, check=True,
     ).stdout  # fmt: skip
     assert f"CA fingerprint SHA256:{hashlib.sha256(der2).hexdigest()}" in fresh.stdout
+
+
+def test_version():
+    r = cli("--version")
+    assert r.stdout.startswith("cipherpost ") and r.stdout.split()[1][0].isdigit()
+
+
+def test_the_bash_completion_completes_commands_and_options(tmp_path):
+    script = tmp_path / "cipherpost.bash"
+    script.write_text(cli("completion", "bash").stdout)
+    assert cli("completion", "zsh").stdout.startswith("#compdef cipherpost")
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(["cipherpost", *words])
+        probe = (
+            f"source {script}\n"
+            f"COMP_WORDS=({line}); COMP_CWORD={len(words)}; COMP_LINE='{line}';"
+            f" COMP_POINT={len(line)}\n"
+            "_shtab_cipherpost cipherpost; printf '%s\\n' \"${COMPREPLY[@]}\"\n"
+        )
+        done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30)
+        return done.stdout.split()
+
+    assert {"send", "seal", "status"} <= set(complete("s"))
+    assert "outbox" in complete("o")
+    assert {"--to", "--level", "--config", "--json", "--quiet"} <= set(complete("send", "--"))
+
+
+def test_the_agent_settings_default_from_the_environment_then_xdg(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CIPHERPOST_CONFIG"}
+    env.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    r = cli("outbox", env=env, code=2)
+    assert "no agent settings: give --config AGENT.toml, set CIPHERPOST_CONFIG" in one_line(r)
+    xdg = tmp_path / "xdg" / "cipherpost" / "agent.toml"
+    xdg.parent.mkdir(parents=True)
+    xdg.write_text("not toml [\n")
+    assert str(xdg) in one_line(cli("outbox", env=env, code=1))
+    env["CIPHERPOST_CONFIG"] = str(tmp_path / "elsewhere.toml")
+    assert "elsewhere.toml" in one_line(cli("outbox", env=env, code=1))
+
+
+def test_errors_are_one_json_object_with_json(setup, tmp_path):
+    root, env, doc, *_ = setup
+    base = ["seal", doc, "--as", root / A, "--directory", root / "dir.cpd", "--json"]
+    r = cli(*base, "--to", B, "--level", "secret", "--out", tmp_path / "x.cpe", env=env, code=2)
+    error = json.loads(one_line(r))
+    assert error["exit_code"] == 2 and "secret" in error["error"] and r.stdout == ""
+    r = cli(*base, "--level", "mat", "--out", tmp_path / "x.cpe", env=env, code=2)  # no --to
+    error = json.loads(one_line(r))
+    assert error == {"error": error["error"], "exit_code": 2, "kind": "usage"}
+    assert "--to" in error["error"]
+    ok = cli(*base, "--to", B, "--level", "mat", "--out", tmp_path / "y.cpe", env=env)
+    result = json.loads(ok.stdout)
+    assert result["out"] == str(tmp_path / "y.cpe") and len(result["envelope_id"]) == 32
+    assert ok.stderr == ""  # --json: stdout is the one object, nothing chatty on stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["ca", "init"], ["ca", "issue"], ["ca", "issue-audit"], ["ca", "approve"], ["ca", "retire"],
+     ["ca", "revoke"], ["agency", "import"], ["agency", "join"], ["agency", "finish"],
+     ["keys", "enroll"], ["directory", "build"], ["directory", "publish"], ["seal"], ["verify"],
+     ["open"], ["send"], ["receive"], ["reply-status"], ["status"], ["outbox"], ["doctor"],
+     ["broker", "provision"], ["broker", "rotate"], ["policy", "sign"], ["gateway", "init"],
+     ["gateway", "backup"], ["audit", "keygen"], ["audit", "witness"], ["audit", "verify"],
+     ["audit", "end-log"], ["audit", "check-proof"], ["audit", "query"], ["audit", "export"]],
+)  # fmt: skip
+def test_every_command_that_prints_results_takes_json_and_quiet(command):
+    text = cli(*command, "--help").stdout
+    assert "--json" in text and "--quiet" in text, command
+
+
+def test_quiet_keeps_the_result_and_drops_the_remarks(setup, tmp_path):
+    root, env, doc, *_ = setup
+    base = ["seal", doc, "--as", root / A, "--directory", root / "dir.cpd", "--to", B]
+    loud = cli(*base, "--level", "mat", "--out", tmp_path / "a.cpe", env=env)
+    quiet = cli(*base, "--level", "mat", "--out", tmp_path / "b.cpe", "--quiet", env=env)
+    assert "sealed" in loud.stderr and quiet.stderr == ""
+    assert len(quiet.stdout.strip()) == 32

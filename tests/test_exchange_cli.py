@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from gateway.policy import sign_policy
 from keys import ca
 from keys.codes import AgencyCode
 from keys.levels import Level
-from tests.exchange import OPERATOR_URL, PROVINCE, A, make_world, wait_for
+from tests.exchange import OPERATOR_URL, OTHER_PROVINCE, PROVINCE, A, B, make_world, wait_for
 from tests.helpers import commune_code
 from tests.sync import DEADLINE_S, receive_until
 
@@ -166,27 +168,13 @@ def test_cli_bad_input_one_line(world, tmp_path):
 
 
 def test_broker_down_is_one_clear_line(world, tmp_path):
-    creds = json.loads(
-        (world.root / "broker-credentials" / f"{world.login(A)}.broker.json").read_text()
-    )
-    creds["port"] = 1  # nothing listens there
-    bad = tmp_path / "bad.broker.json"
-    bad.write_text(json.dumps(creds))
-    bad.chmod(0o600)
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(
-        world.agent_config(A)
-        .read_text()
-        .replace(f"../../broker-credentials/{world.login(A)}.broker.json", str(bad))
-        .replace('agency_dir = "keys"', f'agency_dir = "{world.agent_config(A).parent / "keys"}"')
-        .replace('"../../', f'"{world.root}/')
-        .replace('inbox = "inbox"', f'inbox = "{tmp_path / "inbox"}"')
-    )
+    cfg = broken_config(world, tmp_path, A)
+    password = json.loads((tmp_path / "bad.broker.json").read_text())["password"]
     doc = tmp_path / "x.txt"
     doc.write_bytes(b"x")
     r = run("send", doc, "--to", PROVINCE, "--level", "mat", "--config", cfg, code=1)
     assert "broker not reachable" in one_line(r)
-    assert creds["password"] not in r.stderr
+    assert password not in r.stderr
 
 
 def test_provision_cli_is_idempotent_and_revokes(world, tmp_path):
@@ -321,3 +309,223 @@ def test_seventy_five_recipients_in_one_envelope(tmp_path):
         assert len(submission) == 1 and len(submission[0]["recipients"]) == 75
     finally:
         w.cleanup()
+
+
+# --- the sender's view and truthful signals (issue 12) --------------------------------------
+
+
+def test_a_policy_refusal_is_reported_by_receive_and_listed_by_outbox(world, tmp_path):
+    doc = tmp_path / "to-h42.txt"
+    doc.write_text("gửi tỉnh bạn\n")
+    cfg = world.agent_config(PROVINCE)
+    sent = run("send", doc, "--to", OTHER_PROVINCE, "--level", "mat", "--subject", "Sang H42",
+               "--json", "--config", cfg)  # fmt: skip
+    [item] = json.loads(sent.stdout)["sent"]
+    eid = item["envelope_id"]
+    assert json.loads(sent.stdout)["gateways_listening"] >= 1
+    out = until_printed(f"{eid}  REFUSED by the gateway: rule default-deny", "receive", "--once",
+                        "--idle", "0.3", "--config", cfg)  # fmt: skip
+    assert "no policy rule allows this exchange" in out
+    outbox = run("outbox", "--idle", "0", "--config", cfg).stdout
+    block = outbox[outbox.index(eid) :].split("\n")
+    assert "Sang H42" in block[0] and f"{OTHER_PROVINCE}  refused (default-deny)" in block[1]
+    rows = json.loads(run("outbox", "--json", "--idle", "0", "--config", cfg).stdout)["outbox"]
+    assert rows[0]["envelope_id"] == eid  # newest first
+    assert rows[0]["by_recipient"] == {OTHER_PROVINCE: "refused (default-deny)"}
+    human = run("status", eid[:10], "--idle", "0", "--config", cfg).stdout  # a short prefix
+    assert f"envelope {eid}" in human and "subject  Sang H42" in human
+    assert "refused: rule default-deny" in human
+
+
+def test_receive_json_reports_notices_as_events(world, tmp_path):
+    doc = tmp_path / "x.txt"
+    doc.write_text("x\n")
+    cfg = world.agent_config(PROVINCE)
+    eid = run("send", doc, "--to", OTHER_PROVINCE, "--level", "mat", "--config", cfg).stdout.strip()
+    deadline, events = time.monotonic() + DEADLINE_S, []
+    while not any(e.get("envelope_id") == eid for e in events):
+        assert time.monotonic() < deadline, events
+        out = run("receive", "--once", "--json", "--idle", "0.3", "--config", cfg).stdout
+        events += [json.loads(line) for line in out.splitlines()]
+    [event] = [e for e in events if e.get("envelope_id") == eid]
+    assert (event["event"], event["rule_id"], event["verified"]) == (
+        "rejection",
+        "default-deny",
+        True,
+    )
+
+
+def test_send_says_when_no_gateway_consumes_its_lane(tmp_path):
+    quiet = make_world(tmp_path / "w")  # no gateway runs in this world
+    try:
+        doc = tmp_path / "x.txt"
+        doc.write_text("x\n")
+        r = run("send", doc, "--to", A, "--level", "mat", "--config", quiet.agent_config(PROVINCE))
+        assert len(r.stdout.strip()) == 32
+        assert "no gateway is consuming submissions now: queued, not yet checked" in r.stderr
+        rows = json.loads(
+            run("outbox", "--json", "--idle", "0", "--config", quiet.agent_config(PROVINCE)).stdout
+        )["outbox"]
+        assert rows[0]["by_recipient"] == {A: "queued"}
+        q = run("send", doc, "--to", A, "--level", "mat", "--quiet",
+                "--config", quiet.agent_config(PROVINCE))  # fmt: skip
+        assert "no gateway is consuming" in q.stderr  # a warning --quiet does not hide
+        assert "sent x.txt" not in q.stderr
+    finally:
+        quiet.cleanup()
+
+
+def broken_config(world, tmp_path, code: str) -> Path:
+    """An agency's settings with the broker pointing where nothing listens."""
+    creds = json.loads(
+        (world.root / "broker-credentials" / f"{world.login(code)}.broker.json").read_text()
+    )
+    creds["port"] = 1
+    bad = tmp_path / "bad.broker.json"
+    bad.write_text(json.dumps(creds))
+    bad.chmod(0o600)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        world.agent_config(code)
+        .read_text()
+        .replace(f"../../broker-credentials/{world.login(code)}.broker.json", str(bad))
+        .replace(
+            'agency_dir = "keys"', f'agency_dir = "{world.agent_config(code).parent / "keys"}"'
+        )
+        .replace('"../../', f'"{world.root}/')
+        .replace('inbox = "inbox"', f'inbox = "{tmp_path / "inbox"}"')
+    )
+    return cfg
+
+
+def test_receive_and_status_with_the_broker_down_fail_instead_of_saying_nothing(world, tmp_path):
+    cfg = broken_config(world, tmp_path, B)
+    r = run("receive", "--once", "--idle", "0.5", "--config", cfg, code=1)
+    assert "broker not reachable" in one_line(r)
+    assert "document(s) received" not in r.stderr
+    r = run("receive", "--once", "--idle", "0.5", "--json", "--config", cfg, code=1)
+    error = json.loads(one_line(r))
+    assert error["exit_code"] == 1 and "broker not reachable" in error["error"]
+    assert r.stdout == ""
+    doc = tmp_path / "y.txt"
+    doc.write_text("y\n")
+    sent = run("send", doc, "--to", PROVINCE, "--level", "mat", "--config", world.agent_config(B))
+    eid = sent.stdout.strip()
+    r = run("status", eid, "--idle", "0.5", "--config", cfg, code=1)
+    assert "broker not reachable" in one_line(r) and r.stdout == ""
+    # asked not to look (--idle 0), status shows what it knows and says so
+    r = run("status", eid, "--idle", "0", "--config", cfg)
+    assert f"envelope {eid}" in r.stdout and "not checked for new notices" in r.stderr
+
+
+def test_ctrl_c_during_a_large_send_tells_the_truth_about_what_left(world, tmp_path):
+    """Seen: 'nothing kept' while 70 of 200 parts had gone. Now the id and the parts that went
+    are printed, the outbox lists it as interrupted, and status says how far it got."""
+    import sqlite3
+
+    doc = tmp_path / "big.bin"
+    with doc.open("wb") as f:
+        for _ in range(160):
+            f.write(os.urandom(1 << 20))
+    cfg = world.agent_config(PROVINCE)
+    db = cfg.parent / "keys" / "agent.db"
+    env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
+    before = run("outbox", "--json", "--idle", "0", "--config", cfg).stdout
+    known = {r["envelope_id"] for r in json.loads(before)["outbox"]}
+    proc = subprocess.Popen(
+        [EXE, "send", doc, "--to", B, "--level", "mat", "--config", cfg],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def submitting() -> bool:  # recorded before its first part leaves
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+            rows = c.execute("SELECT envelope_id FROM sent WHERE state='sending'").fetchall()
+        return any(r[0] not in known for r in rows)
+
+    assert wait_for(lambda: proc.poll() is not None or submitting(), 120, every=0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, out, err)
+    assert "Traceback" not in err and "nothing kept" not in err
+    m = re.search(r"envelope ([0-9a-f]{32}) \(big\.bin\) stopped after (\d+) of (\d+) part", err)
+    assert m, err
+    eid, went, parts = m.group(1), int(m.group(2)), int(m.group(3))
+    assert went < parts and parts > 100 and "recipients discard its parts when it expires" in err
+    rows = json.loads(run("outbox", "--json", "--idle", "0", "--config", cfg).stdout)["outbox"]
+    row = next(r for r in rows if r["envelope_id"] == eid)
+    assert row["state"] == "interrupted" and row["confirmed"] == went
+    assert row["by_recipient"] == {B: f"interrupted ({went} of {parts} parts sent)"}
+    human = run("status", eid[:8], "--idle", "0", "--config", cfg).stdout
+    assert f"interrupted after {went} of {parts} part(s)" in human
+
+
+def test_a_second_receiver_for_one_agency_is_refused_and_status_still_answers(world, tmp_path):
+    cfg = world.agent_config(B)
+    env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
+    follower = subprocess.Popen(
+        [EXE, "receive", "--follow", "--config", cfg],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lock = cfg.parent / "keys" / "receive.lock"
+    try:
+        assert wait_for(lambda: lock.exists() and lock.read_text().strip() == str(follower.pid))
+        r = run("receive", "--once", "--idle", "0.3", "--config", cfg, code=1)
+        assert f"another receiver is running for this agency (process {follower.pid})" in one_line(
+            r
+        )
+        r = run("outbox", "--idle", "1", "--config", cfg)  # reads what the follower took in
+        assert "taken in by the receiver already running" in r.stderr
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    assert err.startswith(f"receiving for {B} from ")  # says what it waits for, on start
+    assert "waiting for documents and notices" in err
+    run("receive", "--once", "--idle", "0.3", "--config", cfg)  # the lock went with it
+
+
+def test_an_interrupted_envelopes_parts_are_dropped_by_the_recipient_once_it_expires(
+    world, tmp_path
+):
+    """A sender stopped for good after its first part: the recipient keeps that part only
+    until the envelope expires, then drops it (logged) and records it as incomplete."""
+    import io
+
+    import pika
+
+    import envelopes
+    from agents.client import Client
+    from agents.config import AgentConfig
+    from broker.topology import SUBMIT_EXCHANGE
+    from envelopes.parts import iter_parts
+    from gateway.service import MESSAGE_PART
+
+    data = os.urandom(3 << 20)
+    with Client(AgentConfig.load(world.agent_config(PROVINCE)), PASSPHRASE) as sender:
+        sealed = io.BytesIO()
+        header = envelopes.seal(
+            io.BytesIO(data), sealed, keys=sender.keys, directory=sender.directory,
+            to=[AgencyCode.parse(B)], level=Level.MAT, size=len(data),
+            lifetime=dt.timedelta(hours=1),
+        ).header  # fmt: skip
+        sealed.seek(0)
+        index, count, body = next(iter(iter_parts(sealed)))
+        eid = header.envelope_id.hex()
+        props = pika.BasicProperties(
+            type=MESSAGE_PART, user_id=sender.broker.login,
+            headers={"x-cp-envelope-id": eid, "x-cp-part": index, "x-cp-parts": count},
+        )  # fmt: skip
+        sender.publisher.publish(SUBMIT_EXCHANGE, PROVINCE, body, props).result(60)
+    assert count > 1
+    cfg = world.agent_config(B)
+    spool = cfg.parent / "keys" / "spool" / eid
+    deadline = time.monotonic() + DEADLINE_S
+    while not spool.is_dir():
+        assert time.monotonic() < deadline, "the first part never reached the recipient's spool"
+        run("receive", "--once", "--idle", "0.3", "--config", cfg)
+    with Client(AgentConfig.load(cfg), PASSPHRASE) as agent:
+        assert eid not in agent.expire_spool()  # not expired yet: kept
+        assert spool.is_dir()
+        gone = agent.expire_spool(now=header.expires + dt.timedelta(seconds=1))
+        assert eid in gone and not spool.exists()
+        assert agent.state.received(eid)["outcome"] == "incomplete"
