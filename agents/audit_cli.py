@@ -162,6 +162,12 @@ def cmd_witness(args: argparse.Namespace) -> int:
 
         threading.Thread(target=watch, daemon=True).start()
         threading.Thread(target=staleness, daemon=True).start()
+        say(
+            args,
+            f"witnessing: waiting for the gateways' checkpoints on {WITNESS_QUEUE} at"
+            f" {broker.host}:{broker.port} ({len(witness.last_seen)} log(s) held in"
+            f" {args.store}); a log silent {args.stale_after:g} s is an alarm; Ctrl-C stops",
+        )
     else:
         # Idle gateways republish their last checkpoint: "idle" is no NEW checkpoint.
         def idle() -> None:

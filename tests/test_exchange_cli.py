@@ -529,3 +529,22 @@ def test_an_interrupted_envelopes_parts_are_dropped_by_the_recipient_once_it_exp
         gone = agent.expire_spool(now=header.expires + dt.timedelta(seconds=1))
         assert eid in gone and not spool.exists()
         assert agent.state.received(eid)["outcome"] == "incomplete"
+
+
+def test_audit_witness_follow_says_what_it_waits_for_and_stops_on_sigterm(world, tmp_path):
+    creds = world.root / "broker-credentials" / f"{world.prefix}cp-witness.broker.json"
+    env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
+    witness = subprocess.Popen(
+        [EXE, "audit", "witness", "--store", tmp_path / "w", "--ca", world.ca_dir / "ca.crt",
+         "--broker", creds, "--key", world.witness_key, "--follow"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        first = witness.stderr.readline()
+    finally:
+        witness.send_signal(signal.SIGTERM)
+        out, rest = witness.communicate(timeout=60)
+    assert first.startswith("witnessing: waiting for the gateways' checkpoints on "), first + rest
+    assert "a log silent 30 s is an alarm" in first
+    assert witness.returncode == 0, rest
+    assert "checkpoint(s) checked" in rest and "Traceback" not in rest
