@@ -44,7 +44,7 @@ from broker.connection import BrokerConfig, BrokerError, connect_blocking
 from broker.consumer import Consumer, Delivery
 from broker.directory_feed import DirectoryFeed
 from broker.publisher import ConfirmingPublisher
-from broker.topology import SUBMIT_EXCHANGE, directory_queue, inbox_queue, submit_queue
+from broker.topology import SUBMIT_EXCHANGE, submit_queue
 from envelopes.checking import check_header, check_segment
 from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import FrameReader, decode_frame, parse_header_frame
@@ -145,7 +145,7 @@ class Client:
         self.broker = BrokerConfig.load(config.broker_credentials)
         self.feed = DirectoryFeed(
             self.broker,
-            directory_queue(self.keys.code),
+            self.broker.agency_queues()[1],
             current=self.directory,
             trust=trust,
             ca_certificate=ca_cert,
@@ -419,7 +419,7 @@ class Client:
             self.expire_spool()
             consumer = Consumer(
                 self.broker,
-                inbox_queue(self.keys.code),
+                self.broker.agency_queues()[0],
                 self._handle,
                 prefetch=32,
                 on_batch_end=self._settle_batch,

@@ -17,7 +17,7 @@ import pika
 
 from agents.config import AgentConfig
 from broker.connection import BrokerConfig, BrokerError, connect_blocking
-from broker.topology import directory_queue, inbox_queue, submit_queue
+from broker.topology import submit_queue
 from keys.agency import PUBLIC_FILE, TRUST_FILE, AgencyKeys, load_agency
 from keys.ca import load_ca_certificate
 from keys.codes import AgencyCode
@@ -238,12 +238,15 @@ class Doctor:
         return broker
 
     def _queues(self, broker: BrokerConfig, code: AgencyCode) -> None:
+        try:
+            inbox, feed = broker.agency_queues()
+        except BrokerError as e:
+            self._add("inbox", "FAIL", str(e), "ask the cipher department for new credentials")
+            return
         connection = connect_blocking(broker)
         try:
-            for queue, what in (
-                (inbox_queue(code), "inbox"),
-                (directory_queue(code), "directory feed"),
-            ):
+            # The names carry a secret suffix (broker/topology.py): not printed.
+            for queue, what in ((inbox, "inbox"), (feed, "directory feed")):
                 try:
                     ch = connection.channel()
                     ch.queue_declare(queue, passive=True)
@@ -251,20 +254,20 @@ class Doctor:
                     tag = ch.basic_consume(queue, lambda *a: None, auto_ack=False)
                     ch.basic_cancel(tag)
                     ch.close()
-                    self._add(what, "ok", f"{queue} exists and this login may read it")
+                    self._add(what, "ok", f"the {what} queue exists and this login may read it")
                 except pika.exceptions.ChannelClosedByBroker as e:
                     if e.reply_code == 404:
                         self._add(
                             what,
                             "FAIL",
-                            f"queue {queue} is missing",
+                            f"the {what} queue named in the credentials file is missing",
                             "ask the cipher department to run `broker provision`",
                         )
                     else:
                         self._add(
                             what,
                             "FAIL",
-                            f"not allowed to read {queue} ({e.reply_text})",
+                            f"not allowed to read the {what} queue (code {e.reply_code})",
                             "ask the cipher department to run `broker provision`",
                         )
             ch = connection.channel()

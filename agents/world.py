@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agents.client import Client
 from agents.config import AgentConfig
+from broker.connection import BrokerConfig
 from broker.management import Management
 from broker.provision import (
     GATEWAY_LOGIN,
@@ -89,6 +90,15 @@ class World:
 
     def login(self, code: str) -> str:
         return self.prefix + code
+
+    def broker(self, code: str) -> BrokerConfig:
+        """The broker credentials provisioning wrote for ``code``'s agency."""
+        credentials = self.root / "broker-credentials" / f"{self.login(code)}.broker.json"
+        return BrokerConfig.load(credentials)
+
+    def inbox(self, code: str) -> str:
+        """The private name of ``code``'s inbox queue (from its credentials file)."""
+        return self.broker(code).agency_queues()[0]
 
     def start_gateway(self, name: str = "gw1") -> Gateway:
         config = GatewayConfig.load(self.gateway_config(name))

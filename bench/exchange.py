@@ -44,7 +44,7 @@ from agents.world import PASSPHRASE, World, build_world  # noqa: E402
 from broker.connection import BrokerConfig  # noqa: E402
 from broker.consumer import Consumer, Delivery  # noqa: E402
 from broker.publisher import ConfirmingPublisher  # noqa: E402
-from broker.topology import QUEUE_ARGUMENTS, inbox_queue  # noqa: E402
+from broker.topology import QUEUE_ARGUMENTS  # noqa: E402
 from keys.codes import AgencyCode  # noqa: E402
 from keys.levels import Level  # noqa: E402
 from tests.helpers import commune_code  # noqa: E402
@@ -173,12 +173,7 @@ def wait_for_consumers(world: World, codes: list[str], timeout: float = 300) -> 
         ch = conn.channel()
         deadline = time.monotonic() + timeout
         for code in codes:
-            while (
-                ch.queue_declare(
-                    inbox_queue(AgencyCode.parse(code)), passive=True
-                ).method.consumer_count
-                < 1
-            ):
+            while ch.queue_declare(world.inbox(code), passive=True).method.consumer_count < 1:
                 if time.monotonic() > deadline:
                     log = world.root / f"receiver-{code}.log"
                     tail = log.read_text(errors="replace")[-600:] if log.exists() else "(no log)"

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from agents import logs  # noqa: E402
 from agents.world import PASSPHRASE, build_world  # noqa: E402
 from broker.management import Management  # noqa: E402
+from broker.topology import private_name  # noqa: E402
 from keys.levels import Level  # noqa: E402
 from tests.helpers import cli  # noqa: E402
 
@@ -63,7 +64,7 @@ def baseline(mgmt: Management, n: int) -> float:
                 f"/api/permissions/{v}/{mgmt.q(login)}",
                 {"configure": "^$", "write": "^cp\\.submit$", "read": "^q$"},
             )
-            queue = f"cp.inbox.{code(i)}"
+            queue = private_name(f"cp.inbox.{code(i)}.")
             mgmt.put(
                 f"/api/queues/{v}/{mgmt.q(queue)}",
                 {"durable": True, "arguments": {"x-queue-type": "quorum"}},

@@ -35,6 +35,10 @@ class BrokerConfig:
     port: int = 5672
     vhost: str = "/"
     heartbeat: int = HEARTBEAT_S
+    # An agency's own queues, named by provisioning with a secret suffix (broker/topology.py);
+    # empty for the gateway's, witness's and cipher department's logins.
+    inbox: str = ""
+    feed: str = ""
 
     def __repr__(self) -> str:
         return (
@@ -59,6 +63,16 @@ class BrokerConfig:
             client_properties={"connection_name": f"cipherpost {self.login}"},
         )
 
+    def agency_queues(self) -> tuple[str, str]:
+        """The agency's inbox and directory-feed queue names, from its credentials file."""
+        if not (self.inbox and self.feed):
+            raise BrokerError(
+                f"the credentials of {self.login!r} name no inbox queue (written before queue"
+                f" names were private): ask the cipher department for new ones"
+                f" (`cipherpost broker rotate {self.login}`)"
+            )
+        return self.inbox, self.feed
+
     def describe(self) -> str:
         """For messages: no password."""
         return (
@@ -66,19 +80,16 @@ class BrokerConfig:
         )
 
     def to_json(self) -> str:
-        return (
-            json.dumps(
-                {
-                    "login": self.login,
-                    "password": self.password,
-                    "host": self.host,
-                    "port": self.port,
-                    "vhost": self.vhost,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        fields: dict[str, object] = {
+            "login": self.login,
+            "password": self.password,
+            "host": self.host,
+            "port": self.port,
+            "vhost": self.vhost,
+        }
+        if self.inbox or self.feed:
+            fields["queues"] = {"inbox": self.inbox, "feed": self.feed}
+        return json.dumps(fields, indent=2) + "\n"
 
     @classmethod
     def load(cls, path: Path) -> BrokerConfig:
@@ -91,8 +102,10 @@ class BrokerConfig:
                 host=str(raw.get("host", "127.0.0.1")),
                 port=int(raw.get("port", 5672)),
                 vhost=str(raw.get("vhost", "/")),
+                inbox=str(raw.get("queues", {}).get("inbox", "")),
+                feed=str(raw.get("queues", {}).get("feed", "")),
             )
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise BrokerError(f"{path}: not a broker credentials file") from e
 
     def save(self, path: Path) -> None:

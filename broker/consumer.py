@@ -30,6 +30,7 @@ from broker.connection import (
     BrokerError,
     connect_blocking,
 )
+from broker.topology import shown
 from keys.logsetup import get_logger
 
 log = get_logger("cipherpost.broker")
@@ -171,7 +172,7 @@ class Consumer:
             try:
                 connection = connect_blocking(self.config)
             except BrokerError as e:
-                log.warning("consumer_connect_failed", queue=self.queue, error=str(e))
+                log.warning("consumer_connect_failed", queue=shown(self.queue), error=str(e))
                 unreachable = e
                 if self._stop.wait(backoff):
                     return
@@ -194,9 +195,11 @@ class Consumer:
                     raise BrokerError(f"broker denied access to queue {self.queue}") from e
                 if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == 404:
                     raise BrokerError(
-                        f"queue {self.queue} does not exist (not provisioned?)"
+                        f"queue {shown(self.queue)} does not exist (not provisioned?)"
                     ) from e
-                log.warning("consumer_connection_lost", queue=self.queue, error=type(e).__name__)
+                log.warning(
+                    "consumer_connection_lost", queue=shown(self.queue), error=type(e).__name__
+                )
                 if self._stop.wait(backoff):
                     return
             finally:
@@ -228,7 +231,7 @@ class Consumer:
                     connection,
                     ch,
                     threading.get_ident(),
-                    queue=by_tag.get(method.consumer_tag or "", ""),
+                    queue=shown(by_tag.get(method.consumer_tag or "", "")),
                 )
             )
             self._in_batch += 1
@@ -292,7 +295,7 @@ def _exists(connection: pika.BlockingConnection, queue: str) -> bool:
     except pika.exceptions.ChannelClosedByBroker as e:
         if e.reply_code != 404:
             raise
-        log.warning("consumer_queue_missing", queue=queue)
+        log.warning("consumer_queue_missing", queue=shown(queue))
         return False
     scratch.close()
     return True

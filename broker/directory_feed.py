@@ -20,7 +20,7 @@ from cryptography import x509
 from broker.connection import BrokerConfig, BrokerError, connect_blocking
 from broker.consumer import Consumer, Delivery
 from broker.publisher import ConfirmingPublisher
-from broker.topology import DIRECTORY_EXCHANGE, FEED_QUEUE_ARGUMENTS
+from broker.topology import DIRECTORY_EXCHANGE, FEED_QUEUE_ARGUMENTS, shown
 from keys.directory import Directory, TrustState
 from keys.errors import CipherpostError, Refused
 from keys.keystore import write_private_file
@@ -121,7 +121,9 @@ class DirectoryFeed:
                 self.apply(body)
                 ch.basic_ack(method.delivery_tag)
         except (pika.exceptions.AMQPError, CipherpostError) as e:
-            log.warning("directory_feed_unavailable", queue=self.queue, error=type(e).__name__)
+            log.warning(
+                "directory_feed_unavailable", queue=shown(self.queue), error=type(e).__name__
+            )
         finally:
             if connection.is_open:
                 connection.close()

@@ -2,7 +2,10 @@
 
 Each agency gets a submit lane (``cp.submit.<code>``, routing key = its code, a
 topic permission so it can publish nowhere else) and per-user connection and
-channel limits: one agency's flood stays in its own lane.
+channel limits: one agency's flood stays in its own lane. Its inbox and
+directory feed get names with a random suffix, made once and written only to
+its own credentials file: another agency cannot even find them to count what
+waits there (``broker/topology.py``).
 
 Idempotent: running it again changes nothing and says so. A revoked agency
 loses its permissions and its user (its connections close); its inbox queue
@@ -13,6 +16,7 @@ once; they are never logged.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,7 @@ from pathlib import Path
 from broker import topology
 from broker.connection import BrokerConfig
 from broker.management import Management, ManagementError
+from keys.codes import AgencyCode
 from keys.directory import Directory
 from keys.errors import CipherpostError
 
@@ -67,7 +72,7 @@ def _queue(
     path = f"/api/queues/{mgmt.q(vhost)}/{mgmt.q(name)}"
     if mgmt.get(path) is None:
         mgmt.put(path, {"durable": True, "auto_delete": False, "arguments": arguments})
-        result.changes.append(f"queue {name} created")
+        result.changes.append(f"queue {topology.shown(name)} created")
 
 
 def _bind(
@@ -77,7 +82,9 @@ def _bind(
     existing = mgmt.get(base) or []
     if not any(b.get("routing_key") == key for b in existing):
         mgmt.post(base, {"routing_key": key})
-        result.changes.append(f"binding {exchange} -[{key or '*'}]-> {queue} created")
+        result.changes.append(
+            f"binding {exchange} -[{key or '*'}]-> {topology.shown(queue)} created"
+        )
 
 
 def _user(
@@ -91,13 +98,17 @@ def _user(
     *,
     topic: dict[str, str] | None = None,
     limits: dict[str, int] | None = None,
+    queues: tuple[str, str] = ("", ""),
 ) -> None:
     path = f"/api/users/{mgmt.q(login)}"
     if mgmt.get(path) is None:
         password = secrets.token_urlsafe(24)
         mgmt.put(path, {"password": password, "tags": ""})
         result.changes.append(f"user {login} created")
-        result.new_credentials[login] = BrokerConfig(login, password, host, port, vhost)
+        inbox, feed = queues
+        result.new_credentials[login] = BrokerConfig(
+            login, password, host, port, vhost, inbox=inbox, feed=feed
+        )
     perm_path = f"/api/permissions/{mgmt.q(vhost)}/{mgmt.q(login)}"
     current = mgmt.get(perm_path)
     want = dict(permissions)
@@ -144,6 +155,7 @@ def provision(
     if mgmt.get(admin_perm) is None:
         mgmt.put(admin_perm, {"configure": ".*", "write": ".*", "read": ".*"})
     declare_topology(mgmt, vhost, result)
+    existing = {str(q["name"]) for q in mgmt.get(f"/api/queues/{mgmt.q(vhost)}") or []}
     _user(
         mgmt,
         vhost,
@@ -164,11 +176,10 @@ def provision(
         # Kept for a revoked agency too: what it queued before is decided (and refused).
         _queue(mgmt, vhost, lane, topology.SUBMIT_QUEUE_ARGUMENTS, result)
         _bind(mgmt, vhost, topology.SUBMIT_EXCHANGE, lane, entry.code.text, result)
-        queue = topology.inbox_queue(entry.code)
+        inbox, feed = _private_queues(mgmt, existing, entry.code, vhost, login)
         # The inbox is kept even for a revoked agency: what was delivered is not lost.
-        _queue(mgmt, vhost, queue, topology.QUEUE_ARGUMENTS, result)
-        _bind(mgmt, vhost, topology.DELIVER_EXCHANGE, queue, entry.code.text, result)
-        feed = topology.directory_queue(entry.code)
+        _queue(mgmt, vhost, inbox, topology.QUEUE_ARGUMENTS, result)
+        _bind(mgmt, vhost, topology.DELIVER_EXCHANGE, inbox, entry.code.text, result)
         _queue(mgmt, vhost, feed, topology.FEED_QUEUE_ARGUMENTS, result)
         _bind(mgmt, vhost, topology.DIRECTORY_EXCHANGE, feed, "", result)
         if entry.revoked:
@@ -181,17 +192,60 @@ def provision(
             mgmt,
             vhost,
             login,
-            topology.agency_permissions(entry.code),
+            topology.agency_permissions(inbox, feed),
             result,
             amqp_host,
             amqp_port,
             topic=topology.agency_topic_permissions(entry.code),
             limits=topology.USER_LIMITS,
+            queues=(inbox, feed),
         )
     if credentials_dir is not None:
         for login, config in result.new_credentials.items():
             config.save(credentials_dir / f"{login}.broker.json")
     return result
+
+
+def _private_queues(
+    mgmt: Management, existing: set[str], code: AgencyCode, vhost: str, login: str
+) -> tuple[str, str]:
+    """The agency's inbox and feed names: those its permissions name (a queue deleted by
+    mistake comes back under the name its credentials file holds), else those on the
+    broker, else new ones."""
+    held = agency_queues(mgmt, vhost, login)
+    if held[0]:
+        return held
+    names = []
+    for prefix in (topology.inbox_prefix(code), topology.directory_prefix(code)):
+        if prefix[:-1] in existing:
+            raise ManagementError(
+                f"queue {prefix[:-1]} in vhost {vhost} is named after the agency code alone:"
+                " this vhost has an older topology; provision a new vhost"
+            )
+        found = sorted(n for n in existing if topology.is_private_name(n, prefix))
+        if len(found) > 1:
+            raise ManagementError(
+                f"vhost {vhost} holds {len(found)} queues for {prefix}*: delete the ones no"
+                " credentials file names, then provision again"
+            )
+        names.append(found[0] if found else topology.private_name(prefix))
+    return names[0], names[1]
+
+
+_READ_TWO = re.compile(r"\^\((?P<inbox>[^|()]+)\|(?P<feed>[^|()]+)\)\$")
+
+
+def agency_queues(mgmt: Management, vhost: str, login: str) -> tuple[str, str]:
+    """The private inbox and feed names that ``login``'s read permission names
+    (``("", "")`` for a login that is not an agency's or has no permissions yet)."""
+    held = mgmt.get(f"/api/permissions/{mgmt.q(vhost)}/{mgmt.q(login)}") or {}
+    match = _READ_TWO.fullmatch(str(held.get("read", "")))
+    if match is None:
+        return "", ""
+    inbox, feed = (match[k].replace("\\", "") for k in ("inbox", "feed"))
+    if not (inbox.startswith(topology.INBOX_PREFIX) and feed.startswith(topology.DIRECTORY_PREFIX)):
+        return "", ""
+    return inbox, feed
 
 
 def delete_vhost(mgmt: Management, vhost: str, logins: list[str]) -> None:
@@ -221,9 +275,10 @@ def rotate(
         amqp_host, amqp_port, vhost = base.host, base.port, base.vhost
     except (OSError, CipherpostError):
         pass
+    inbox, feed = agency_queues(mgmt, vhost, login)
     password = secrets.token_urlsafe(24)
     mgmt.put(path, {"password": password, "tags": ""})
-    config = BrokerConfig(login, password, amqp_host, amqp_port, vhost)
+    config = BrokerConfig(login, password, amqp_host, amqp_port, vhost, inbox=inbox, feed=feed)
     config.save(target)
     # The broker's own connection tracking (what enforces the user's connection limit) closes
     # them at once; the statistics listing lags by its collection interval and would miss a

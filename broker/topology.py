@@ -3,14 +3,21 @@
 - ``cp.submit`` (topic) -> ``cp.submit.<code>``: one submit lane per agency; an agency may
   publish only there, with its own code as routing key (a topic permission), so one
   agency's flood fills its own lane and nobody else's. The gateway consumes every lane.
-- ``cp.deliver`` (direct, routing key = agency code) -> ``cp.inbox.<code>``: only the
-  gateway publishes here.
+- ``cp.deliver`` (direct, routing key = agency code) -> ``cp.inbox.<code>.<secret>``: only
+  the gateway publishes here.
 - ``cp.dead`` (fanout) -> ``cp.dead``: poison and unroutable messages; nothing is dropped.
-- ``cp.directory`` (fanout) -> ``cp.directory.<code>`` per agency, and one
+- ``cp.directory`` (fanout) -> ``cp.directory.<code>.<secret>`` per agency, and one
   ``cp.directory.gateway.<id>`` per gateway (declared by the gateway): each new signed
   directory version, published by the cipher department.
 - ``cp.audit.checkpoints`` (fanout) -> ``cp.audit.witness``: the gateways' signed audit
   checkpoints, for the cipher department's witness.
+
+An agency's inbox and directory feed carry a random suffix that only provisioning, the
+agency's own credentials file and the broker know. RabbitMQ checks no permission on a
+*passive* ``queue.declare``: with names derived from the (public) agency code alone, any
+enrolled agency could poll another's inbox depth and consumer count (who receives how much,
+when, and who is online). Submit lanes keep code names (the gateway must find them from the
+directory); a lane is drained as it fills, so its depth tells little (docs/operations.md).
 
 Quorum queues everywhere (they replicate across a cluster), ``x-delivery-limit``
 set (3.10 has no default), at-least-once dead-lettering (which needs
@@ -20,6 +27,7 @@ set (3.10 has no default), at-least-once dead-lettering (which needs
 from __future__ import annotations
 
 import re
+import secrets
 
 from keys.codes import AgencyCode
 from keys.errors import UsageError
@@ -78,14 +86,33 @@ def lane_code(queue: str) -> AgencyCode | None:
         return None
 
 
-def inbox_queue(code: AgencyCode) -> str:
-    """The inbox queue of an agency."""
-    return f"{INBOX_PREFIX}{code.text}"
+# Bits of the random part of a private queue name: not guessable, not enumerable.
+PRIVATE_SUFFIX_BYTES = 16
 
 
-def directory_queue(code: AgencyCode) -> str:
-    """The queue where an agency's agent finds new directory versions."""
-    return f"{DIRECTORY_PREFIX}{code.text}"
+def inbox_prefix(code: AgencyCode) -> str:
+    """What every inbox name of ``code`` starts with (the rest is its secret suffix)."""
+    return f"{INBOX_PREFIX}{code.text}."
+
+
+def directory_prefix(code: AgencyCode) -> str:
+    """What every directory-feed name of ``code`` starts with."""
+    return f"{DIRECTORY_PREFIX}{code.text}."
+
+
+def private_name(prefix: str) -> str:
+    """A fresh queue name: ``prefix`` and a random suffix (made once, at provisioning)."""
+    return prefix + secrets.token_hex(PRIVATE_SUFFIX_BYTES)
+
+
+def is_private_name(name: str, prefix: str) -> bool:
+    """``name`` is ``prefix`` followed by a suffix :func:`private_name` could have made."""
+    suffix = name[len(prefix) :]
+    return (
+        name.startswith(prefix)
+        and len(suffix) == 2 * PRIVATE_SUFFIX_BYTES
+        and all(c in "0123456789abcdef" for c in suffix)
+    )
 
 
 def gateway_directory_queue(gateway_id: str) -> str:
@@ -93,12 +120,21 @@ def gateway_directory_queue(gateway_id: str) -> str:
     return f"{GATEWAY_DIRECTORY_PREFIX}{gateway_id}"
 
 
-def agency_permissions(code: AgencyCode) -> dict[str, str]:
-    """Anchored permissions of an agency's broker user: publish to submit, read its queues."""
+_SUFFIX = re.compile(r"\.[0-9a-f]{" + str(2 * PRIVATE_SUFFIX_BYTES) + r"}(?![0-9a-f])")
+
+
+def shown(queues: str) -> str:
+    """Queue names as logs and messages show them: private suffixes masked."""
+    return _SUFFIX.sub(".<private>", queues)
+
+
+def agency_permissions(inbox: str, feed: str) -> dict[str, str]:
+    """Anchored permissions of an agency's broker user: publish to submit, read its own
+    inbox and directory feed (their exact private names)."""
     return {
         "configure": "^$",
         "write": f"^{re.escape(SUBMIT_EXCHANGE)}$",
-        "read": f"^({re.escape(inbox_queue(code))}|{re.escape(directory_queue(code))})$",
+        "read": f"^({re.escape(inbox)}|{re.escape(feed)})$",
     }
 
 

@@ -43,7 +43,7 @@ def make_world(
 
 
 def broker_config(world: World, code: str) -> BrokerConfig:
-    return BrokerConfig.load(world.root / "broker-credentials" / f"{world.login(code)}.broker.json")
+    return world.broker(code)
 
 
 def raw_connection(world: World, code: str) -> pika.BlockingConnection:

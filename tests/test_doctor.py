@@ -124,7 +124,7 @@ def test_wrong_broker_password(world, tmp_path, capsys):
 @pytest.fixture
 def inbox_deleted(world: World):
     """B's inbox queue deleted (B is no other test's agency), provisioned again after."""
-    queue = f"cp.inbox.{B}"
+    queue = world.inbox(B)
     world.mgmt.delete(f"/api/queues/{world.mgmt.q(world.vhost)}/{world.mgmt.q(queue)}")
     yield B
     assert world.directory is not None

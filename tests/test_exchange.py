@@ -10,7 +10,7 @@ import pika
 import pytest
 
 import envelopes
-from broker.topology import DELIVER_EXCHANGE, SUBMIT_EXCHANGE, inbox_queue
+from broker.topology import DELIVER_EXCHANGE, SUBMIT_EXCHANGE
 from keys.codes import AgencyCode
 from keys.errors import Refused
 from keys.levels import Level, Urgency
@@ -143,7 +143,7 @@ def test_broker_refuses_reading_another_inbox(world):
     try:
         ch = conn.channel()
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
-            ch.basic_consume(inbox_queue(AgencyCode.parse(B)), lambda *a: None)
+            ch.basic_consume(world.inbox(B), lambda *a: None)
             conn.process_data_events(time_limit=1)
         assert e.value.reply_code == 403
     finally:

@@ -19,7 +19,6 @@ from broker.publisher import ConfirmingPublisher
 from broker.topology import (
     DEAD_QUEUE,
     SUBMIT_EXCHANGE,
-    inbox_queue,
     submit_queue,
 )
 from gateway.audit import AuditStore
@@ -110,7 +109,7 @@ def where_they_are(world, client) -> str:
     refused = client.state._exec("SELECT envelope_id, reason FROM received WHERE outcome!='ok'")
     spooled = client.state._exec("SELECT COUNT(DISTINCT envelope_id) FROM parts")
     return (
-        f"inbox queue {queue_depth(world, inbox_queue(client.keys.code))}, dead-letter "
+        f"inbox queue {queue_depth(world, world.inbox(client.keys.code.text))}, dead-letter "
         f"{queue_depth(world, DEAD_QUEUE)}, refused {refused[:5]}, spooled {spooled}"
     )
 
@@ -130,7 +129,7 @@ def accepted_decisions(world) -> dict[str, int]:
 def test_kill_9_with_2000_in_flight_delivers_each_exactly_once(world):
     sealed = seal_many(world, 2000)
     publish_all(world, [body for _, body in sealed])
-    inbox = inbox_queue(AgencyCode.parse(A))
+    inbox = world.inbox(A)
     gw = gateway_process(world)
     try:
         assert wait_for(lambda: queue_depth(world, inbox) >= 400, 120), "gateway made no progress"
@@ -156,7 +155,7 @@ def test_kill_9_with_2000_in_flight_delivers_each_exactly_once(world):
 def test_sigterm_finishes_in_flight_work(world):
     sealed = seal_many(world, 600)
     publish_all(world, [body for _, body in sealed])
-    inbox = inbox_queue(AgencyCode.parse(A))
+    inbox = world.inbox(A)
     gw = gateway_process(world)
     assert wait_for(lambda: queue_depth(world, inbox) >= 100, 120)
     gw.send_signal(signal.SIGTERM)
@@ -177,7 +176,7 @@ def test_connections_cut_by_the_broker_lose_nothing(world):
     """Agent and gateway reconnect after the broker closes their connections."""
     sealed = seal_many(world, 300)
     world.start_gateway()
-    inbox = inbox_queue(AgencyCode.parse(A))
+    inbox = world.inbox(A)
     config = broker_config(world, PROVINCE)
     cuts: list[int] = []
     with ConfirmingPublisher(config) as pub:

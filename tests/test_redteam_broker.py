@@ -17,7 +17,12 @@ import pika
 import pytest
 
 import envelopes
-from broker.topology import SUBMIT_EXCHANGE, inbox_queue
+from broker.topology import (
+    SUBMIT_EXCHANGE,
+    directory_prefix,
+    inbox_prefix,
+    is_private_name,
+)
 from envelopes import _crypto
 from envelopes.header import MAX_HEADER_BYTES, MAX_SEGMENT_SIZE
 from envelopes.notices import CONTEXT as NOTICE_CONTEXT
@@ -168,7 +173,7 @@ def test_a_notice_flood_does_not_bury_other_documents_in_an_inbox(world):
         ),
         120,
     ), "the flood's marker was not decided"
-    depth = queue_depth(world, inbox_queue(AgencyCode.parse(PROVINCE)))
+    depth = queue_depth(world, world.inbox(PROVINCE))
     assert depth <= 20, f"{depth} messages of B queued ahead of anything sent to the province"
 
 
@@ -305,27 +310,50 @@ def test_a_file_name_too_long_in_bytes_is_received_and_leaves_no_plaintext(world
 def test_an_agency_cannot_watch_another_agencys_inbox(world):
     """A1 observes other agencies' traffic (metadata; outside the ten invariants, Low).
 
-    RabbitMQ checks no permission on a *passive* ``queue.declare``: with its
-    own login, an agency learns, for any agency code it can guess (codes are
-    public), how many documents and notices wait in that agency's inbox and
-    whether its agent is connected (``consumer_count``), and the depth of
-    every submit lane and of the dead-letter queue. Polled, that is who
-    receives how much and when, and who is online: traffic analysis of state
-    secret exchanges by any enrolled commune.
+    RabbitMQ checks no permission on a *passive* ``queue.declare``: were inbox
+    names derived from the (public) agency code, any enrolled agency could poll
+    how many documents wait in another's inbox and whether its agent is
+    connected (``consumer_count``): who receives how much and when, and who is
+    online. Inbox and directory-feed names carry a 128-bit random suffix that
+    only provisioning and the agency's own credentials file hold.
 
-    Observed: the passive declare of ``cp.inbox.<B>`` by A succeeds.
-    Expected: refused (inbox names not guessable from the code, e.g. derived
-    with a secret, or one vhost per agency fed by the gateway).
+    Tried: every name A could derive for B's inbox and feed (the code alone, the
+    code with A's own suffix) must be unknown to the broker (404); A's
+    credentials name only its own queues; B's names differ from A's in their
+    random part. (Submit lanes keep code names: see docs/operations.md.)
     """
-    conn = pika.BlockingConnection(broker_config(world, A).parameters())
+    a, b = broker_config(world, A), broker_config(world, B)
+    a_inbox, a_feed = a.agency_queues()
+    b_inbox, b_feed = b.agency_queues()
+    assert is_private_name(b_inbox, inbox_prefix(AgencyCode.parse(B)))
+    assert is_private_name(b_feed, directory_prefix(AgencyCode.parse(B)))
+    assert b_inbox.rsplit(".", 1)[1] not in (a_inbox.rsplit(".", 1)[1], a_feed.rsplit(".", 1)[1])
+    credentials_a = (
+        world.root / "broker-credentials" / f"{world.login(A)}.broker.json"
+    ).read_text()
+    assert b_inbox not in credentials_a and b_feed not in credentials_a
+    guesses = [
+        f"cp.inbox.{B}",
+        f"cp.directory.{B}",
+        inbox_prefix(AgencyCode.parse(B)) + a_inbox.rsplit(".", 1)[1],
+        directory_prefix(AgencyCode.parse(B)) + a_feed.rsplit(".", 1)[1],
+    ]
+    conn = pika.BlockingConnection(a.parameters())
     try:
+        for guess in guesses:
+            ch = conn.channel()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+                ok = ch.queue_declare(guess, passive=True)
+                pytest.fail(
+                    f"A sees {guess}: {ok.method.message_count} messages, "
+                    f"{ok.method.consumer_count} consumers"
+                )
+            assert refused.value.reply_code == 404, (guess, refused.value)
+        # The real name, were it leaked, still cannot be read: only the passive look works.
         ch = conn.channel()
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
-            ok = ch.queue_declare(inbox_queue(AgencyCode.parse(B)), passive=True)
-            pytest.fail(
-                f"A sees B's inbox: {ok.method.message_count} messages, "
-                f"{ok.method.consumer_count} consumers"
-            )
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as denied:
+            ch.basic_consume(b_inbox, lambda *args: None)
+        assert denied.value.reply_code == 403
     finally:
         if conn.is_open:
             conn.close()
