@@ -1,0 +1,43 @@
+"""The shipped RabbitMQ node configuration (compose/rabbitmq), read as the cluster renders it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from envelopes.header import MAX_HEADER_BYTES, MAX_SEGMENT_SIZE
+
+RABBITMQ = Path(__file__).resolve().parent.parent / "compose" / "rabbitmq"
+RABBITMQ_DEFAULT_MAX_MESSAGE = 128 * 1024 * 1024
+
+
+def settings() -> dict[str, str]:
+    out = {}
+    for line in (RABBITMQ / "rabbitmq.conf").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def test_max_message_size_admits_the_largest_legal_part_and_little_more():
+    limit = int(settings()["max_message_size"])
+    largest_part = MAX_HEADER_BYTES + MAX_SEGMENT_SIZE + 1024  # two frames and their framing
+    assert limit >= largest_part
+    assert limit <= largest_part + 512 * 1024
+    assert limit < RABBITMQ_DEFAULT_MAX_MESSAGE
+
+
+def test_amqp_is_tls_only_with_certificate_login():
+    conf = settings()
+    assert conf["listeners.tcp"] == "none"
+    assert conf["ssl_options.verify"] == "verify_peer"
+    assert conf["ssl_options.fail_if_no_peer_cert"] == "true"
+    mechanisms = [v for k, v in conf.items() if k.startswith("auth_mechanisms.")]
+    assert mechanisms == ["EXTERNAL"]
+    assert conf["ssl_cert_login_from"] == "common_name"
+    assert "management.tcp.port" not in conf
+
+
+def test_the_plugins_are_certificate_login_management_and_prometheus():
+    plugins = (RABBITMQ / "enabled_plugins").read_text().strip()
+    assert plugins == "[rabbitmq_management,rabbitmq_auth_mechanism_ssl,rabbitmq_prometheus]."
