@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import shutil
 import signal
 import sqlite3
@@ -25,7 +26,7 @@ from typing import Any
 from keys import agency
 from keys.auditkey import make_audit_key
 from keys.codes import AgencyCode
-from keys.errors import CipherpostError
+from keys.errors import CipherpostError, UsageError
 from keys.keystore import read_passphrase, unlock
 
 Add = Callable[..., argparse.ArgumentParser]
@@ -73,12 +74,23 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+GATEWAY_ID_ENV = "CIPHERPOST_GATEWAY_ID"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import GatewayConfig
     from gateway.service import Gateway, load
     from keys.logsetup import configure
 
     config = GatewayConfig.load(args.config)
+    declared = os.environ.get(GATEWAY_ID_ENV)
+    if declared is not None and declared != config.gateway_id:
+        # The deployment (compose, a unit file) names each instance; two instances that
+        # share a gateway_id would interleave two logs under one name (docs/audit.md).
+        raise UsageError(
+            f"{args.config} says gateway_id = {config.gateway_id!r} but {GATEWAY_ID_ENV} is"
+            f" {declared!r}: one of them names another instance"
+        )
     configure(
         json_lines=config.log_format == "json",
         level=getattr(logging, config.log_level.upper()),
