@@ -31,6 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Template
 
+from agents.world import BrokerSite
+from broker.connection import BrokerConfig, TlsFiles
+from broker.management import Management
 from keys import tls
 from keys.keystore import write_private_file
 
@@ -113,6 +116,43 @@ class Cluster:
         """The management API of ``node`` (the first by default), without the password."""
         n = node or self.nodes[0]
         return f"https://{ADMIN_USER}@{HOST}:{n.management_port}"
+
+    def management(self, node: Node | None = None) -> Management:
+        """The admin's management API on ``node`` (the first by default), over TLS."""
+        n = node or self.nodes[0]
+        return Management(
+            f"https://{HOST}:{n.management_port}", ADMIN_USER, self.admin_password, self.ca_file
+        )
+
+    def site(self) -> BrokerSite:
+        """The cluster as a world builder's broker: every node, certificate login."""
+        return BrokerSite(self.management(), tuple(self.endpoints), self.tls_dir)
+
+    def admin_broker(self, vhost: str) -> BrokerConfig:
+        """The admin over AMQP (tests: exact queue depths), by its own client certificate."""
+        key, cert = self.tls_dir / f"{ADMIN_USER}.tls.key", self.tls_dir / f"{ADMIN_USER}.tls.crt"
+        if not cert.exists():
+            issue_client(self, ADMIN_USER, key, cert)
+        host, port = self.endpoints[0]
+        return BrokerConfig(
+            ADMIN_USER, "", host, port, vhost, nodes=tuple(self.endpoints),
+            tls=TlsFiles(self.ca_file, cert, key),
+        )  # fmt: skip
+
+    def close_connections(self, user: str, vhost: str) -> int:
+        """Close every connection of ``user`` in ``vhost`` on every running node; how many."""
+        count = 0
+        for n in self.nodes:
+            if n.name in self.stopped:
+                continue
+            out = self.ctl(n, "list_connections", "user", "vhost", "pid", "--no-table-headers")
+            mine = [line for line in out.splitlines() if line.split("\t")[:2] == [user, vhost]]
+            count += len(mine)
+            if mine:
+                self.ctl(
+                    n, "close_all_user_connections", user, "test: connection cut by the broker"
+                )
+        return count
 
     def node(self, name_or_index: str | int) -> Node:
         for n in self.nodes:
