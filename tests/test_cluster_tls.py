@@ -18,7 +18,7 @@ import pika
 import pytest
 
 from broker.connection import BrokerConfig, BrokerError, TlsFiles, connect_blocking
-from broker.topology import SUBMIT_EXCHANGE, inbox_queue
+from broker.topology import SUBMIT_EXCHANGE
 from envelopes.header import MAX_HEADER_BYTES, MAX_SEGMENT_SIZE
 from keys import tls
 from keys.codes import AgencyCode
@@ -123,7 +123,7 @@ def test_another_agencys_certificate_acts_as_that_agency_only(cworld):
         assert e.value.reply_code == 406
         ch = conn.channel()
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
-            ch.basic_get(inbox_queue(AgencyCode.parse(A)))
+            ch.basic_get(broker_config(cworld, A).inbox)
         assert e.value.reply_code == 403
     finally:
         if conn.is_open:
