@@ -37,6 +37,7 @@ MAX_IN_FLIGHT = 512
 MAX_BYTES_IN_FLIGHT = 32 * 1024 * 1024
 CONFIRM_TIMEOUT_S = 30.0
 MAX_ATTEMPTS = 10
+NACK_RETRY_S = 0.2  # first pause before a nacked message goes out again (doubling, 5 s at most)
 SEQ_HEADER = "x-cp-seq"
 TICK_S = 0.5
 
@@ -345,6 +346,7 @@ class ConfirmingPublisher:
         with self._lock:
             tags = [t for t in self._tags if t <= tag] if method.multiple else [tag]
             settled: list[tuple[_Pending, BaseException | None]] = []
+            retry: list[tuple[int, float]] = []
             for t in tags:
                 seq = self._tags.pop(t, None)
                 pending = self._pending.get(seq) if seq is not None else None
@@ -365,7 +367,12 @@ class ConfirmingPublisher:
                 elif pending.attempts >= MAX_ATTEMPTS:
                     settled.append((pending, BrokerError("broker refused the message repeatedly")))
                 else:
-                    self._to_send.append(pending.seq)  # nack: the broker could not take it yet
+                    # A nack: the broker could not take it yet (a quorum queue electing a new
+                    # leader after a node died nacks at once). Sent again after a growing
+                    # pause, not at once: ten immediate retries would all land in the election.
+                    retry.append(
+                        (pending.seq, min(NACK_RETRY_S * 2 ** (pending.attempts - 1), 5.0))
+                    )
             for pending, _ in settled:
                 self._pending.pop(pending.seq, None)
         for pending, error in settled:
@@ -373,8 +380,20 @@ class ConfirmingPublisher:
                 pending.future.set_result(None)
             else:
                 pending.future.set_exception(error)
+        conn = self._connection
+        for seq, delay in retry:
+            if conn is not None:
+                # On this connection's loop only: after a reconnect every unconfirmed message
+                # goes out again on the new channel anyway.
+                conn.ioloop.call_later(delay, lambda s=seq: self._retry(s))
         if self._to_send:
             self._send_queued()
+
+    def _retry(self, seq: int) -> None:
+        with self._lock:
+            if seq in self._pending and seq not in self._to_send:
+                self._to_send.append(seq)
+        self._send_queued()
 
     def _schedule_tick(self) -> None:
         if self._connection is not None and not self._closing:

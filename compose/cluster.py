@@ -139,19 +139,34 @@ class Cluster:
             tls=TlsFiles(self.ca_file, cert, key),
         )  # fmt: skip
 
-    def close_connections(self, user: str, vhost: str) -> int:
-        """Close every connection of ``user`` in ``vhost`` on every running node; how many."""
-        count = 0
+    def _running_node(self) -> Node:
         for n in self.nodes:
-            if n.name in self.stopped:
-                continue
-            out = self.ctl(n, "list_connections", "user", "vhost", "pid", "--no-table-headers")
-            mine = [line for line in out.splitlines() if line.split("\t")[:2] == [user, vhost]]
-            count += len(mine)
-            if mine:
-                self.ctl(
-                    n, "close_all_user_connections", user, "test: connection cut by the broker"
-                )
+            if n.name not in self.stopped:
+                return n
+        raise ClusterError("no node of the cluster runs")
+
+    def connections(self, node: Node, user: str, vhost: str) -> int:
+        """How many connections ``user`` has to ``node`` in ``vhost`` now (the listing is
+        cluster-wide; a connection's process id names its node)."""
+        out = self.ctl(
+            self._running_node(), "list_connections", "user", "vhost", "pid", "--no-table-headers"
+        )
+        return sum(
+            1
+            for line in out.splitlines()
+            if line.split("\t")[:2] == [user, vhost] and f"<{node.name}." in line
+        )
+
+    def close_connections(self, user: str, vhost: str) -> int:
+        """Close every connection of ``user`` in ``vhost`` on every node; how many there were."""
+        count = sum(
+            self.connections(n, user, vhost) for n in self.nodes if n.name not in self.stopped
+        )
+        if count:
+            self.ctl(
+                self._running_node(), "close_all_user_connections", user,
+                "test: connection cut by the broker",
+            )  # fmt: skip
         return count
 
     def node(self, name_or_index: str | int) -> Node:

@@ -63,7 +63,7 @@ def broker_config(world: World, code: str) -> BrokerConfig:
 
 
 def raw_connection(world: World, code: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(broker_config(world, code).parameters())
+    return connect_blocking(broker_config(world, code))
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, every: float = 0.1) -> bool:
