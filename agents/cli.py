@@ -863,7 +863,7 @@ def cmd_policy_sign(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from agents.demo import main as demo_main
 
-    return demo_main(args.admin_url, args.amqp_port, args.dir)
+    return demo_main(args.admin_url, args.amqp_port, args.dir, args.cluster_dir)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
@@ -1287,6 +1287,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--admin-url", default="http://guest:guest@127.0.0.1:15672", metavar="URL")
     sp.add_argument("--amqp-port", type=int, default=5672, metavar="PORT")
     sp.add_argument("--dir", type=Path, metavar="DIR", help="keep the demo's files here")
+    sp.add_argument(
+        "--cluster-dir",
+        type=Path,
+        metavar="DIR",
+        help="run on a cluster started by `python -m compose.cluster start --dir DIR` (a source"
+        " checkout): every node, TLS only, certificate login; --admin-url is then ignored",
+    )
 
     audit_cli.register(group, add)
 

@@ -44,11 +44,25 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(admin_url: str, amqp_port: int, keep: Path | None) -> int:
-    """Run the story; 0 if every step ended as it should."""
+def run_demo(
+    admin_url: str, amqp_port: int, keep: Path | None, cluster_dir: Path | None = None
+) -> int:
+    """Run the story; 0 if every step ended as it should. With ``cluster_dir`` (a cluster
+    started by ``python -m compose.cluster start``), on that cluster over TLS with
+    certificate login."""
     logs.configure(json_lines=False, level=logging.ERROR)
+    site = None
+    if cluster_dir is not None:
+        from compose.cluster import Cluster, ClusterError  # a source checkout's dev tool
+
+        try:
+            site = Cluster.load(cluster_dir).site()
+        except ClusterError as e:
+            _say(f"cipherpost demo: {e}")
+            return 1
+        admin_url = site.admin.base_url
     try:
-        Management.from_url(admin_url).get("/api/overview")
+        (site.admin if site is not None else Management.from_url(admin_url)).get("/api/overview")
     except ManagementError as e:
         _say(f"cipherpost demo needs RabbitMQ with the management plugin: {e}")
         _say(
@@ -59,7 +73,7 @@ def run_demo(admin_url: str, amqp_port: int, keep: Path | None) -> int:
     root = keep or Path(tempfile.mkdtemp(prefix="cipherpost-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     agencies = {PROVINCE: ("UBND tỉnh H41", Level.TOI_MAT), **COMMUNES}
-    world = build_world(root, agencies, admin_url=admin_url, amqp_port=amqp_port)
+    world = build_world(root, agencies, admin_url=admin_url, amqp_port=amqp_port, site=site)
     host = urllib.parse.urlsplit(admin_url).hostname
     _say(
         f"1. The cipher department set up vhost {world.vhost!r} on {host}: a CA, a province "
@@ -241,9 +255,11 @@ def _forged_directory(directory: Directory, code: str) -> Directory:
     return dataclasses.replace(directory, entries=entries)
 
 
-def main(admin_url: str, amqp_port: int, keep: Path | None) -> int:
+def main(
+    admin_url: str, amqp_port: int, keep: Path | None, cluster_dir: Path | None = None
+) -> int:
     try:
-        return run_demo(admin_url, amqp_port, keep)
+        return run_demo(admin_url, amqp_port, keep, cluster_dir)
     except CipherpostError as e:
         _say(f"demo stopped: {e}")
         return 1

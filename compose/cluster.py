@@ -458,7 +458,8 @@ def create(directory: Path, nodes: int = 3) -> Cluster:
         key = tls.new_key()
         cert = tls.issue_server(ca_cert, ca_key, key, [HOST, "localhost"], now)
         tls.write_key_and_cert(key, cert, folder / "node.key", folder / "node.crt")
-    cluster = Cluster(str(directory), members, secrets.token_urlsafe(18), tag)
+    # Hex: a password starting with "-" would read as an option to rabbitmqctl add_user.
+    cluster = Cluster(str(directory), members, secrets.token_hex(18), tag)
     for n in cluster.nodes:
         cluster._render(n)
     cluster.save()

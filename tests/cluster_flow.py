@@ -48,6 +48,12 @@ def cluster_world(cluster: Cluster, root: Path) -> World:
     )
 
 
+def longest_gap(t: float, stamps: list[float]) -> float:
+    """The longest stretch from ``t`` on without one of ``stamps`` (monotonic times)."""
+    points = [t, *sorted(x for x in stamps if x >= t)]
+    return max((b - a for a, b in itertools.pairwise(points)), default=0.0)
+
+
 @dataclass
 class Flow:
     world: World
@@ -142,9 +148,7 @@ class Flow:
     def longest_gap_after(self, t: float) -> float:
         """The longest time without a confirmed send from ``t`` on (the clients' outage)."""
         with self._lock:
-            stamps = sorted(x for x in self.done_at if x >= t)
-        points = [t, *stamps]
-        return max((b - a for a, b in itertools.pairwise(points)), default=0.0)
+            return longest_gap(t, self.done_at)
 
     # --- finishing -------------------------------------------------------------------------
 
