@@ -141,10 +141,14 @@ class BrokerConfig:
         """Parameters for every node, shuffled (pika tries them in turn)."""
         return [self.parameters(i) for i in self.node_order()]
 
+    def where(self) -> str:
+        """The nodes as ``host:port,host:port`` (for messages)."""
+        return ",".join(f"{h}:{p}" for h, p in self.endpoints)
+
     def describe(self) -> str:
         """For messages: no password."""
         scheme = "amqps" if self.tls is not None else "amqp"
-        hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
+        hosts = self.where()
         return f"{scheme}://{self.login}@{hosts}/{urllib.parse.quote(self.vhost, safe='')}"
 
     def to_json(self, base: Path | None = None) -> str:
