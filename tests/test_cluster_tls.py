@@ -217,3 +217,59 @@ def test_a_document_travels_over_tls_with_certificate_login(cworld, tmp_path):
         )
     finally:
         cworld.stop_gateways()
+
+
+def test_provisioning_creates_certificate_only_users_for_every_node(
+    cluster, cworld, tmp_path, monkeypatch
+):
+    """``broker provision --node ... --tls-ca ... --certificate-login``: users without any
+    password, credentials files naming every node, the TLS CA and the holder's own key."""
+    from agents.cli import main
+    from compose.cluster import ADMIN_USER
+
+    monkeypatch.setenv("CIPHERPOST_ADMIN_PASSWORD", cluster.admin_password)
+    creds = tmp_path / "creds"
+    vhost = cworld.vhost + "-cli"
+    prefix = cworld.prefix + "cli-"
+    admin = cluster.management(cluster.nodes[1])  # any node's API will do
+    args = ["broker", "provision", "--directory", str(cworld.directory_path),
+            "--ca-cert", str(cworld.ca_dir / "ca.crt"),
+            "--admin-url", f"https://{ADMIN_USER}@127.0.0.1:{cluster.nodes[1].management_port}",
+            "--tls-ca", str(cluster.ca_file), "--certificate-login", "--vhost", vhost,
+            "--login-prefix", prefix, "--credentials-dir", str(creds)]  # fmt: skip
+    for host, port in cluster.endpoints:
+        args += ["--node", f"{host}:{port}"]
+    try:
+        assert main(args) == 0
+        files = sorted(creds.glob("*.broker.json"))
+        # every directory entry (the gateway's code too), the gateway, witness and publisher logins
+        assert len(files) == len(cworld.directory.entries) + 3
+        login = prefix + A
+        config = BrokerConfig.load(creds / f"{login}.broker.json")
+        assert config.password == "" and config.certificate_login
+        assert config.endpoints == tuple(cluster.endpoints)
+        assert config.tls is not None and config.tls.cert == creds / f"{login}.tls.crt"
+        user = admin.get(f"/api/users/{admin.q(login)}")
+        assert user["password_hash"] == ""
+        # No password logs in: PLAIN is not even offered.
+        _refused(_with_tls(config, TlsFiles(cluster.ca_file), password="guessed"))
+        # The holder's own key and a certificate from the TLS CA make it work.
+        cluster.site().issue_client(login, creds, dt.datetime.now(dt.UTC))
+        connect_blocking(config).close()
+        assert "directory publish" in capsys_free_usage(main, args)
+    finally:
+        admin.delete(f"/api/vhosts/{admin.q(vhost)}")
+        for f in creds.glob("*.broker.json"):
+            admin.delete(f"/api/users/{admin.q(f.name.removesuffix('.broker.json'))}")
+
+
+def capsys_free_usage(main, args) -> str:
+    """--publish with certificate login is a usage error (exit 2) naming the way to publish."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([*args, "--publish"])
+    assert code == 2
+    return err.getvalue()
