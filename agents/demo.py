@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 import shutil
 import tempfile
 import urllib.parse
@@ -23,12 +24,13 @@ from pathlib import Path
 
 import envelopes
 from agents import logs
-from agents.world import World, build_world
+from agents.world import PASSPHRASE, BrokerSite, World, build_world
 from broker.management import Management, ManagementError
 from broker.provision import WITNESS_LOGIN
 from keys.codes import AgencyCode
 from keys.directory import Directory
 from keys.errors import CipherpostError, Refused
+from keys.keystore import PASSPHRASE_ENV
 from keys.levels import Level, Urgency
 
 PROVINCE = "000.00.00.H41"
@@ -53,11 +55,9 @@ def run_demo(
     logs.configure(json_lines=False, level=logging.ERROR)
     site = None
     if cluster_dir is not None:
-        from compose.cluster import Cluster, ClusterError  # a source checkout's dev tool
-
         try:
-            site = Cluster.load(cluster_dir).site()
-        except ClusterError as e:
+            site = BrokerSite.load(cluster_dir)
+        except CipherpostError as e:
             _say(f"cipherpost demo: {e}")
             return 1
         admin_url = site.admin.base_url
@@ -195,6 +195,18 @@ def _story(world: World) -> int:
 
 def _audit(world: World, eid: str) -> int:
     """The cipher department witnesses the checkpoints, verifies the log, checks one proof."""
+    # The witness's key is the throwaway world's: its commands read the passphrase from the
+    # environment, as a person's would (set only while they run, and only if unset).
+    saved = os.environ.get(PASSPHRASE_ENV)
+    os.environ.setdefault(PASSPHRASE_ENV, PASSPHRASE.decode())
+    try:
+        return _audit_commands(world, eid)
+    finally:
+        if saved is None:
+            os.environ.pop(PASSPHRASE_ENV, None)
+
+
+def _audit_commands(world: World, eid: str) -> int:
     from agents.cli import main as cli  # the same commands a person types
 
     ca_cert = str(world.ca_dir / "ca.crt")

@@ -8,6 +8,7 @@ the vhost and every broker user it created.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from keys.auditkey import AUDIT_CERT_FILE, AuditKeyRequest, make_audit_key
 from keys.certs import ROLE_WITNESS
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState, build_directory
+from keys.errors import CipherpostError
 from keys.levels import Level
 
 PASSPHRASE = b"throwaway-world-passphrase"
@@ -70,6 +72,24 @@ class BrokerSite:
     @property
     def endpoints(self) -> Endpoints:
         return Endpoints(self.nodes, self.tls_ca_dir / tls.TLS_CA_CERT_FILE, True)
+
+    @classmethod
+    def load(cls, cluster_dir: Path) -> BrokerSite:
+        """The cluster that ``python -m compose.cluster start --dir DIR`` started (its
+        ``cluster.json``, mode 0600, holds the nodes' ports and the admin's password)."""
+        try:
+            state = json.loads((cluster_dir / "cluster.json").read_text())
+            nodes = state["nodes"]
+            admin = Management(
+                f"https://127.0.0.1:{nodes[0]['management_port']}",
+                "cp-admin",
+                str(state["admin_password"]),
+                cluster_dir / "tls" / tls.TLS_CA_CERT_FILE,
+            )
+            endpoints = tuple(("127.0.0.1", int(n["amqp_port"])) for n in nodes)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CipherpostError(f"{cluster_dir}: no cluster started there ({e})") from None
+        return cls(admin, endpoints, cluster_dir / "tls")
 
     def issue_client(self, login: str, folder: Path, now: dt.datetime) -> None:
         """What enrollment does for a broker login: the holder makes a TLS key and a request

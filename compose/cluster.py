@@ -126,7 +126,7 @@ class Cluster:
 
     def site(self) -> BrokerSite:
         """The cluster as a world builder's broker: every node, certificate login."""
-        return BrokerSite(self.management(), tuple(self.endpoints), self.tls_dir)
+        return BrokerSite.load(self.root)
 
     def admin_broker(self, vhost: str) -> BrokerConfig:
         """The admin over AMQP (tests: exact queue depths), by its own client certificate."""

@@ -273,3 +273,12 @@ def capsys_free_usage(main, args) -> str:
         code = main([*args, "--publish"])
     assert code == 2
     return err.getvalue()
+
+
+def test_the_demo_runs_over_tls_with_certificate_login(cluster, capsys):
+    """``cipherpost demo --cluster-dir DIR`` (README): the whole story on the cluster."""
+    from agents.demo import main as demo
+
+    assert demo("unused", 0, None, cluster.root) == 0
+    out = capsys.readouterr().out
+    assert "demo complete: every step ended as expected" in out
