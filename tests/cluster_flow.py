@@ -61,7 +61,7 @@ class Flow:
     receivers: list[str]
     tmp: Path
     sent: dict[str, tuple[str, str]] = field(default_factory=dict)  # eid -> (sender, sha256)
-    done_at: list[float] = field(default_factory=list)  # when each send was confirmed
+    done_at: dict[str, list[float]] = field(default_factory=dict)  # sender -> confirm times
     errors: list[str] = field(default_factory=list)
     followers: dict[str, Client] = field(default_factory=dict)
 
@@ -126,7 +126,7 @@ class Flow:
                     continue
                 with self._lock:
                     self.sent[eid] = (code, hashlib.sha256(doc.read_bytes()).hexdigest())
-                    self.done_at.append(time.monotonic())
+                    self.done_at.setdefault(code, []).append(time.monotonic())
                 self._stop_sending.wait(PACE_S)
 
     def pause_senders(self) -> None:
@@ -146,9 +146,10 @@ class Flow:
             pytest.fail(f"the flow stalled {what}: {self.errors[-3:]}", pytrace=False)
 
     def longest_gap_after(self, t: float) -> float:
-        """The longest time without a confirmed send from ``t`` on (the clients' outage)."""
+        """The longest time one sender went without a confirmed send from ``t`` on (its
+        outage), the worst sender's."""
         with self._lock:
-            return longest_gap(t, self.done_at)
+            return max((longest_gap(t, stamps) for stamps in self.done_at.values()), default=0.0)
 
     # --- finishing -------------------------------------------------------------------------
 
