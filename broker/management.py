@@ -50,10 +50,6 @@ class Management:
         """The same API over https, trusting ``cafile`` for the node's certificate."""
         return Management(self.base_url, self.username, self.password, cafile)
 
-    def on(self, base_url: str) -> Management:
-        """The same admin on another node's API (a cluster: spread the calls)."""
-        return Management(base_url, self.username, self.password, self.cafile)
-
     @classmethod
     def from_url(cls, url: str) -> Management:
         """Parse ``http://user:pass@host:15672`` (credentials may also be absent: guest)."""

@@ -29,11 +29,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from string import Template
 
 from agents.world import BrokerSite
 from broker.connection import BrokerConfig, TlsFiles
 from broker.management import Management
+from compose.rabbitmq.render import render
 from keys import tls
 from keys.keystore import write_private_file
 
@@ -52,9 +52,10 @@ class ClusterError(Exception):
 
 
 def render_config(template: str, values: dict[str, str]) -> str:
-    """Fill every ``${NAME}``; a placeholder without a value is an error, not a blank."""
+    """Fill every ``${NAME}`` the way the compose stack does (compose/rabbitmq/render.py);
+    a placeholder without a value is an error, not a blank."""
     try:
-        return Template(template).substitute(values)
+        return render(template, values)
     except KeyError as e:
         raise ClusterError(f"rabbitmq.conf: no value for ${{{e.args[0]}}}") from None
 
@@ -254,7 +255,7 @@ class Cluster:
         }
         values = {
             "LISTEN_IP": HOST,
-            "AMQPS_PORT": str(node.amqp_port),
+            "AMQPS_PORT": f"{HOST}:{node.amqp_port}",  # loopback only
             "MANAGEMENT_PORT": str(node.management_port),
             "PROMETHEUS_PORT": str(node.prometheus_port),
             "TLS_CA": str(self.ca_file),
