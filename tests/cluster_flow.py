@@ -129,6 +129,13 @@ class Flow:
                     self.done_at.setdefault(code, []).append(time.monotonic())
                 self._stop_sending.wait(PACE_S)
 
+    def close(self) -> None:
+        """Stop every sender and receiver (what a test leaves behind when it fails)."""
+        self._stop_receiving.set()
+        self.pause_senders()
+        for t in self._receivers:
+            t.join(60)
+
     def pause_senders(self) -> None:
         """Stop sending for now (what was sent stays queued); :meth:`start` goes on."""
         self._stop_sending.set()

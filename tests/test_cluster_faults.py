@@ -43,8 +43,7 @@ def flow(cluster, tmp_path):
     try:
         yield f
     finally:
-        f._stop_sending.set()
-        f._stop_receiving.set()
+        f.close()
         for node in cluster.nodes:  # the next test gets the whole cluster back
             if node.name in cluster.stopped:
                 cluster.start_node(node)
@@ -69,7 +68,7 @@ def test_kill_9_of_the_node_leading_the_submit_lane(cluster, flow, capsys):
     leader = cluster.leader(flow.world.vhost, submit_queue(AgencyCode.parse(A)))
     t = time.monotonic()
     cluster.kill(leader)
-    flow.wait_sent(20, "after kill -9 of the leader")
+    flow.wait_sent(10, "after kill -9 of the leader")
     with capsys.disabled():
         print(f"\nkill -9 {leader.name}: longest outage {flow.longest_gap_after(t):.1f} s")
     cluster.start_node(leader)
@@ -84,7 +83,7 @@ def test_stop_app_of_the_node_a_gateway_is_connected_to(cluster, flow, capsys):
     node = gateway_node(cluster, flow.world)
     t = time.monotonic()
     cluster.stop_app(node)
-    flow.wait_sent(20, "after stop_app")
+    flow.wait_sent(10, "after stop_app")
     with capsys.disabled():
         print(f"\nstop_app {node.name}: longest outage {flow.longest_gap_after(t):.1f} s")
     cluster.start_app(node)
