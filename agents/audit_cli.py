@@ -165,7 +165,7 @@ def cmd_witness(args: argparse.Namespace) -> int:
         say(
             args,
             f"witnessing: waiting for the gateways' checkpoints on {WITNESS_QUEUE} at"
-            f" {broker.host}:{broker.port} ({len(witness.last_seen)} log(s) held in"
+            f" {broker.where()} ({len(witness.last_seen)} log(s) held in"
             f" {args.store}); a log silent {args.stale_after:g} s is an alarm; Ctrl-C stops",
         )
     else:

@@ -661,7 +661,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
         if args.follow:
             say(
                 args,
-                f"receiving for {client.keys.code} from {client.broker.host}:{client.broker.port}"
+                f"receiving for {client.keys.code} from {client.broker.where()}"
                 f" into {client.config.inbox}; waiting for documents and notices (Ctrl-C stops)",
             )
         try:
@@ -768,14 +768,22 @@ def cmd_broker_provision(args: argparse.Namespace) -> int:
     trust = TrustState.default()
     directory = _load_directory(args, trust)
     mgmt = Management.for_operator(args.admin_url, args.admin_password_file)
+    endpoints = _endpoints(args)
+    if args.tls_ca is not None:
+        mgmt = mgmt.with_ca(args.tls_ca)
+    if args.publish and endpoints.certificate_login:
+        raise UsageError(
+            "--publish logs in as the admin with a password, which a certificate-login broker"
+            " does not take: publish with `cipherpost directory publish --broker"
+            " CREDS/cp-cipher.broker.json`"
+        )
     result = provision(
         mgmt,
         args.vhost,
         directory,
-        amqp_host=args.amqp_host,
-        amqp_port=args.amqp_port,
         login_prefix=args.login_prefix,
         credentials_dir=args.credentials_dir,
+        endpoints=endpoints,
     )
     lines = list(result.changes) or ["nothing to change: the broker matches the directory"]
     in_kits = []
@@ -814,6 +822,26 @@ def cmd_broker_provision(args: argparse.Namespace) -> int:
         *lines,
     )  # fmt: skip
     return 0
+
+
+def _endpoints(args: argparse.Namespace) -> Any:
+    """Where provisioned clients connect: ``--node`` (repeatable) or --amqp-host/--amqp-port,
+    TLS with ``--tls-ca``, certificate-only users with ``--certificate-login``."""
+    from broker.provision import Endpoints
+
+    nodes = []
+    for item in args.node or []:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise UsageError(f"--node {item!r}: give HOST:PORT, e.g. rabbit-1:5671")
+        nodes.append((host, int(port)))
+    if args.certificate_login and args.tls_ca is None:
+        raise UsageError("--certificate-login needs --tls-ca (the CA of the nodes' certificates)")
+    return Endpoints(
+        tuple(nodes) or ((args.amqp_host, args.amqp_port),),
+        args.tls_ca.resolve() if args.tls_ca is not None else None,
+        args.certificate_login,
+    )
 
 
 def cmd_broker_rotate(args: argparse.Namespace) -> int:
@@ -863,7 +891,7 @@ def cmd_policy_sign(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from agents.demo import main as demo_main
 
-    return demo_main(args.admin_url, args.amqp_port, args.dir)
+    return demo_main(args.admin_url, args.amqp_port, args.dir, args.cluster_dir)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
@@ -1230,6 +1258,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--amqp-host", default="127.0.0.1", metavar="HOST")
         sp.add_argument("--amqp-port", type=int, default=5672, metavar="PORT")
         sp.add_argument(
+            "--node",
+            action="append",
+            metavar="HOST:PORT",
+            help="a node of a cluster (repeat for each; replaces --amqp-host/--amqp-port):"
+            " clients try them in shuffled order (docs/cluster.md)",
+        )
+        sp.add_argument(
+            "--tls-ca",
+            type=Path,
+            metavar="FILE",
+            help="TLS: the CA certificate the nodes' certificates chain to; clients pin it and"
+            " the management API (https) is checked against it",
+        )
+        sp.add_argument(
+            "--certificate-login",
+            action="store_true",
+            help="users without any password: each logs in with its TLS client certificate"
+            " (<login>.tls.crt/.key beside its credentials file, issued by the TLS CA)",
+        )
+        sp.add_argument(
             "--credentials-dir",
             type=Path,
             default=Path("broker-credentials"),
@@ -1287,6 +1335,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--admin-url", default="http://guest:guest@127.0.0.1:15672", metavar="URL")
     sp.add_argument("--amqp-port", type=int, default=5672, metavar="PORT")
     sp.add_argument("--dir", type=Path, metavar="DIR", help="keep the demo's files here")
+    sp.add_argument(
+        "--cluster-dir",
+        type=Path,
+        metavar="DIR",
+        help="run on a cluster started by `python -m compose.cluster start --dir DIR` (a source"
+        " checkout): every node, TLS only, certificate login; --admin-url is then ignored",
+    )
 
     audit_cli.register(group, add)
 

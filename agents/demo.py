@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 import shutil
 import tempfile
 import urllib.parse
@@ -23,12 +24,13 @@ from pathlib import Path
 
 import envelopes
 from agents import logs
-from agents.world import World, build_world
+from agents.world import PASSPHRASE, BrokerSite, World, build_world
 from broker.management import Management, ManagementError
 from broker.provision import WITNESS_LOGIN
 from keys.codes import AgencyCode
 from keys.directory import Directory
 from keys.errors import CipherpostError, Refused
+from keys.keystore import PASSPHRASE_ENV
 from keys.levels import Level, Urgency
 
 PROVINCE = "000.00.00.H41"
@@ -44,11 +46,23 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(admin_url: str, amqp_port: int, keep: Path | None) -> int:
-    """Run the story; 0 if every step ended as it should."""
+def run_demo(
+    admin_url: str, amqp_port: int, keep: Path | None, cluster_dir: Path | None = None
+) -> int:
+    """Run the story; 0 if every step ended as it should. With ``cluster_dir`` (a cluster
+    started by ``python -m compose.cluster start``), on that cluster over TLS with
+    certificate login."""
     logs.configure(json_lines=False, level=logging.ERROR)
+    site = None
+    if cluster_dir is not None:
+        try:
+            site = BrokerSite.load(cluster_dir)
+        except CipherpostError as e:
+            _say(f"cipherpost demo: {e}")
+            return 1
+        admin_url = site.admin.base_url
     try:
-        Management.from_url(admin_url).get("/api/overview")
+        (site.admin if site is not None else Management.from_url(admin_url)).get("/api/overview")
     except ManagementError as e:
         _say(f"cipherpost demo needs RabbitMQ with the management plugin: {e}")
         _say(
@@ -59,7 +73,7 @@ def run_demo(admin_url: str, amqp_port: int, keep: Path | None) -> int:
     root = keep or Path(tempfile.mkdtemp(prefix="cipherpost-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     agencies = {PROVINCE: ("UBND tỉnh H41", Level.TOI_MAT), **COMMUNES}
-    world = build_world(root, agencies, admin_url=admin_url, amqp_port=amqp_port)
+    world = build_world(root, agencies, admin_url=admin_url, amqp_port=amqp_port, site=site)
     host = urllib.parse.urlsplit(admin_url).hostname
     _say(
         f"1. The cipher department set up vhost {world.vhost!r} on {host}: a CA, a province "
@@ -181,6 +195,18 @@ def _story(world: World) -> int:
 
 def _audit(world: World, eid: str) -> int:
     """The cipher department witnesses the checkpoints, verifies the log, checks one proof."""
+    # The witness's key is the throwaway world's: its commands read the passphrase from the
+    # environment, as a person's would (set only while they run, and only if unset).
+    saved = os.environ.get(PASSPHRASE_ENV)
+    os.environ.setdefault(PASSPHRASE_ENV, PASSPHRASE.decode())
+    try:
+        return _audit_commands(world, eid)
+    finally:
+        if saved is None:
+            os.environ.pop(PASSPHRASE_ENV, None)
+
+
+def _audit_commands(world: World, eid: str) -> int:
     from agents.cli import main as cli  # the same commands a person types
 
     ca_cert = str(world.ca_dir / "ca.crt")
@@ -241,9 +267,11 @@ def _forged_directory(directory: Directory, code: str) -> Directory:
     return dataclasses.replace(directory, entries=entries)
 
 
-def main(admin_url: str, amqp_port: int, keep: Path | None) -> int:
+def main(
+    admin_url: str, amqp_port: int, keep: Path | None, cluster_dir: Path | None = None
+) -> int:
     try:
-        return run_demo(admin_url, amqp_port, keep)
+        return run_demo(admin_url, amqp_port, keep, cluster_dir)
     except CipherpostError as e:
         _say(f"demo stopped: {e}")
         return 1

@@ -230,7 +230,7 @@ class Doctor:
                 "the broker refused the login: ask the cipher department for new credentials "
                 "(`broker provision`) and put them in " + str(config.broker_credentials)
                 if "refused" in text or "password" in text or "login" in text
-                else f"check that RabbitMQ runs at {broker.host}:{broker.port} and is reachable"
+                else f"check that RabbitMQ runs at {broker.where()} and is reachable"
             )
             self._add("broker", "FAIL", text, fix)
             return None

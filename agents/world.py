@@ -8,6 +8,7 @@ the vhost and every broker user it created.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -21,17 +22,19 @@ from broker.provision import (
     GATEWAY_LOGIN,
     PUBLISHER_LOGIN,
     WITNESS_LOGIN,
+    Endpoints,
     delete_vhost,
     provision,
 )
 from gateway.config import GatewayConfig
 from gateway.policy import sign_policy
 from gateway.service import Gateway, load
-from keys import agency, ca
+from keys import agency, ca, tls
 from keys.auditkey import AUDIT_CERT_FILE, AuditKeyRequest, make_audit_key
 from keys.certs import ROLE_WITNESS
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState, build_directory
+from keys.errors import CipherpostError
 from keys.levels import Level
 
 PASSPHRASE = b"throwaway-world-passphrase"
@@ -54,6 +57,47 @@ reason = "exchanges inside province H41"
 sender = "*.H41"
 recipients = "*.H41"
 """
+
+
+@dataclass(frozen=True)
+class BrokerSite:
+    """A broker other than the machine's single node: a cluster's nodes over TLS, every client
+    logging in with a certificate issued by ``tls_ca_dir`` (the cipher department's TLS CA).
+    ``admin`` is the management API of one node (https, trusting the TLS CA)."""
+
+    admin: Management
+    nodes: tuple[tuple[str, int], ...]
+    tls_ca_dir: Path
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return Endpoints(self.nodes, self.tls_ca_dir / tls.TLS_CA_CERT_FILE, True)
+
+    @classmethod
+    def load(cls, cluster_dir: Path) -> BrokerSite:
+        """The cluster that ``python -m compose.cluster start --dir DIR`` started (its
+        ``cluster.json``, mode 0600, holds the nodes' ports and the admin's password)."""
+        try:
+            state = json.loads((cluster_dir / "cluster.json").read_text())
+            nodes = state["nodes"]
+            admin = Management(
+                f"https://127.0.0.1:{nodes[0]['management_port']}",
+                "cp-admin",
+                str(state["admin_password"]),
+                cluster_dir / "tls" / tls.TLS_CA_CERT_FILE,
+            )
+            endpoints = tuple(("127.0.0.1", int(n["amqp_port"])) for n in nodes)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CipherpostError(f"{cluster_dir}: no cluster started there ({e})") from None
+        return cls(admin, endpoints, cluster_dir / "tls")
+
+    def issue_client(self, login: str, folder: Path, now: dt.datetime) -> None:
+        """What enrollment does for a broker login: the holder makes a TLS key and a request
+        (its common name = the login), the cipher department's TLS CA issues it."""
+        key = tls.new_key()
+        ca_cert, ca_key = tls.open_ca(self.tls_ca_dir)
+        cert = tls.issue_client(ca_cert, ca_key, tls.make_request(login, key), now)
+        tls.write_key_and_cert(key, cert, folder / f"{login}.tls.key", folder / f"{login}.tls.crt")
 
 
 @dataclass
@@ -135,6 +179,7 @@ def build_world(
     vhost: str | None = None,
     policy_text: str = DEFAULT_POLICY,
     gateways: tuple[str, ...] = ("gw1",),
+    site: BrokerSite | None = None,
     now: dt.datetime | None = None,
     checkpoint_every: int = 1000,
     checkpoint_seconds: float = 2.0,
@@ -146,7 +191,7 @@ def build_world(
         root,
         vhost or f"cp-{tag}",
         f"cp{tag}-",
-        Management.from_url(admin_url),
+        site.admin if site is not None else Management.from_url(admin_url),
         {code: clearance for code, (_, clearance) in agencies.items()},
     )
     ca.init_ca(world.ca_dir, PASSPHRASE, now, "Ban Cơ yếu (throwaway)")
@@ -168,14 +213,18 @@ def build_world(
         ca_certificate=authority.certificate,
     )
     creds = root / "broker-credentials"
-    provision(
+    provisioned = provision(
         world.mgmt,
         world.vhost,
         world.directory,
         amqp_port=amqp_port,
         login_prefix=world.prefix,
         credentials_dir=creds,
+        endpoints=site.endpoints if site is not None else None,
     )
+    if site is not None:
+        for login in provisioned.new_credentials:
+            site.issue_client(login, creds, now)
     # The cipher department's witness cosigns the checkpoints it checked: its own key.
     witness_req = make_audit_key(world.witness_key, AgencyCode.parse(GATEWAY_CODE), PASSPHRASE, now)
     ca.issue_audit(

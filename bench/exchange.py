@@ -1,6 +1,7 @@
 """Exchange throughput and latency against a raw two-hop pika baseline, same RabbitMQ, same run.
 
     .venv/bin/python bench/exchange.py [--json] [--small 5000] [--large-mib 256]
+    .venv/bin/python bench/exchange.py --cluster          # on a native 3-node TLS cluster
 
 - small: 1 KiB documents, one recipient: agent send -> gateway (a separate
   ``cipherpost gateway run`` process) -> agent receive (verified, decrypted,
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,15 +43,22 @@ import pika  # noqa: E402
 
 from agents import logs  # noqa: E402
 from agents.world import PASSPHRASE, World, build_world  # noqa: E402
-from broker.connection import BrokerConfig  # noqa: E402
+from broker.connection import BrokerConfig, connect_blocking  # noqa: E402
 from broker.consumer import Consumer, Delivery  # noqa: E402
 from broker.publisher import ConfirmingPublisher  # noqa: E402
 from broker.topology import QUEUE_ARGUMENTS  # noqa: E402
+from compose.cluster import Cluster  # noqa: E402
+from compose.cluster import start as start_cluster  # noqa: E402
 from keys.codes import AgencyCode  # noqa: E402
 from keys.levels import Level  # noqa: E402
 from tests.helpers import commune_code  # noqa: E402
 
 ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
+# The admin's AMQP login for the baseline and the consumer checks: guest on the machine's
+# node; on a cluster (--cluster), the cluster admin's client certificate.
+admin_config: Callable[[str], BrokerConfig] = lambda vhost: BrokerConfig(  # noqa: E731
+    "guest", "guest", vhost=vhost
+)
 PROVINCE = "000.00.00.H41"
 PREFETCH = 32
 
@@ -66,8 +75,8 @@ def vm_hwm_mib(pid: int | str = "self") -> float:
 
 def baseline(vhost: str, n: int, size: int) -> float:
     """Seconds to move ``n`` messages of ``size`` bytes over two hops with raw pika."""
-    admin = BrokerConfig("guest", "guest", vhost=vhost)
-    conn = pika.BlockingConnection(admin.parameters())
+    admin = admin_config(vhost)
+    conn = connect_blocking(admin)
     ch = conn.channel()
     for q in ("bench.q1", "bench.q2"):
         ch.queue_declare(q, durable=True, arguments=QUEUE_ARGUMENTS)
@@ -168,7 +177,7 @@ class Receiver:
 
 def wait_for_consumers(world: World, codes: list[str], timeout: float = 300) -> None:
     """Until every inbox queue has its agent attached."""
-    conn = pika.BlockingConnection(BrokerConfig("guest", "guest", vhost=world.vhost).parameters())
+    conn = connect_blocking(admin_config(world.vhost))
     try:
         ch = conn.channel()
         deadline = time.monotonic() + timeout
@@ -209,7 +218,36 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=5000, help="small envelopes (5000)")
     parser.add_argument("--latency", type=int, default=1000, help="envelopes for latency (1000)")
     parser.add_argument("--large-mib", type=int, default=256, help="large document MiB (256)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run on a native 3-node TLS-only cluster started for this run (compose/cluster.py)"
+        " instead of the machine's node; clients log in with certificates",
+    )
+    where.add_argument(
+        "--cluster-dir",
+        type=Path,
+        metavar="DIR",
+        help="run on an already started cluster (python -m compose.cluster start --dir DIR)",
+    )
     args = parser.parse_args()
+    global admin_config
+    cluster = None
+    if args.cluster_dir is not None:
+        cluster = Cluster.load(args.cluster_dir)
+    elif args.cluster:
+        cluster = start_cluster(Path(tempfile.mkdtemp(prefix="cp-bench-cluster-")))
+    if cluster is not None:
+        admin_config = cluster.admin_broker
+    try:
+        return run(args, cluster)
+    finally:
+        if args.cluster and cluster is not None:
+            cluster.destroy()
+
+
+def run(args: argparse.Namespace, cluster: Cluster | None) -> int:
     logs.configure(json_lines=False, level=logging.ERROR)
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
 
@@ -217,7 +255,8 @@ def main() -> int:
     agencies = {PROVINCE: ("Tỉnh", Level.TOI_MAT), **communes}
     with tempfile.TemporaryDirectory(prefix="cp-bench-x-") as tmp:
         work = Path(tmp)
-        world = build_world(work / "w", agencies, admin_url=ADMIN_URL)
+        site = cluster.site() if cluster is not None else None
+        world = build_world(work / "w", agencies, admin_url=ADMIN_URL, site=site)
         gw = gateway_process(world)
         receiver = None
         try:

@@ -10,6 +10,12 @@ publisher confirms a forward): :meth:`Delivery.ack` hands the ack to the
 connection's own thread with ``add_callback_threadsafe``. An ack for a
 delivery of a connection that has since died is dropped: the broker
 redelivers that message, and the consumer deduplicates it.
+
+In a cluster nothing stops it silently: a broker-initiated cancel (the queue's
+node went down, the queue was deleted) is logged and consumed again; a 404
+because a queue's home node is down, a connection closed by a stopping node, a
+lost link: logged, then a reconnect to another node (shuffled, jittered
+backoff). A recovery is logged when it succeeds, too.
 """
 
 from __future__ import annotations
@@ -21,15 +27,10 @@ from dataclasses import dataclass
 
 import pika
 import pika.adapters.blocking_connection
+import pika.frame
 import pika.spec
 
-from broker.connection import (
-    RECONNECT_INITIAL_S,
-    RECONNECT_MAX_S,
-    BrokerConfig,
-    BrokerError,
-    connect_blocking,
-)
+from broker.connection import Backoff, BrokerConfig, BrokerError, connect_blocking
 from broker.topology import shown
 from keys.logsetup import get_logger
 
@@ -160,8 +161,9 @@ class Consumer:
         """
         self._drain = drain
         self._last = time.monotonic()  # idle time counts across reconnects
-        backoff = RECONNECT_INITIAL_S
+        backoff = Backoff()
         unreachable: BrokerError | None = None
+        lost = False
         while not self._stop.is_set():
             if until_idle is not None and time.monotonic() - self._last > until_idle:
                 if unreachable is not None:
@@ -174,14 +176,15 @@ class Consumer:
             except BrokerError as e:
                 log.warning("consumer_connect_failed", queue=shown(self.queue), error=str(e))
                 unreachable = e
-                if self._stop.wait(backoff):
+                lost = True
+                if self._stop.wait(backoff.next()):
                     return
-                backoff = min(backoff * 2, RECONNECT_MAX_S)
                 continue
             unreachable = None
-            backoff = RECONNECT_INITIAL_S
+            if lost:
+                log.info("consumer_reconnected", queue=shown(self.queue), node=_node(connection))
             try:
-                if self._consume(connection, until_idle):
+                if self._consume(connection, until_idle, backoff):
                     return
             except (
                 pika.exceptions.AMQPConnectionError,
@@ -191,16 +194,27 @@ class Consumer:
                 pika.exceptions.ConnectionClosed,
             ) as e:
                 self.connected.clear()
+                lost = True
                 if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == 403:
                     raise BrokerError(f"broker denied access to queue {self.queue}") from e
-                if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == 404:
+                if (
+                    isinstance(e, pika.exceptions.ChannelClosedByBroker)
+                    and e.reply_code == 404
+                    and "home node" not in str(e.reply_text)
+                ):
                     raise BrokerError(
                         f"queue {shown(self.queue)} does not exist (not provisioned?)"
                     ) from e
+                # A queue whose home node is down (404 "home node ... is down"), a node that
+                # is stopping (320), a lost link: another node may serve it now.
                 log.warning(
-                    "consumer_connection_lost", queue=shown(self.queue), error=type(e).__name__
+                    "consumer_connection_lost",
+                    queue=shown(self.queue),
+                    node=_node(connection),
+                    error=type(e).__name__,
+                    detail=str(e)[:160],
                 )
-                if self._stop.wait(backoff):
+                if self._stop.wait(backoff.next()):
                     return
             finally:
                 self.connected.clear()
@@ -210,10 +224,22 @@ class Consumer:
                     except Exception:  # noqa: S110 - closing a broken connection
                         pass
 
-    def _consume(self, connection: pika.BlockingConnection, until_idle: float | None) -> bool:
+    def _consume(
+        self, connection: pika.BlockingConnection, until_idle: float | None, backoff: Backoff
+    ) -> bool:
         channel = connection.channel()
         channel.basic_qos(prefetch_count=self.prefetch)
         by_tag: dict[str, str] = {}
+        cancelled: list[str] = []
+
+        def on_cancel(frame: pika.frame.Method) -> None:
+            # The broker ended a consumer (its queue's node went down, or the queue was
+            # deleted): consumed again below, never a silent stop.
+            name = by_tag.pop(frame.method.consumer_tag, "?")
+            cancelled.append(name)
+            log.warning("consumer_cancelled_by_broker", queue=shown(name), node=_node(connection))
+
+        channel.add_on_cancel_callback(on_cancel)
 
         def on_message(
             ch: pika.adapters.blocking_connection.BlockingChannel,
@@ -248,12 +274,22 @@ class Consumer:
 
         consume_new()
         self.connected.set()
+        backoff.reset()
         if self.on_connected is not None:
             self.on_connected()
         refreshed = time.monotonic()
         while not self._stop.is_set():
             connection.process_data_events(time_limit=POLL_S)
             self._batch_end()
+            if cancelled:
+                # A 404 here (home node down) closes the channel: the caller reconnects.
+                consume_new()
+                log.info(
+                    "consumer_resumed",
+                    queues=",".join(shown(c) for c in cancelled),
+                    node=_node(connection),
+                )
+                cancelled.clear()
             if until_idle is not None and time.monotonic() - self._last > until_idle:
                 self._stop.set()
             if not isinstance(self._queues, str) and time.monotonic() - refreshed > REFRESH_S:
@@ -285,6 +321,12 @@ class Consumer:
         # make a whole batch durable at once (one commit, one fsync round) and settle it.
         if self.on_batch_end is not None:
             self.on_batch_end()
+
+
+def _node(connection: pika.BlockingConnection) -> str:
+    """host:port of the node a connection went to (for logs)."""
+    params = getattr(getattr(connection, "_impl", None), "params", None)
+    return f"{params.host}:{params.port}" if params is not None else "?"
 
 
 def _exists(connection: pika.BlockingConnection, queue: str) -> bool:

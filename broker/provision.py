@@ -16,13 +16,14 @@ once; they are never logged.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker import topology
-from broker.connection import BrokerConfig
+from broker.connection import BrokerConfig, TlsFiles
 from broker.management import Management, ManagementError
 from keys.codes import AgencyCode
 from keys.directory import Directory
@@ -31,6 +32,34 @@ from keys.errors import CipherpostError
 GATEWAY_LOGIN = "cp-gateway"
 WITNESS_LOGIN = "cp-witness"
 PUBLISHER_LOGIN = "cp-cipher"  # the cipher department: publishes directory versions
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the provisioned clients connect: the nodes, and for TLS the CA file clients pin
+    and whether they log in with a certificate (then users get no password at all)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    tls_ca: Path | None = None
+    certificate_login: bool = False
+
+    def config(
+        self, login: str, password: str, vhost: str, folder: Path, queues: tuple[str, str]
+    ) -> BrokerConfig:
+        """The credentials of ``login``; its TLS key and certificate are expected beside the
+        file, as ``<login>.tls.key`` / ``<login>.tls.crt`` (made by the agency, issued by the
+        cipher department: see docs/cluster.md)."""
+        tls = None
+        if self.tls_ca is not None:
+            cert = folder / f"{login}.tls.crt" if self.certificate_login else None
+            key = folder / f"{login}.tls.key" if self.certificate_login else None
+            tls = TlsFiles(self.tls_ca, cert, key)
+        host, port = self.nodes[0]
+        nodes = self.nodes if len(self.nodes) > 1 else ()
+        inbox, feed = queues
+        return BrokerConfig(
+            login, password, host, port, vhost, inbox=inbox, feed=feed, nodes=nodes, tls=tls
+        )
 
 
 @dataclass
@@ -93,8 +122,8 @@ def _user(
     login: str,
     permissions: dict[str, str],
     result: ProvisionResult,
-    host: str,
-    port: int,
+    endpoints: Endpoints,
+    folder: Path,
     *,
     topic: dict[str, str] | None = None,
     limits: dict[str, int] | None = None,
@@ -102,13 +131,15 @@ def _user(
 ) -> None:
     path = f"/api/users/{mgmt.q(login)}"
     if mgmt.get(path) is None:
-        password = secrets.token_urlsafe(24)
-        mgmt.put(path, {"password": password, "tags": ""})
+        if endpoints.certificate_login:
+            # A certificate-only user: no password exists that could be guessed or stolen.
+            password = ""
+            mgmt.put(path, {"password_hash": "", "tags": ""})
+        else:
+            password = secrets.token_urlsafe(24)
+            mgmt.put(path, {"password": password, "tags": ""})
         result.changes.append(f"user {login} created")
-        inbox, feed = queues
-        result.new_credentials[login] = BrokerConfig(
-            login, password, host, port, vhost, inbox=inbox, feed=feed
-        )
+        result.new_credentials[login] = endpoints.config(login, password, vhost, folder, queues)
     perm_path = f"/api/permissions/{mgmt.q(vhost)}/{mgmt.q(login)}"
     current = mgmt.get(perm_path)
     want = dict(permissions)
@@ -140,13 +171,17 @@ def provision(
     amqp_port: int = 5672,
     login_prefix: str = "",
     credentials_dir: Path | None = None,
+    endpoints: Endpoints | None = None,
 ) -> ProvisionResult:
     """Bring the broker in line with the directory; returns what changed.
 
     Broker users are global to the node, so a deployment (or a test run) may
     prefix every login; the gateway strips the same prefix to find the code.
+    ``endpoints`` (a cluster, TLS, certificate login) replaces ``amqp_host``/``amqp_port``.
     """
     result = ProvisionResult()
+    ends = endpoints or Endpoints(((amqp_host, amqp_port),))
+    folder = credentials_dir or Path(".")
     if mgmt.get(f"/api/vhosts/{mgmt.q(vhost)}") is None:
         mgmt.put(f"/api/vhosts/{mgmt.q(vhost)}", {})
         result.changes.append(f"vhost {vhost} created")
@@ -162,14 +197,14 @@ def provision(
         login_prefix + GATEWAY_LOGIN,
         topology.gateway_permissions(),
         result,
-        amqp_host,
-        amqp_port,
+        ends,
+        folder,
     )
     for login, permissions in (
         (WITNESS_LOGIN, topology.witness_permissions()),
         (PUBLISHER_LOGIN, topology.publisher_permissions()),
     ):
-        _user(mgmt, vhost, login_prefix + login, permissions, result, amqp_host, amqp_port)
+        _user(mgmt, vhost, login_prefix + login, permissions, result, ends, folder)
     for entry in sorted(directory.entries.values(), key=lambda e: e.code.text):
         login = login_prefix + entry.code.text
         lane = topology.submit_queue(entry.code)
@@ -194,8 +229,8 @@ def provision(
             login,
             topology.agency_permissions(inbox, feed),
             result,
-            amqp_host,
-            amqp_port,
+            ends,
+            folder,
             topic=topology.agency_topic_permissions(entry.code),
             limits=topology.USER_LIMITS,
             queues=(inbox, feed),
@@ -270,15 +305,23 @@ def rotate(
     if mgmt.get(path) is None:
         raise ManagementError(f"no broker user {login!r}: nothing to rotate")
     target = credentials_dir / f"{login}.broker.json"
+    base: BrokerConfig | None = None
     try:
-        base = BrokerConfig.load(target)  # keep where it connects: host, port, vhost
-        amqp_host, amqp_port, vhost = base.host, base.port, base.vhost
+        base = BrokerConfig.load(target)  # keep where it connects: nodes, TLS, vhost
+        vhost = base.vhost
     except (OSError, CipherpostError):
         pass
+    if base is not None and base.certificate_login:
+        raise ManagementError(
+            f"{login} logs in with a TLS certificate, not a password: issue a new certificate"
+            " (docs/cluster.md) instead of rotating"
+        )
     inbox, feed = agency_queues(mgmt, vhost, login)
     password = secrets.token_urlsafe(24)
     mgmt.put(path, {"password": password, "tags": ""})
-    config = BrokerConfig(login, password, amqp_host, amqp_port, vhost, inbox=inbox, feed=feed)
+    if base is None:
+        base = BrokerConfig(login, "", amqp_host, amqp_port, vhost)
+    config = dataclasses.replace(base, password=password, inbox=inbox, feed=feed)
     config.save(target)
     # The broker's own connection tracking (what enforces the user's connection limit) closes
     # them at once; the statistics listing lags by its collection interval and would miss a

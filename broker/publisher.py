@@ -1,11 +1,16 @@
-"""A publisher with pipelined confirms, republish on timeout, and reconnect.
+"""A publisher with pipelined confirms, reconnect, and republish after a reconnect.
 
 pika's BlockingChannel waits for each confirm in turn (about 1k msg/s here).
 This publisher runs a ``SelectConnection`` in its own thread and keeps a
 window of messages in flight; :meth:`ConfirmingPublisher.publish` returns a
 future that resolves when the broker confirmed the message. A message that is
-nacked, not confirmed within the timeout, or in flight when the connection
-drops is published again (consumers deduplicate by envelope id). A message
+nacked, or in flight when the connection drops, is published again. A message
+not confirmed within the timeout on a live, unblocked connection makes the
+publisher reconnect (to another node of a cluster) and republish there; never a
+second copy on the same live or blocked connection: during a broker stall (a
+memory alarm blocks publishers) both copies would wait and both arrive, and the
+second would look like a replay (issue 10). The gateway still takes a
+byte-identical copy from its signer as a duplicate. A message
 returned as unroutable (``mandatory=True``) fails its future: nothing is
 silently dropped.
 """
@@ -25,13 +30,14 @@ import pika.channel
 import pika.frame
 import pika.spec
 
-from broker.connection import RECONNECT_INITIAL_S, RECONNECT_MAX_S, BrokerConfig, BrokerError
+from broker.connection import Backoff, BrokerConfig, BrokerError
 from keys.logsetup import get_logger
 
 MAX_IN_FLIGHT = 512
 MAX_BYTES_IN_FLIGHT = 32 * 1024 * 1024
 CONFIRM_TIMEOUT_S = 30.0
 MAX_ATTEMPTS = 10
+NACK_RETRY_S = 0.2  # first pause before a nacked message goes out again (doubling, 5 s at most)
 SEQ_HEADER = "x-cp-seq"
 TICK_S = 0.5
 
@@ -84,7 +90,10 @@ class ConfirmingPublisher:
         self._closing = False
         self._ready = threading.Event()
         self._stopped = threading.Event()
-        self._backoff = RECONNECT_INITIAL_S
+        self._backoff = Backoff()
+        self._order = config.node_order()
+        self._attempt = 0
+        self._blocked = False
         self._fatal: BaseException | None = None
         self._ioloop_ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cipherpost-publisher", daemon=True)
@@ -202,8 +211,12 @@ class ConfirmingPublisher:
     def _run(self) -> None:
         while not self._closing:
             self._ioloop_ready.clear()
+            # Each attempt the next node of a shuffled order: a dead node is tried once a round.
+            node = self._order[self._attempt % len(self._order)]
+            self._attempt += 1
+            self._blocked = False
             self._connection = pika.SelectConnection(
-                self._config.parameters(),
+                self._config.parameters(node),
                 on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_closed,
@@ -215,12 +228,30 @@ class ConfirmingPublisher:
                 log.error("publisher_loop_error", error=type(e).__name__, detail=str(e)[:200])
             if self._closing:
                 break
-            time.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, RECONNECT_MAX_S)
+            if (
+                self._attempt % len(self._order) == 0
+            ):  # every node tried: wait before the next round
+                time.sleep(self._backoff.next())
         self._stopped.set()
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_blocked(self, connection: pika.SelectConnection, frame: object) -> None:
+        self._blocked = True
+        log.warning("broker_blocked_publisher_waits", login=self._config.login)
+
+    def _on_unblocked(self, connection: pika.SelectConnection, frame: object) -> None:
+        self._blocked = False
+        # What waited through the stall gets a full timeout again before a reconnect.
+        now = time.monotonic()
+        with self._lock:
+            for p in self._pending.values():
+                if p.sent_at:
+                    p.sent_at = now
+        log.info("broker_unblocked", login=self._config.login)
 
     def _on_open_error(self, connection: pika.SelectConnection, error: BaseException) -> None:
         if isinstance(error, pika.exceptions.ProbableAuthenticationError):
@@ -243,7 +274,9 @@ class ConfirmingPublisher:
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(self._on_confirm)
         self._channel = channel
-        self._backoff = RECONNECT_INITIAL_S
+        self._backoff.reset()
+        if self._attempt > 1:
+            log.info("broker_reconnected", login=self._config.login, node=self._connection_node())
         with self._lock:
             self._tags.clear()
             self._next_tag = 1
@@ -313,6 +346,7 @@ class ConfirmingPublisher:
         with self._lock:
             tags = [t for t in self._tags if t <= tag] if method.multiple else [tag]
             settled: list[tuple[_Pending, BaseException | None]] = []
+            retry: list[tuple[int, float]] = []
             for t in tags:
                 seq = self._tags.pop(t, None)
                 pending = self._pending.get(seq) if seq is not None else None
@@ -333,7 +367,12 @@ class ConfirmingPublisher:
                 elif pending.attempts >= MAX_ATTEMPTS:
                     settled.append((pending, BrokerError("broker refused the message repeatedly")))
                 else:
-                    self._to_send.append(pending.seq)  # nack: the broker could not take it yet
+                    # A nack: the broker could not take it yet (a quorum queue electing a new
+                    # leader after a node died nacks at once). Sent again after a growing
+                    # pause, not at once: ten immediate retries would all land in the election.
+                    retry.append(
+                        (pending.seq, min(NACK_RETRY_S * 2 ** (pending.attempts - 1), 5.0))
+                    )
             for pending, _ in settled:
                 self._pending.pop(pending.seq, None)
         for pending, error in settled:
@@ -341,8 +380,20 @@ class ConfirmingPublisher:
                 pending.future.set_result(None)
             else:
                 pending.future.set_exception(error)
+        conn = self._connection
+        for seq, delay in retry:
+            if conn is not None:
+                # On this connection's loop only: after a reconnect every unconfirmed message
+                # goes out again on the new channel anyway.
+                conn.ioloop.call_later(delay, lambda s=seq: self._retry(s))
         if self._to_send:
             self._send_queued()
+
+    def _retry(self, seq: int) -> None:
+        with self._lock:
+            if seq in self._pending and seq not in self._to_send:
+                self._to_send.append(seq)
+        self._send_queued()
 
     def _schedule_tick(self) -> None:
         if self._connection is not None and not self._closing:
@@ -353,22 +404,30 @@ class ConfirmingPublisher:
             return
         now = time.monotonic()
         with self._lock:
-            late = [
-                p.seq
+            late = sum(
+                1
                 for p in self._pending.values()
                 if p.sent_at
                 and now - p.sent_at > self._confirm_timeout
                 and p.seq not in self._to_send
-            ]
-            for seq in late:
-                self._to_send.append(seq)
-                for tag, s in list(self._tags.items()):
-                    if s == seq:
-                        del self._tags[tag]
-        if late:
-            log.warning("broker_confirm_timeout_republish", count=len(late))
+            )
+        if late and not self._blocked:
+            # The broker holds them and says nothing: another node may. Republished only once
+            # this connection is gone (on the new channel), never beside a copy still queued here.
+            log.warning(
+                "broker_confirm_timeout_reconnect", count=late, node=self._connection_node()
+            )
+            conn = self._connection
+            if conn is not None and conn.is_open:
+                conn.close()
+            return
         self._send_queued()
         self._schedule_tick()
+
+    def _connection_node(self) -> str:
+        conn = self._connection
+        params = getattr(conn, "params", None)
+        return f"{params.host}:{params.port}" if params is not None else "?"
 
     def _shutdown(self) -> None:
         conn = self._connection

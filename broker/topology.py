@@ -51,6 +51,8 @@ QUEUE_ARGUMENTS: dict[str, object] = {
     "x-dead-letter-exchange": DEAD_EXCHANGE,
     "x-dead-letter-strategy": "at-least-once",
     "x-overflow": "reject-publish",
+    # Leaders spread over the nodes (3.10): one node's failure moves a third of them, not all.
+    "x-queue-leader-locator": "balanced",
 }
 # A submit lane holds at most this much: beyond it the broker nacks the flooder's own
 # publishes (reject-publish), and nobody else's lane is touched.
@@ -64,11 +66,18 @@ SUBMIT_QUEUE_ARGUMENTS: dict[str, object] = {
 # Per broker user (an agency's login): its agent needs a publisher, a consumer and a
 # directory-feed connection, twice over for a `receive --follow` beside a `send`.
 USER_LIMITS: dict[str, int] = {"max-connections": 8, "max-channels": 32}
-DEAD_QUEUE_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum"}
-# Directory feeds: classic durable queues. Nothing there can be poison (every version is
-# verified, then acked) and a lost one is replaced by the next version; quorum queues
-# would double the Raft groups per agency (150 for 75 communes) for no gain.
-FEED_QUEUE_ARGUMENTS: dict[str, object] = {"x-queue-type": "classic"}
+DEAD_QUEUE_ARGUMENTS: dict[str, object] = {
+    "x-queue-type": "quorum",
+    "x-queue-leader-locator": "balanced",
+}
+# Directory feeds: quorum queues too. A classic queue lives on the one node whose management
+# API made it: when that node died, every agent's consumer was cancelled and a revocation
+# published meanwhile reached nobody (issue 10). Nothing there can be poison (every version
+# is verified, then acked), so no delivery limit or dead-lettering.
+FEED_QUEUE_ARGUMENTS: dict[str, object] = {
+    "x-queue-type": "quorum",
+    "x-queue-leader-locator": "balanced",
+}
 
 
 def submit_queue(code: AgencyCode) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import atexit
 import sys
 from pathlib import Path
 
@@ -19,6 +20,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         agencies[commune_code(i)] = Level.TOI_MAT
     agencies["000.99.99.H41"] = Level.MAT
     return make_world(tmp_path_factory.mktemp("world"), agencies)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One native 3-node TLS-only cluster for every ``cluster`` test of the session, rendered
+    from the shipped compose/rabbitmq configuration; always stopped and removed (also when
+    the interpreter exits without running the finaliser)."""
+    from compose.cluster import start
+
+    started = start(tmp_path_factory.mktemp("cluster"))
+    atexit.register(started.destroy)
+    try:
+        yield started
+    finally:
+        atexit.unregister(started.destroy)
+        started.destroy()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,10 +13,11 @@ import pika
 
 import envelopes
 from agents.world import World, build_world
-from broker.connection import BrokerConfig
+from broker.connection import BrokerConfig, connect_blocking
 from broker.directory_feed import publish_directory
 from broker.provision import PUBLISHER_LOGIN
 from broker.topology import SUBMIT_EXCHANGE
+from compose.cluster import Cluster
 from envelopes.parts import iter_parts
 from keys.codes import AgencyCode
 from keys.levels import Level
@@ -36,9 +38,23 @@ BASIC = {
 }
 
 
+# A started cluster's folder (python -m compose.cluster start --dir D): the exchange tests then
+# run on it, over TLS with certificate login, instead of on the machine's node (README).
+CLUSTER_ENV = "CIPHERPOST_TEST_CLUSTER"
+
+
+def env_cluster() -> Cluster | None:
+    """The cluster named by ``CIPHERPOST_TEST_CLUSTER``, if any."""
+    folder = os.environ.get(CLUSTER_ENV)
+    return Cluster.load(Path(folder)) if folder else None
+
+
 def make_world(
     root: Path, agencies: dict[str, tuple[str, Level]] | None = None, **kwargs: object
 ) -> World:
+    cluster = env_cluster()
+    if cluster is not None and "site" not in kwargs:
+        kwargs["site"] = cluster.site()
     return build_world(root, agencies or BASIC, admin_url=ADMIN_URL, **kwargs)  # type: ignore[arg-type]
 
 
@@ -47,7 +63,7 @@ def broker_config(world: World, code: str) -> BrokerConfig:
 
 
 def raw_connection(world: World, code: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(broker_config(world, code).parameters())
+    return connect_blocking(broker_config(world, code))
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, every: float = 0.1) -> bool:
@@ -61,10 +77,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, every: float 
 
 def queue_depth(world: World, queue: str) -> int:
     """Ready messages, exactly (a passive declare as the admin; management stats lag)."""
-    params = pika.ConnectionParameters(
-        "127.0.0.1", 5672, world.vhost, pika.PlainCredentials("guest", "guest")
-    )
-    conn = pika.BlockingConnection(params)
+    cluster = env_cluster()
+    if cluster is not None:
+        conn = connect_blocking(cluster.admin_broker(world.vhost))
+    else:
+        params = pika.ConnectionParameters(
+            "127.0.0.1", 5672, world.vhost, pika.PlainCredentials("guest", "guest")
+        )
+        conn = pika.BlockingConnection(params)
     try:
         return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
     finally:
@@ -77,6 +97,9 @@ def close_connections(world: World, user: str) -> int:
     rabbitmqctl sees connections at once; the management API lists them only
     after its next statistics tick.
     """
+    cluster = env_cluster()
+    if cluster is not None:
+        return cluster.close_connections(user, world.vhost)
     listed = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "user", "vhost"],
         capture_output=True,

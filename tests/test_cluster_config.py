@@ -41,3 +41,19 @@ def test_amqp_is_tls_only_with_certificate_login():
 def test_the_plugins_are_certificate_login_management_and_prometheus():
     plugins = (RABBITMQ / "enabled_plugins").read_text().strip()
     assert plugins == "[rabbitmq_management,rabbitmq_auth_mechanism_ssl,rabbitmq_prometheus]."
+
+
+def test_the_cluster_renderer_fills_every_placeholder_and_refuses_a_missing_one():
+    import re
+
+    import pytest
+
+    from compose.cluster import ClusterError, render_config
+
+    text = (RABBITMQ / "rabbitmq.conf").read_text()
+    names = set(re.findall(r"\$\{(\w+)\}", text))
+    assert {"AMQPS_PORT", "TLS_CA", "CLUSTER_NODE_3", "LISTEN_IP"} <= names
+    rendered = render_config(text, {name: "x" for name in names})
+    assert not any("${" in ln for ln in rendered.splitlines() if not ln.startswith("#"))
+    with pytest.raises(ClusterError, match="no value"):
+        render_config(text, {name: "x" for name in names - {"TLS_KEY"}})

@@ -24,7 +24,6 @@ from broker.topology import (
     is_private_name,
 )
 from envelopes import _crypto
-from envelopes.header import MAX_HEADER_BYTES, MAX_SEGMENT_SIZE
 from envelopes.notices import CONTEXT as NOTICE_CONTEXT
 from envelopes.notices import MAGIC as NOTICE_MAGIC
 from keys.codes import AgencyCode
@@ -177,45 +176,8 @@ def test_a_notice_flood_does_not_bury_other_documents_in_an_inbox(world):
     assert depth <= 20, f"{depth} messages of B queued ahead of anything sent to the province"
 
 
-def test_the_broker_refuses_a_submission_larger_than_any_legal_part(world):
-    """A1 breaks invariant 5 (bounded memory per input).
-
-    The largest legal part is a 256 KiB header frame plus a 4 MiB segment
-    frame. The broker accepts anything up to its node-wide
-    ``max_message_size`` (128 MiB by default in RabbitMQ 3.10) on a submit
-    lane, and the gateway's consumer takes a prefetch window (64) of them
-    into memory before it can refuse a single one as junk: one agency can
-    make the gateway hold 64 x 128 MiB = 8 GiB per lane (docs/policy.md
-    promises "64 MiB per lane that is flooding with full-size parts"; even
-    legal 4 MiB segments make it 272 MiB).
-
-    Observed: an 8 MiB submission is confirmed by the broker (and handed to
-    the gateway). Expected: the deployment bounds messages to the largest
-    legal part (``max_message_size`` ~ 4.5 MiB in rabbitmq.conf, checked by
-    ``cipherpost doctor``/provisioning), so the publish is refused.
-    """
-    legal_max = MAX_HEADER_BYTES + MAX_SEGMENT_SIZE + 1024
-    body = b"\x00" * (8 * 1024 * 1024)
-    assert len(body) > legal_max
-    conn = pika.BlockingConnection(broker_config(world, A).parameters())
-    refused = False
-    try:
-        ch = conn.channel()
-        ch.confirm_delivery()
-        try:
-            ch.basic_publish(
-                SUBMIT_EXCHANGE,
-                A,
-                body,
-                pika.BasicProperties(type="part", user_id=world.login(A)),
-                mandatory=True,
-            )
-        except (pika.exceptions.NackError, pika.exceptions.AMQPError):
-            refused = True
-    finally:
-        if conn.is_open:
-            conn.close()
-    assert refused, "the broker accepted an 8 MiB submission (max legal part ~4.3 MiB)"
+# test_the_broker_refuses_a_submission_larger_than_any_legal_part runs on the cluster started
+# with the shipped configuration: tests/test_cluster_tls.py.
 
 
 def test_the_agent_writes_no_file_through_a_link_in_the_inbox(world, tmp_path):

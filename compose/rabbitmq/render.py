@@ -5,8 +5,8 @@
 
 writes ``DIR/<host>.conf`` for every host (Erlang node ``rabbit@<host>``) and a copy
 of ``enabled_plugins``. The per-deployment values come from the environment:
-``AMQPS_PORT``, ``MANAGEMENT_PORT``, ``PROMETHEUS_PORT``, ``TLS_CA``, ``TLS_CERT``,
-``TLS_KEY`` (a placeholder left unfilled is an error, never an empty line).
+``LISTEN_IP``, ``AMQPS_PORT``, ``MANAGEMENT_PORT``, ``PROMETHEUS_PORT``, ``TLS_CA``,
+``TLS_CERT``, ``TLS_KEY`` (a placeholder left unfilled is an error, never an empty line).
 
 With ``--admin-password-file`` it also writes ``DIR/definitions.json``: the vhost and
 an ``admin`` user (tag administrator) holding only the *hash* of that password
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     values = {
         k: os.environ.get(k, "")
         for k in (
+            "LISTEN_IP",
             "AMQPS_PORT",
             "MANAGEMENT_PORT",
             "PROMETHEUS_PORT",
