@@ -267,9 +267,7 @@ def _forged_directory(directory: Directory, code: str) -> Directory:
     return dataclasses.replace(directory, entries=entries)
 
 
-def main(
-    admin_url: str, amqp_port: int, keep: Path | None, cluster_dir: Path | None = None
-) -> int:
+def main(admin_url: str, amqp_port: int, keep: Path | None, cluster_dir: Path | None = None) -> int:
     try:
         return run_demo(admin_url, amqp_port, keep, cluster_dir)
     except CipherpostError as e:
