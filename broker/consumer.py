@@ -132,6 +132,7 @@ class Consumer:
         self.batch_max = max(1, prefetch // 4)
         self._in_batch = 0
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._drain: Callable[[], None] | None = None
         self._last = time.monotonic()
         self.connected = threading.Event()
@@ -149,6 +150,22 @@ class Consumer:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def pause(self) -> None:
+        """Stop taking deliveries (the consumers are cancelled at the next poll; what pika
+        had not yet handed out goes back to the queue) until :meth:`resume`. The connection
+        and the batch callbacks go on. Nothing sits unacked meanwhile: a delivery held
+        longer than the broker's ``consumer_timeout`` (30 min) closes the channel and counts
+        towards the queue's delivery limit, after which it would be dead-lettered."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        """Take deliveries again (at the next poll)."""
+        self._paused.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
 
     def run(
         self, *, until_idle: float | None = None, drain: Callable[[], None] | None = None
@@ -265,6 +282,8 @@ class Consumer:
                 self._batch_end()
 
         def consume_new() -> None:
+            if self._paused.is_set():
+                return
             for name in self._names(self._queues):
                 if name in by_tag.values():
                     continue
@@ -273,6 +292,7 @@ class Consumer:
                 by_tag[channel.basic_consume(name, on_message)] = name
 
         consume_new()
+        paused_here = self._paused.is_set()  # consumers not started, or cancelled, by a pause
         self.connected.set()
         backoff.reset()
         if self.on_connected is not None:
@@ -281,7 +301,9 @@ class Consumer:
         while not self._stop.is_set():
             connection.process_data_events(time_limit=POLL_S)
             self._batch_end()
-            if cancelled:
+            if self._paused.is_set() != paused_here:
+                paused_here = self._pause_or_resume(channel, by_tag, cancelled, consume_new)
+            if cancelled and not paused_here:
                 # A 404 here (home node down) closes the channel: the caller reconnects.
                 consume_new()
                 log.info(
@@ -294,7 +316,7 @@ class Consumer:
                 self._stop.set()
             if not isinstance(self._queues, str) and time.monotonic() - refreshed > REFRESH_S:
                 refreshed = time.monotonic()
-                consume_new()
+                consume_new()  # nothing while paused
         # No new deliveries from here; unacked ones are requeued when the connection closes.
         for consumer_tag in by_tag:
             channel.basic_cancel(consumer_tag)
@@ -314,6 +336,26 @@ class Consumer:
                 connection.process_data_events(time_limit=POLL_S)
         connection.process_data_events(time_limit=0)
         return True
+
+    def _pause_or_resume(
+        self,
+        channel: pika.adapters.blocking_connection.BlockingChannel,
+        by_tag: dict[str, str],
+        cancelled: list[str],
+        consume_new: Callable[[], None],
+    ) -> bool:
+        """Apply a pause (cancel every consumer) or its end (consume again); True if paused."""
+        node = _node(channel.connection)
+        if self._paused.is_set():
+            for consumer_tag in list(by_tag):
+                channel.basic_cancel(consumer_tag)  # what pika holds undispatched goes back
+            log.info("consumer_paused", queues=len(by_tag), node=node)
+            by_tag.clear()
+            cancelled.clear()
+            return True
+        consume_new()
+        log.info("consumer_unpaused", queues=len(by_tag), node=node)
+        return False
 
     def _batch_end(self) -> None:
         self._in_batch = 0

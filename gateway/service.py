@@ -254,7 +254,8 @@ class Gateway:
         self._pending: list[tuple[list[Settleable], Entry | None, Then]] = []
         self._pending_lock = threading.Lock()
         self.junk: JunkLedger[tuple[Settleable, AgencyCode | None]] = JunkLedger()
-        self._held: list[Settleable] = []  # received while no policy or directory was in force
+        # Messages given back to their queue while no policy or directory was in force.
+        self._returned_in_pause = 0
         self._paused_since: dt.datetime | None = None
         self._paused_told = _now()
         self._expiry_told: dict[str, dt.datetime] = {}
@@ -384,7 +385,13 @@ class Gateway:
             return  # not acked: redelivered after restart or to another instance
         now = _now()
         if not self._in_force(now):
-            self._held.append(d)
+            # Never held unacked: the broker's consumer_timeout would close the channel and
+            # every return counts towards the delivery limit (then cp.dead). Given back at
+            # once, and no more taken until a policy and a directory are in force again.
+            d.reject(requeue=True)
+            self._returned_in_pause += 1
+            if self._consumer is not None:
+                self._consumer.pause()
             return
         try:
             verdict = decide(
@@ -579,14 +586,14 @@ class Gateway:
         else:
             self._warn_before_expiry(now)
             return True
-        self.metrics.pause(True, len(self._held))
+        self.metrics.pause(True, self._returned_in_pause)
         if self._paused_since is None or (now - self._paused_told) >= PAUSED_REMINDER:
             self._paused_since = self._paused_since or now
             self._paused_told = now
             log.error(
                 "gateway_paused",
                 reason=why,
-                held=len(self._held),
+                returned_to_queue=self._returned_in_pause,
                 since=self._paused_since.isoformat(),
                 fix="install a newer signed policy file / publish a newer directory version",
             )
@@ -619,12 +626,17 @@ class Gateway:
         self._refresh_policy(now, paused=self._paused_since is not None)
         if self._paused_since is None or not self._in_force(now):
             return
-        log.info("gateway_resumed", held=len(self._held), policy_version=self.policy.version)
+        log.info(
+            "gateway_resumed",
+            returned_to_queue=self._returned_in_pause,
+            policy_version=self.policy.version,
+            directory_version=self.directory.version,
+        )
         self._paused_since = None
+        self._returned_in_pause = 0
         self.metrics.pause(False, 0)
-        held, self._held = self._held, []
-        for d in held:
-            self.handle(d)
+        if self._consumer is not None:
+            self._consumer.resume()  # what was given back is delivered again and decided
 
     def _refresh_policy(self, now: dt.datetime, *, paused: bool = False) -> None:
         """A newer signed policy file replaces the one in force (never an older one)."""

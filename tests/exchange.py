@@ -77,6 +77,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, every: float 
 
 def queue_depth(world: World, queue: str) -> int:
     """Ready messages, exactly (a passive declare as the admin; management stats lag)."""
+    return queue_state(world, queue)[0]
+
+
+def queue_state(world: World, queue: str) -> tuple[int, int]:
+    """(ready messages, consumers), exactly, by a passive declare as the admin."""
     cluster = env_cluster()
     if cluster is not None:
         conn = connect_blocking(cluster.admin_broker(world.vhost))
@@ -86,7 +91,8 @@ def queue_depth(world: World, queue: str) -> int:
         )
         conn = pika.BlockingConnection(params)
     try:
-        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+        ok = conn.channel().queue_declare(queue, passive=True).method
+        return int(ok.message_count), int(ok.consumer_count)
     finally:
         conn.close()
 

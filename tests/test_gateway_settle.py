@@ -198,16 +198,23 @@ def test_no_decision_on_an_expired_policy_until_a_newer_one_is_installed(kit, tm
     kit.policy = Policy.load_signed(kit.policy_bytes, ca_key, old)
     gw = make_gateway(kit, tmp_path)
     try:
-        d = delivery(parts(kit.seal(A, [B]))[0], A)
+        body = parts(kit.seal(A, [B]))[0]
+        d = delivery(body, A)
         gw.handle(d)
         gw.commit_batch()
-        assert d.settled is None and leaves(gw) == []  # held, not decided, not refused
+        # Given back to its lane at once (never held unacked), not decided, not refused.
+        assert d.settled == "requeue" and leaves(gw) == []
+        assert "paused" in " ".join(gw.not_ready())
         newer = POLICY.replace("version = 5", "version = 6")
         gw.config.policy.write_bytes(sign_policy(newer, authority, kit.now, 7))
         gw.commit_batch()
         assert gw.policy.version == 6
+        assert not any("paused" in r for r in gw.not_ready())
+        again = delivery(body, A)  # the broker delivers it again
+        gw.handle(again)
         gw.commit_batch()
-        assert d.settled == "ack"
+        assert again.settled == "ack"
+        assert [(r["event"], r["decision"]) for r in leaves(gw)] == [("submission", "accepted")]
         assert [(r["decision"], r["policy_version"]) for r in leaves(gw)] == [("accepted", 6)]
     finally:
         gw.close()
