@@ -292,7 +292,8 @@ def open_part(
     them passed, so nothing needs a quarantine file (a segment is at most 4 MiB).
     """
     now = now or dt.datetime.now(dt.UTC)
-    checked = check_header(part.header.raw, part.header_signature, directory, now)
+    sender = check_header_signature(part.header, part.header_signature, directory, now)
+    checked = check_header_rest(part.header, sender, directory, now)
     if checked.header.segment_count != 1 or part.segment.index != 0:
         raise EnvelopeRefused(Reason.SEGMENT, "envelope has more segments than this part")
     stream = _decryptor(checked.header, keys)
