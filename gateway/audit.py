@@ -49,6 +49,7 @@ SUBMISSION = "submission"  # the event of a decision on one verified header
 PART = "part"  # the event of a later part accepted under a decided header
 NOTICE_EVENTS = ("receipt", "status", "recall")  # relayed notices
 REFUSAL_EVENTS = ("part-refused", "notice-refused")  # verified messages refused once
+MAX_RECENT_NODES = 1 << 16  # about 6 MB of hashes kept for checkpoint proofs, at most
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,11 @@ class AuditStore:
             self._db.executescript(SCHEMA + TRIGGERS)
         self._range: merkle.CompactRange | None = None
         self._marks: set[tuple[str, str, int]] = set()
+        # Nodes (level 0: leaf hashes) and leaves this process appended to its own log since
+        # its last proofs: checkpoint proofs are made from memory, not O(log n) reads each.
+        # A node hash of an append-only log never changes, so a kept one is never stale.
+        self._recent_nodes: dict[tuple[int, int], bytes] = {}
+        self._recent_leaves: dict[int, bytes] = {}
 
     def _check_format(self) -> None:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(records)")}
@@ -380,14 +386,28 @@ class AuditStore:
                 return []
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                outcomes = _Group(self, resolver).append(entries)
+                group = _Group(self, resolver)
+                outcomes = group.append(entries)
                 self._write_marks()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._range = None  # re-read from the store next time
                 raise
+            self._remember(group)
             return outcomes
+
+    def _remember(self, group: _Group) -> None:
+        """Keep what a durable commit appended, for :meth:`proofs` (bounded)."""
+        if len(self._recent_nodes) > MAX_RECENT_NODES:
+            self._recent_nodes.clear()  # proofs read the store instead: slower, still right
+            self._recent_leaves.clear()
+        for row in group.rows:
+            index, leaf, lh = int(row[1]), bytes(row[-2]), bytes(row[-1])  # type: ignore[call-overload]
+            self._recent_nodes[(0, index)] = lh
+            self._recent_leaves[index] = leaf
+        for _, level, index, h in group.nodes:
+            self._recent_nodes[(int(level), int(index))] = bytes(h)  # type: ignore[call-overload]
 
     def _tree(self) -> merkle.CompactRange:
         """This log's compact range, re-read if another process appended since."""
@@ -592,6 +612,44 @@ class AuditStore:
                 bytes(row[2]),
                 dict(zip(RECORD_FIELDS, row[3:], strict=True)),
             )
+
+    def proofs(self, start: int, end: int) -> list[tuple[int, str, str, bytes, list[bytes]]]:
+        """``(leaf_index, envelope_id, sender, leaf, inclusion proof at size end)`` of each
+        accepted decision in leaves [start, end) of this store's own log.
+
+        Nodes this process appended come from memory; any other node is read once for all
+        the proofs. What memory holds for leaves before ``end`` is then let go, except the
+        border of the tree at ``end`` (later proofs need it).
+        """
+        log_id = self.log_id
+        rows = self.accepted_between(log_id, start, end)
+        with self._lock:
+            read = self._node_reader(log_id)
+            recent = self._recent_nodes
+            seen: dict[tuple[int, int], bytes] = {}
+
+            def get_node(level: int, index: int) -> bytes:
+                key = (level, index)
+                h = recent.get(key) or seen.get(key)
+                if h is None:
+                    h = seen[key] = read(level, index)
+                return h
+
+            out = []
+            for index, eid, sender in rows:
+                leaf = self._recent_leaves.get(index)
+                if leaf is None:
+                    row = self._db.execute(
+                        "SELECT leaf FROM records WHERE log_id=? AND leaf_index=?", (log_id, index)
+                    ).fetchone()
+                    leaf = bytes(row[0])
+                out.append((index, eid, sender, leaf, merkle.inclusion_proof(index, end, get_node)))
+            border = set(merkle.border(end))
+            self._recent_nodes = {
+                k: h for k, h in recent.items() if (k[1] + 1) << k[0] > end or k in border
+            }
+            self._recent_leaves = {i: v for i, v in self._recent_leaves.items() if i >= end}
+        return out
 
     def accepted_between(self, log_id: str, start: int, end: int) -> list[tuple[int, str, str]]:
         """``(leaf_index, envelope_id, sender)`` of accepted decisions in leaves [start, end)."""
