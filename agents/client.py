@@ -1,14 +1,16 @@
 """The agency desktop agent: send, receive, reply with a status, show statuses.
 
-Sending seals to a spool file (ciphertext only), then publishes it part by
-part (one AMQP message per segment, confirms pipelined) with ``user_id`` set
-to the agency's broker login. Receiving spools each verified part to disk
-(ciphertext, fsynced) before acking it; when every part is there the envelope
-is opened through a quarantine file into the inbox folder, a JSON sidecar is
-written, and a signed receipt (status 01) goes back through the gateway.
-Parts and documents of one consumer batch are made durable together (one
-fsync round at the batch end); only then are they recorded, acked and
-receipted.
+Sending seals to a spool file (ciphertext only; a document under 256 KiB in
+memory), then publishes it part by part (one AMQP message per segment,
+confirms pipelined) with ``user_id`` set to the agency's broker login.
+Receiving spools each verified part to disk (ciphertext, fsynced) before
+acking it; when every part is there the envelope is opened through a
+quarantine file into the inbox folder (a one-part envelope is verified and
+decrypted in memory and written once, after every check passed), a JSON
+sidecar is written, and a signed receipt (status 01) goes back through the
+gateway. Parts and documents of one consumer batch are made durable together
+(one fsync round at the batch end); only then are they recorded (with their
+receipts and the notices taken in, one commit), acked and receipted.
 Duplicate deliveries are recognised by envelope id and part and never
 written twice.
 """
