@@ -1,14 +1,16 @@
 """The agency desktop agent: send, receive, reply with a status, show statuses.
 
-Sending seals to a spool file (ciphertext only), then publishes it part by
-part (one AMQP message per segment, confirms pipelined) with ``user_id`` set
-to the agency's broker login. Receiving spools each verified part to disk
-(ciphertext, fsynced) before acking it; when every part is there the envelope
-is opened through a quarantine file into the inbox folder, a JSON sidecar is
-written, and a signed receipt (status 01) goes back through the gateway.
-Parts and documents of one consumer batch are made durable together (one
-fsync round at the batch end); only then are they recorded, acked and
-receipted.
+Sending seals to a spool file (ciphertext only; a document under 256 KiB in
+memory), then publishes it part by part (one AMQP message per segment,
+confirms pipelined) with ``user_id`` set to the agency's broker login.
+Receiving spools each verified part to disk (ciphertext, fsynced) before
+acking it; when every part is there the envelope is opened through a
+quarantine file into the inbox folder (a one-part envelope is verified and
+decrypted in memory and written once, after every check passed), a JSON
+sidecar is written, and a signed receipt (status 01) goes back through the
+gateway. Parts and documents of one consumer batch are made durable together
+(one fsync round at the batch end); only then are they recorded (with their
+receipts and the notices taken in, one commit), acked and receipted.
 Duplicate deliveries are recognised by envelope id and part and never
 written twice.
 """
@@ -45,7 +47,7 @@ from broker.consumer import Consumer, Delivery
 from broker.directory_feed import DirectoryFeed
 from broker.publisher import ConfirmingPublisher
 from broker.topology import SUBMIT_EXCHANGE, submit_queue
-from envelopes.checking import check_header, check_segment
+from envelopes.checking import check_header, check_segment, open_part
 from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import FrameReader, decode_frame, parse_header_frame
 from envelopes.header import Header
@@ -54,6 +56,7 @@ from envelopes.notices import (
     KIND_STATUS,
     REPLY_STATUSES,
     STATUS_NAMES,
+    Notice,
     parse_notice,
     sign_notice,
     verify_notice,
@@ -73,6 +76,7 @@ from keys.logsetup import get_logger
 
 log = get_logger("cipherpost.agent")
 CONNECT_TIMEOUT_S = 10.0
+SEAL_IN_MEMORY_MAX = 256 * 1024  # smaller documents are sealed without a spool file
 _SAFE_NAME = re.compile(r"[^\w.\- ]+")
 
 
@@ -226,14 +230,23 @@ class Client:
             src = path.open("rb")
         except OSError as e:
             raise CipherpostError(f"cannot read {path}: {e.strerror}") from e
-        self.refresh_directory()
-        outbox = self.config.agency_dir / "outbox"
-        outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, spool_name = tempfile.mkstemp(dir=outbox, suffix=".cpe")
-        spool = Path(spool_name)
+        spool: Path | None = None
         try:
-            with src, os.fdopen(fd, "w+b") as env_file:
-                size = os.fstat(src.fileno()).st_size
+            self.refresh_directory()
+            size = os.fstat(src.fileno()).st_size
+            if size <= SEAL_IN_MEMORY_MAX:  # ciphertext only, a few hundred KiB at most
+                env_file: BinaryIO = io.BytesIO()
+            else:
+                outbox = self.config.agency_dir / "outbox"
+                outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd, spool_name = tempfile.mkstemp(dir=outbox, suffix=".cpe")
+                spool = Path(spool_name)
+                env_file = os.fdopen(fd, "w+b")
+        except BaseException:
+            src.close()
+            raise
+        try:
+            with src, env_file:
                 sealed = envelopes.seal(
                     ProgressReader(src, size, f"sealing {path.name}", enabled=progress),  # type: ignore[arg-type]
                     env_file,
@@ -279,7 +292,8 @@ class Client:
             log.info("sent", envelope=eid, recipients=len(to), label=level.value)
             return eid
         finally:
-            spool.unlink(missing_ok=True)
+            if spool is not None:
+                spool.unlink(missing_ok=True)
 
     def submit_sealed(self, env_file: BinaryIO) -> str:
         """Submit an envelope sealed before (a ``.cpe``, say from offline transfer); its id.
@@ -377,8 +391,7 @@ class Client:
         except BaseException:
             self._stopped(unconfirmed)
             raise
-        for s in unconfirmed:
-            self.state.mark_sent(s.envelope_id, s.parts, SENT)
+        self.state.mark_sent_many([(s.envelope_id, s.parts, SENT) for s in unconfirmed])
 
     def _stopped(self, sendings: list[Sending]) -> None:
         """A submission stopped (signal, broker gone): record how far each envelope got. One
@@ -552,7 +565,15 @@ class Client:
             verified = False
         if notice.addressee != self.keys.code:
             raise EnvelopeRefused(Reason.NOTICE_EDGE, "notice addressed to another agency")
-        if self.state.record_status(notice, verified):
+        new: list[bool] = []
+
+        def record() -> None:  # at the batch end, one commit for the batch
+            new.append(self.state.record_status(notice, verified))
+
+        def announce() -> None:
+            d.ack()
+            if not new[0]:
+                return  # a redelivery of a notice taken in before
             log.info(
                 "status_received",
                 envelope=notice.envelope_id.hex(),
@@ -565,7 +586,8 @@ class Client:
             self.events.append(event)
             if self.on_event is not None:
                 self.on_event(event)
-        d.ack()
+
+        self._after_sync.append((d, record, announce))
 
     def _on_audit_proof(self, d: Delivery) -> None:
         """The gateway's leaf index and inclusion proof for envelopes this agency sent."""
@@ -611,8 +633,16 @@ class Client:
             d.ack()  # a duplicate delivery of a document already in the inbox
             return
         if part.header.segment_count == 1:
-            # One segment: the part is the whole envelope; open it straight from the message.
-            self._assemble(d, eid, io.BytesIO(d.body), part.header.hash, now)
+            # One segment: the part is the whole envelope; opened in memory, every check
+            # passed before one byte of plaintext is written (no quarantine file needed).
+            def open_one(target: Path) -> envelopes.Opened:
+                opened, document = open_part(
+                    part, size=len(d.body), keys=self.keys, directory=self.directory, now=now
+                )
+                _write_new(target, document)
+                return opened
+
+            self._assemble(d, eid, open_one, part.header.hash, now)
             return
         folder = self.spool / eid
         index = part.segment.index
@@ -646,27 +676,9 @@ class Client:
             return
         self._receiving.pop(eid, None)
         stream = _ChainReader([folder / "header"] + [folder / f"{i:08d}.seg" for i in range(count)])
-        try:
-            self._assemble(d, eid, stream, part.header.hash, now, spooled=folder)
-        finally:
-            stream.close()
 
-    def _assemble(
-        self,
-        d: Delivery,
-        eid: str,
-        stream: BinaryIO | io.RawIOBase,
-        header_hash: bytes,
-        now: dt.datetime,
-        spooled: Path | None = None,
-    ) -> None:
-        """Open a whole envelope into the inbox and write the sidecar; at the batch end (once
-        both are durable) record it, ack ``d``, drop the spooled parts and send the receipt."""
-        self.config.inbox.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = self.config.inbox / f".{eid}.opened"  # renamed once the file name is known
-        target.unlink(missing_ok=True)  # left by an attempt that died before the rename
-        try:
-            opened = envelopes.open_to_path(
+        def open_spooled(target: Path) -> envelopes.Opened:
+            return envelopes.open_to_path(
                 cast(BinaryIO, stream),
                 target,
                 keys=self.keys,
@@ -674,6 +686,29 @@ class Client:
                 now=now,
                 sync=False,
             )
+
+        try:
+            self._assemble(d, eid, open_spooled, part.header.hash, now, spooled=folder)
+        finally:
+            stream.close()
+
+    def _assemble(
+        self,
+        d: Delivery,
+        eid: str,
+        open_into: Callable[[Path], envelopes.Opened],
+        header_hash: bytes,
+        now: dt.datetime,
+        spooled: Path | None = None,
+    ) -> None:
+        """Open a whole envelope into the inbox (``open_into`` writes the verified document
+        to a hidden file) and write the sidecar; at the batch end (once both are durable)
+        record it and sign the receipt, then ack ``d``, drop the spooled parts and send it."""
+        self.config.inbox.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = self.config.inbox / f".{eid}.opened"  # renamed once the file name is known
+        target.unlink(missing_ok=True)  # left by an attempt that died before the rename
+        try:
+            opened = open_into(target)
         except EnvelopeRefused as e:
             self.state.record_received(eid, "", header_hash.hex(), "", "refused", str(e))
             shutil.rmtree(self.spool / eid, ignore_errors=True)
@@ -707,8 +742,15 @@ class Client:
         self._opening.add(eid)
         sender = info["sender"]["code"]
 
+        receipt: list[Notice] = []
+
         def record() -> None:
             self.state.record_received(eid, sender, header_hash.hex(), str(final), "ok")
+            receipt.append(
+                self._sign_notice(
+                    KIND_RECEIPT, bytes.fromhex(eid), header_hash, AgencyCode.parse(sender), "01"
+                )
+            )  # recorded in the same commit as the document
 
         def announce() -> None:
             d.ack()
@@ -717,9 +759,7 @@ class Client:
             document = ReceivedDocument(eid, final, sidecar, sidecar_data)
             self.received.append(document)
             log.info("received", envelope=eid, sender=sender, label=info["level"])
-            self._send_notice(
-                KIND_RECEIPT, bytes.fromhex(eid), header_hash, AgencyCode.parse(sender), "01", ""
-            )
+            self._publish_notice(receipt[0])
             if self.on_received is not None:
                 self.on_received(document)
 
@@ -727,15 +767,16 @@ class Client:
 
     # --- statuses ----------------------------------------------------------------------------
 
-    def _send_notice(
+    def _sign_notice(
         self,
         kind: str,
         envelope_id: bytes,
         header_hash: bytes,
         addressee: AgencyCode,
         status: str,
-        note: str,
-    ) -> Future[None]:
+        note: str = "",
+    ) -> Notice:
+        """Sign a notice of this agency and record it (committed with the caller's batch)."""
         notice = sign_notice(
             self.keys.signing_key,
             kind=kind,
@@ -748,6 +789,9 @@ class Client:
             note=note,
         )
         self.state.record_status(notice, True)
+        return notice
+
+    def _publish_notice(self, notice: Notice) -> Future[None]:
         props = pika.BasicProperties(
             type=MESSAGE_NOTICE,
             user_id=self.broker.login,
@@ -765,7 +809,7 @@ class Client:
         got = self.state.received(envelope_id)
         if got is None or got["outcome"] != "ok":
             raise CipherpostError(f"no received envelope {envelope_id} in this agent's inbox")
-        future = self._send_notice(
+        notice = self._sign_notice(
             KIND_STATUS,
             bytes.fromhex(envelope_id),
             bytes.fromhex(got["header_hash"]),
@@ -773,6 +817,7 @@ class Client:
             status,
             note,
         )
+        future = self._publish_notice(notice)
         error = future.exception(timeout=60)
         if error is not None:
             raise CipherpostError(f"status not delivered to the broker: {error}")
@@ -948,6 +993,18 @@ class _ChainReader(io.RawIOBase):
             self._current.close()
             self._current = None
         super().close()
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (never an existing file, never through a link) holding ``data``; the
+    caller fsyncs it. Removed again if the write fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:

@@ -131,6 +131,25 @@ class AgentState:
             (confirmed, state, envelope_id),
         )
 
+    def mark_sent_many(self, rows: list[tuple[str, int, str]]) -> None:
+        """:meth:`mark_sent` for many ``(envelope_id, confirmed, state)``, in one commit (or
+        in the transaction already open on this connection)."""
+        with self._lock:
+            own = not self._db.in_transaction
+            if own:
+                self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "UPDATE sent SET confirmed=?, state=? WHERE envelope_id=?",
+                    [(confirmed, state, eid) for eid, confirmed, state in rows],
+                )
+            except BaseException:
+                if own:
+                    self._db.execute("ROLLBACK")
+                raise
+            if own:
+                self._db.execute("COMMIT")
+
     _SENT_COLUMNS = (
         "envelope_id",
         "recipients",

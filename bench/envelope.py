@@ -1,14 +1,22 @@
-"""Envelope throughput against a raw libsodium baseline measured in the same run.
+"""Envelope seal, verify and open against fair floors measured in the same run, CPU and wall.
 
     .venv/bin/python bench/envelope.py [--json] [--mib 256] [--rss-mib 1024] [--repeat 3]
 
-Baseline: secretstream push over the same bytes with the same chunk size
-(1 MiB) plus SHA-256 of the output, in memory, one thread. Ours: seal,
-verify and open file to file (open includes the quarantine file and its
-fsync), to 1 and to 75 recipients. Each figure is the best of ``--repeat``
-runs, baseline and ours interleaved, because the machine is shared and noisy.
-Ratios = our throughput / baseline throughput. Peak RSS is measured in a
-child process per operation on a ``--rss-mib`` file (1 GiB by default).
+Each operation of ours is compared with the least work it has to do, done
+with the same primitives, the same segment size (1 MiB), file to file, and
+the same number of threads as ours:
+
+- seal: read, secretstream push, SHA-256 + Ed25519 signature per segment,
+  write, fsync (hashing, signing and writing in a second thread, as ours);
+- verify: read, SHA-256 + Ed25519 verification per segment (one thread);
+- open: read, SHA-256 + Ed25519 verification per segment (in a second
+  thread, as ours), secretstream pull, write, fsync.
+
+Every figure is the best of ``--repeat`` runs, floor and ours interleaved.
+Ratios are floor / ours, for CPU seconds (every thread of the process, from
+``time.process_time``: the stable figure on a shared machine) and for
+wall-clock. Peak RSS is measured in a child process per operation on a
+``--rss-mib`` file (1 GiB by default).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +40,10 @@ import msgpack  # noqa: E402
 import nacl.bindings as sodium  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat  # noqa: E402
 
 import envelopes  # noqa: E402
+from envelopes._pipeline import WriteBehind, prefetch  # noqa: E402
 from envelopes.frames import FrameReader, parse_header_frame  # noqa: E402
 from keys.agency import AgencyKeys, raw_private  # noqa: E402
 from keys.codes import AgencyCode  # noqa: E402
@@ -42,27 +53,87 @@ from tests.helpers import commune_code, make_world  # noqa: E402
 
 CHUNK = 1024 * 1024
 SENDER = "000.00.00.H41"
+ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES
+TAG_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
+TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
 
 
-def baseline(data_path: Path) -> float:
-    """Seconds for secretstream push + SHA-256 of the output over the file's bytes, in memory."""
-    data = data_path.read_bytes()
-    view = memoryview(data)
-    state = sodium.crypto_secretstream_xchacha20poly1305_state()
-    sodium.crypto_secretstream_xchacha20poly1305_init_push(
-        state, sodium.crypto_secretstream_xchacha20poly1305_keygen()
-    )
-    digest = hashlib.sha256()
-    tag_final = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
-    tag_msg = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
-    start = time.perf_counter()
-    for off in range(0, len(data), CHUNK):
-        last = off + CHUNK >= len(data)
-        ct = sodium.crypto_secretstream_xchacha20poly1305_push(
-            state, bytes(view[off : off + CHUNK]), None, tag_final if last else tag_msg
-        )
-        digest.update(ct)
-    return time.perf_counter() - start
+Timing = tuple[float, float]  # (wall seconds, CPU seconds)
+
+
+def _timed(run: Callable[[], object]) -> Timing:
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+class Floors:
+    """The least each operation must do (see the module docstring), on the same files."""
+
+    def __init__(self) -> None:
+        self.key = sodium.crypto_secretstream_xchacha20poly1305_keygen()
+        self.signer = Ed25519PrivateKey.generate()
+        self.public = self.signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.signatures: list[bytes] = []
+        self.stream_header = b""
+
+    def seal(self, src: Path, dst: Path) -> Timing:
+        dst.unlink(missing_ok=True)
+
+        def run() -> None:
+            state = sodium.crypto_secretstream_xchacha20poly1305_state()
+            self.stream_header = sodium.crypto_secretstream_xchacha20poly1305_init_push(
+                state, self.key
+            )
+            signatures: list[bytes] = []
+            size = src.stat().st_size
+            with src.open("rb") as fin, dst.open("wb") as fout:
+
+                def emit(ct: bytes) -> None:
+                    signatures.append(self.signer.sign(hashlib.sha256(ct).digest()))
+                    fout.write(ct)
+
+                with WriteBehind(emit) as writer:
+                    for off in range(0, size, CHUNK):
+                        last = off + CHUNK >= size
+                        writer.put(
+                            sodium.crypto_secretstream_xchacha20poly1305_push(
+                                state, fin.read(CHUNK), None, TAG_FINAL if last else TAG_MESSAGE
+                            )
+                        )
+                fout.flush()
+                os.fsync(fout.fileno())
+            self.signatures = signatures
+
+        return _timed(run)
+
+    def _checked(self, src: Path) -> Iterator[bytes]:
+        with src.open("rb") as fin:
+            for signature in self.signatures:
+                ct = fin.read(CHUNK + ABYTES)
+                message = signature + hashlib.sha256(ct).digest()
+                sodium.crypto_sign_open(message, self.public)
+                yield ct
+
+    def verify(self, src: Path) -> Timing:
+        return _timed(lambda: sum(1 for _ in self._checked(src)))
+
+    def open(self, src: Path, out: Path) -> Timing:
+        out.unlink(missing_ok=True)
+
+        def run() -> None:
+            state = sodium.crypto_secretstream_xchacha20poly1305_state()
+            sodium.crypto_secretstream_xchacha20poly1305_init_pull(
+                state, self.stream_header, self.key
+            )
+            with out.open("wb") as fout:
+                pull = sodium.crypto_secretstream_xchacha20poly1305_pull
+                for ct in prefetch(self._checked(src)):
+                    fout.write(pull(state, ct, None)[0])
+                fout.flush()
+                os.fsync(fout.fileno())
+
+        return _timed(run)
 
 
 class Bench:
@@ -73,9 +144,11 @@ class Bench:
         self.directory_bytes = self.world.directory_bytes(valid_days=30)
         self.directory = Directory.load(self.directory_bytes, TrustState(None), now=self.world.now)
 
-    def seal(self, src: Path, dst: Path, n: int) -> float:
+    def seal(self, src: Path, dst: Path, n: int) -> Timing:
         dst.unlink(missing_ok=True)
-        start = time.perf_counter()
+        return _timed(lambda: self._seal(src, dst, n))
+
+    def _seal(self, src: Path, dst: Path, n: int) -> None:
         with src.open("rb") as fin, dst.open("wb") as fout:
             envelopes.seal(
                 fin,
@@ -89,22 +162,23 @@ class Bench:
             )
             fout.flush()
             os.fsync(fout.fileno())
-        return time.perf_counter() - start
 
-    def verify(self, src: Path) -> float:
-        start = time.perf_counter()
-        with src.open("rb") as fin:
-            envelopes.verify(fin, directory=self.directory, now=self.world.now)
-        return time.perf_counter() - start
+    def verify(self, src: Path) -> Timing:
+        def run() -> None:
+            with src.open("rb") as fin:
+                envelopes.verify(fin, directory=self.directory, now=self.world.now)
 
-    def open(self, src: Path, out: Path, who: str) -> float:
+        return _timed(run)
+
+    def open(self, src: Path, out: Path, who: str) -> Timing:
         out.unlink(missing_ok=True)
-        start = time.perf_counter()
-        with src.open("rb") as fin:
-            envelopes.open_to_path(
-                fin, out, keys=self.world.keys[who], directory=self.directory, now=self.world.now
-            )
-        return time.perf_counter() - start
+
+        def run() -> None:
+            keys, now = self.world.keys[who], self.world.now
+            with src.open("rb") as fin:
+                envelopes.open_to_path(fin, out, keys=keys, directory=self.directory, now=now)
+
+        return _timed(run)
 
     def header_bytes(self, envelope: Path) -> int:
         with envelope.open("rb") as f:
@@ -203,19 +277,24 @@ def main() -> int:
         src = work / "doc.bin"
         make_file(src, args.mib)
         size_mb = args.mib * CHUNK / 1e6
-        best: dict[str, float] = {}
+        best: dict[str, list[float]] = {}  # name -> [wall, cpu], each the best seen
 
-        def record(name: str, seconds: float) -> None:
-            best[name] = min(best.get(name, float("inf")), seconds)
+        def record(name: str, timing: Timing) -> None:
+            seen = best.setdefault(name, [float("inf"), float("inf")])
+            best[name] = [min(seen[0], timing[0]), min(seen[1], timing[1])]
 
+        floors = Floors()
         for round_ in range(args.repeat + 1):
             if round_ == 0:  # warm-up: first-touch page faults on a fresh VM are not ours
-                baseline(src)
+                floors.seal(src, work / "floor.ct")
                 bench.seal(src, work / "warm.cpe", 1)
                 bench.open(work / "warm.cpe", work / "warm.bin", commune_code(0))
                 (work / "warm.bin").unlink()
                 continue
-            record("baseline", baseline(src))
+            record("floor_seal", floors.seal(src, work / "floor.ct"))
+            record("floor_verify", floors.verify(work / "floor.ct"))
+            record("floor_open", floors.open(work / "floor.ct", work / "floor.out"))
+            (work / "floor.out").unlink()
             for n in (1, 75):
                 env = work / f"doc-{n}.cpe"
                 record(f"seal_{n}", bench.seal(src, env, n))
@@ -223,7 +302,7 @@ def main() -> int:
                 record(f"open_{n}", bench.open(env, work / f"out-{n}.bin", commune_code(n - 1)))
             log(
                 f"round {round_}/{args.repeat}: "
-                + ", ".join(f"{k} {size_mb / v:,.0f} MB/s" for k, v in best.items())
+                + ", ".join(f"{k} {size_mb / v[0]:,.0f} MB/s" for k, v in best.items())
             )
         assert (work / "out-75.bin").read_bytes() == src.read_bytes()
         header_75 = bench.header_bytes(work / "doc-75.cpe")
@@ -240,27 +319,28 @@ def main() -> int:
         _save_world(bench, work / "world.msgpack")
         rss = {op: rss_child(work, op) for op in ("seal", "verify", "open")}
 
-    base = size_mb / best["baseline"]
-    result = {
-        "file_mib": args.mib,
-        "baseline_mb_s": round(base, 1),
-        "seal_mb_s": round(size_mb / best["seal_1"], 1),
-        "verify_mb_s": round(size_mb / best["verify_1"], 1),
-        "open_mb_s": round(size_mb / best["open_1"], 1),
-        "seal_ratio": round(best["baseline"] / best["seal_1"], 3),
-        "verify_ratio": round(best["baseline"] / best["verify_1"], 3),
-        "open_ratio": round(best["baseline"] / best["open_1"], 3),
-        "seal_ratio_75": round(best["baseline"] / best["seal_75"], 3),
-        "verify_ratio_75": round(best["baseline"] / best["verify_75"], 3),
-        "open_ratio_75": round(best["baseline"] / best["open_75"], 3),
-        "peak_rss_mib": round(max(rss.values()), 1),
-        "peak_rss_by_op_mib": {k: round(v, 1) for k, v in rss.items()},
-        "rss_file_mib": args.rss_mib,
-        "header_bytes_75": header_75,
-        "repeat": args.repeat,
-        "files_on": str(args.dir or tempfile.gettempdir()),
-        "cpus": os.cpu_count(),
-    }
+    result: dict[str, object] = {"file_mib": args.mib}
+    for op in ("seal", "verify", "open"):
+        floor_wall, floor_cpu = best[f"floor_{op}"]
+        result[f"{op}_mb_s"] = round(size_mb / best[f"{op}_1"][0], 1)
+        result[f"{op}_floor_mb_s"] = round(size_mb / floor_wall, 1)
+        result[f"{op}_cpu_ms_per_mib"] = round(best[f"{op}_1"][1] * 1000 / args.mib, 3)
+        result[f"{op}_floor_cpu_ms_per_mib"] = round(floor_cpu * 1000 / args.mib, 3)
+        for n in (1, 75):
+            tail = "" if n == 1 else "_75"
+            result[f"{op}_cpu_ratio{tail}"] = round(floor_cpu / best[f"{op}_{n}"][1], 3)
+            result[f"{op}_ratio{tail}"] = round(floor_wall / best[f"{op}_{n}"][0], 3)
+    result.update(
+        {
+            "peak_rss_mib": round(max(rss.values()), 1),
+            "peak_rss_by_op_mib": {k: round(v, 1) for k, v in rss.items()},
+            "rss_file_mib": args.rss_mib,
+            "header_bytes_75": header_75,
+            "repeat": args.repeat,
+            "files_on": str(args.dir or tempfile.gettempdir()),
+            "cpus": os.cpu_count(),
+        }
+    )
     if args.json:
         print(json.dumps(result))
     else:

@@ -9,6 +9,7 @@ so that nothing appears at the destination before the whole envelope verified.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from envelopes.frames import (
     segment_signed_message,
 )
 from envelopes.header import Header
+from envelopes.parts import Part
 from envelopes.payload import Metadata, PayloadSplitter
 from keys.agency import AgencyKeys
 from keys.directory import Directory, DirectoryEntry
@@ -246,31 +248,61 @@ def open_envelope(
     state: dict[str, _crypto.StreamDecryptor] = {}
 
     def on_header(checked: CheckedHeader) -> None:
-        header = checked.header
-        mine = header.recipient(keys.code)
-        if mine is None:
-            raise EnvelopeRefused(
-                Reason.NOT_RECIPIENT, f"{keys.code} is not a recipient of this envelope"
-            )
-        if mine.key_id != keys.enc_key_id:
-            raise EnvelopeRefused(
-                Reason.STALE_KEY, f"envelope is addressed to another key of {keys.code}"
-            )
-        info = _crypto.wrap_info(
-            header.envelope_id, header.sender_key_id, mine.key_id, mine.code.text
-        )
-        payload_key = _crypto.unwrap_key(mine.wrapped_key, keys.encryption_key, info)
-        if _crypto.key_commitment(header.envelope_id, payload_key) != header.key_commitment:
-            raise EnvelopeRefused(
-                Reason.KEY_COMMITMENT, "payload key does not match the header's key commitment"
-            )
-        state["stream"] = _crypto.StreamDecryptor(payload_key, header.stream_header, header.hash)
+        state["stream"] = _decryptor(checked.header, keys)
 
     def on_segment(segment: SegmentFrame) -> None:
         splitter.feed(state["stream"].pull(segment.ciphertext, segment.final))
 
     info = _walk(src, directory, now, on_header, on_segment)
     return Opened(info, splitter.finish(), splitter.document_bytes)
+
+
+def _decryptor(header: Header, keys: AgencyKeys) -> _crypto.StreamDecryptor:
+    """Unwrap this agency's payload key (checked against the key commitment)."""
+    mine = header.recipient(keys.code)
+    if mine is None:
+        raise EnvelopeRefused(
+            Reason.NOT_RECIPIENT, f"{keys.code} is not a recipient of this envelope"
+        )
+    if mine.key_id != keys.enc_key_id:
+        raise EnvelopeRefused(
+            Reason.STALE_KEY, f"envelope is addressed to another key of {keys.code}"
+        )
+    info = _crypto.wrap_info(header.envelope_id, header.sender_key_id, mine.key_id, mine.code.text)
+    payload_key = _crypto.unwrap_key(mine.wrapped_key, keys.encryption_key, info)
+    if _crypto.key_commitment(header.envelope_id, payload_key) != header.key_commitment:
+        raise EnvelopeRefused(
+            Reason.KEY_COMMITMENT, "payload key does not match the header's key commitment"
+        )
+    return _crypto.StreamDecryptor(payload_key, header.stream_header, header.hash)
+
+
+def open_part(
+    part: Part,
+    *,
+    size: int,
+    keys: AgencyKeys,
+    directory: Directory,
+    now: dt.datetime | None = None,
+) -> tuple[Opened, bytes]:
+    """Verify and decrypt a one-segment envelope already decoded as one part, in memory.
+
+    The same checks as :func:`open_envelope`, in the same order, on the part the
+    caller parsed (``size``: its bytes); returns the document only once all of
+    them passed, so nothing needs a quarantine file (a segment is at most 4 MiB).
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    sender = check_header_signature(part.header, part.header_signature, directory, now)
+    checked = check_header_rest(part.header, sender, directory, now)
+    if checked.header.segment_count != 1 or part.segment.index != 0:
+        raise EnvelopeRefused(Reason.SEGMENT, "envelope has more segments than this part")
+    stream = _decryptor(checked.header, keys)
+    check_segment(checked, part.segment)
+    out = io.BytesIO()
+    splitter = PayloadSplitter(out)
+    splitter.feed(stream.pull(part.segment.ciphertext, part.segment.final))
+    opened = Opened(EnvelopeInfo(checked, size), splitter.finish(), splitter.document_bytes)
+    return opened, out.getvalue()
 
 
 def open_to_path(

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgpack
 
@@ -49,6 +49,11 @@ SUBMISSION = "submission"  # the event of a decision on one verified header
 PART = "part"  # the event of a later part accepted under a decided header
 NOTICE_EVENTS = ("receipt", "status", "recall")  # relayed notices
 REFUSAL_EVENTS = ("part-refused", "notice-refused")  # verified messages refused once
+_T = TypeVar("_T")
+_DECISION_COLUMNS = "envelope_id, header_hash, decision, rule_id, leaf_index"
+_PART_COLUMNS = "envelope_id, header_hash, part, digest"
+_PART_KEY = "(envelope_id, header_hash, part)"
+MAX_RECENT_NODES = 1 << 16  # about 6 MB of hashes kept for checkpoint proofs, at most
 
 
 @dataclass(frozen=True)
@@ -91,13 +96,13 @@ class Record:
 
     def leaf(self, seq: int) -> bytes:
         """Canonical leaf bytes: fixed field order (:data:`LEAF_FIELDS`), integers and strings."""
-        values = self.values()
-        values["time"] = int(self.time.timestamp() * 1000)
-        return bytes(
-            msgpack.packb(
-                [LEAF_VERSION, seq, *(values[f] for f in RECORD_FIELDS)], use_bin_type=True
-            )
-        )
+        return self.leaf_from(self.values(), seq)
+
+    def leaf_from(self, values: dict[str, object], seq: int) -> bytes:
+        """:meth:`leaf` from :meth:`values` computed already (the store needs both)."""
+        fields = [values[f] for f in RECORD_FIELDS]
+        fields[_TIME_AT] = int(self.time.timestamp() * 1000)
+        return bytes(msgpack.packb([LEAF_VERSION, seq, *fields], use_bin_type=True))
 
 
 # The one list of a record's fields, in leaf order. Everything else derives from it.
@@ -124,6 +129,7 @@ RECORD_FIELDS = (
 )
 assert set(RECORD_FIELDS) == {f.name for f in fields(Record)}
 LEAF_FIELDS = ("version", "leaf_index", "time_ms", *RECORD_FIELDS[1:])
+_TIME_AT = RECORD_FIELDS.index("time")  # a leaf holds the time in milliseconds
 RECORD_COLUMNS = ("seq", "log_id", "leaf_index", *RECORD_FIELDS)
 _INTEGER = {"size", "count", "policy_version", "directory_version", "part"}
 # Version 1 leaves (before decisions were bound to headers): same order, fewer fields.
@@ -340,6 +346,11 @@ class AuditStore:
             self._db.executescript(SCHEMA + TRIGGERS)
         self._range: merkle.CompactRange | None = None
         self._marks: set[tuple[str, str, int]] = set()
+        # Nodes (level 0: leaf hashes) and leaves this process appended to its own log since
+        # its last proofs: checkpoint proofs are made from memory, not O(log n) reads each.
+        # A node hash of an append-only log never changes, so a kept one is never stale.
+        self._recent_nodes: dict[tuple[int, int], bytes] = {}
+        self._recent_leaves: dict[int, bytes] = {}
 
     def _check_format(self) -> None:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(records)")}
@@ -380,14 +391,28 @@ class AuditStore:
                 return []
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                outcomes = _Group(self, resolver).append(entries)
+                group = _Group(self, resolver)
+                outcomes = group.append(entries)
                 self._write_marks()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._range = None  # re-read from the store next time
                 raise
+            self._remember(group)
             return outcomes
+
+    def _remember(self, group: _Group) -> None:
+        """Keep what a durable commit appended, for :meth:`proofs` (bounded)."""
+        if len(self._recent_nodes) > MAX_RECENT_NODES:
+            self._recent_nodes.clear()  # proofs read the store instead: slower, still right
+            self._recent_leaves.clear()
+        for row in group.rows:
+            index, leaf, lh = int(row[1]), bytes(row[-2]), bytes(row[-1])  # type: ignore[call-overload]
+            self._recent_nodes[(0, index)] = lh
+            self._recent_leaves[index] = leaf
+        for _, level, index, h in group.nodes:
+            self._recent_nodes[(int(level), int(index))] = bytes(h)  # type: ignore[call-overload]
 
     def _tree(self) -> merkle.CompactRange:
         """This log's compact range, re-read if another process appended since."""
@@ -593,6 +618,44 @@ class AuditStore:
                 dict(zip(RECORD_FIELDS, row[3:], strict=True)),
             )
 
+    def proofs(self, start: int, end: int) -> list[tuple[int, str, str, bytes, list[bytes]]]:
+        """``(leaf_index, envelope_id, sender, leaf, inclusion proof at size end)`` of each
+        accepted decision in leaves [start, end) of this store's own log.
+
+        Nodes this process appended come from memory; any other node is read once for all
+        the proofs. What memory holds for leaves before ``end`` is then let go, except the
+        border of the tree at ``end`` (later proofs need it).
+        """
+        log_id = self.log_id
+        rows = self.accepted_between(log_id, start, end)
+        with self._lock:
+            read = self._node_reader(log_id)
+            recent = self._recent_nodes
+            seen: dict[tuple[int, int], bytes] = {}
+
+            def get_node(level: int, index: int) -> bytes:
+                key = (level, index)
+                h = recent.get(key) or seen.get(key)
+                if h is None:
+                    h = seen[key] = read(level, index)
+                return h
+
+            out = []
+            for index, eid, sender in rows:
+                leaf = self._recent_leaves.get(index)
+                if leaf is None:
+                    row = self._db.execute(
+                        "SELECT leaf FROM records WHERE log_id=? AND leaf_index=?", (log_id, index)
+                    ).fetchone()
+                    leaf = bytes(row[0])
+                out.append((index, eid, sender, leaf, merkle.inclusion_proof(index, end, get_node)))
+            border = set(merkle.border(end))
+            self._recent_nodes = {
+                k: h for k, h in recent.items() if (k[1] + 1) << k[0] > end or k in border
+            }
+            self._recent_leaves = {i: v for i, v in self._recent_leaves.items() if i >= end}
+        return out
+
     def accepted_between(self, log_id: str, start: int, end: int) -> list[tuple[int, str, str]]:
         """``(leaf_index, envelope_id, sender)`` of accepted decisions in leaves [start, end)."""
         with self._lock:
@@ -788,6 +851,48 @@ class _Group:
         self.part_rows: list[tuple[object, ...]] = []
         self.relay_rows: list[tuple[object, ...]] = []
         self.refusal_rows: list[tuple[object, ...]] = []
+        # What the store holds about this group's claims, read in a few queries up front
+        # (inside the write transaction: nobody else can change it until the commit).
+        self.fetched: set[str] = set()  # envelope ids whose decisions and parts were read
+        self.stored: dict[tuple[str, str], Outcome] = {}
+        self.stored_ids: set[str] = set()
+        self.stored_parts: dict[tuple[str, str, int], str] = {}
+        self.fetched_parts: set[tuple[str, str, int]] = set()
+        self.seen_keys: dict[str, set[str]] = {"refused": set(), "relayed": set()}
+        self.fetched_keys: dict[str, set[str]] = {"refused": set(), "relayed": set()}
+
+    def prefetch(self, entries: Sequence[Entry]) -> None:
+        """Read the standing decisions, parts, relays and refusals the entries ask about."""
+        ids = sorted({e.decides[0] for e in entries if e.decides is not None})
+        parts = sorted({e.part[:3] for e in entries if e.part is not None})
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE envelope_id IN ({marks})"  # noqa: S608 - placeholders only
+            for eid, hh, decision, rule, index in self.db.execute(sql, chunk):
+                self.stored[(eid, hh)] = Outcome(int(index), str(decision), str(rule), False)
+                self.stored_ids.add(eid)
+            self.fetched.update(chunk)
+        for chunk3 in _chunks(parts):
+            ids3 = sorted({k[0] for k in chunk3})
+            # The envelope ids first, so that the primary key's index is used.
+            sql = (
+                f"SELECT {_PART_COLUMNS} FROM forwarded WHERE envelope_id IN"  # noqa: S608 - placeholders only
+                f" ({','.join('?' * len(ids3))}) AND {_PART_KEY} IN"
+                f" (VALUES {','.join('(?,?,?)' for _ in chunk3)})"
+            )
+            args = [*ids3, *(x for k in chunk3 for x in k)]
+            for eid, hh, part, digest in self.db.execute(sql, args):
+                self.stored_parts[(eid, hh, int(part))] = str(digest)
+        self.fetched_parts = set(parts)
+        for table, column, keys in (
+            ("refused", "digest", sorted({e.refuses for e in entries if e.refuses})),
+            ("relayed", "relay_key", sorted({e.relays for e in entries if e.relays})),
+        ):
+            for chunk in _chunks(keys):
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT {column} FROM {table} WHERE {column} IN ({marks})"  # noqa: S608 - fixed names
+                self.seen_keys[table].update(str(r[0]) for r in self.db.execute(sql, chunk))
+                self.fetched_keys[table].update(chunk)
 
     def _need(self) -> Resolver:
         if self.resolver is None:
@@ -797,6 +902,8 @@ class _Group:
     def _standing(self, key: tuple[str, str]) -> Outcome | None:
         if key in self.decided:
             return self.decided[key]
+        if key[0] in self.fetched:
+            return self.stored.get(key)
         row = self.store._one(
             "SELECT decision, rule_id, leaf_index FROM decisions WHERE envelope_id=? AND"
             " header_hash=?",
@@ -807,17 +914,30 @@ class _Group:
     def _part(self, key: tuple[str, str, int]) -> str | None:
         if key in self.parts:
             return self.parts[key]
+        if key in self.fetched_parts:
+            return self.stored_parts.get(key)
         row = self.store._one(
             "SELECT digest FROM forwarded WHERE envelope_id=? AND header_hash=? AND part=?", key
         )
         return None if row is None else str(row[0])
 
     def _seen(self, table: str, column: str, key: str, local: set[str]) -> bool:
-        return key in local or (
+        if key in local:
+            return True
+        if key in self.fetched_keys[table]:
+            return key in self.seen_keys[table]
+        return (
             self.store._one(f"SELECT 1 FROM {table} WHERE {column}=?", (key,)) is not None  # noqa: S608 - fixed names
         )
 
+    def _id_decided(self, envelope_id: str) -> bool:
+        if envelope_id in self.fetched:
+            return envelope_id in self.stored_ids
+        row = self.store._one("SELECT 1 FROM decisions WHERE envelope_id=?", (envelope_id,))
+        return row is not None
+
     def append(self, entries: Sequence[Entry]) -> list[Outcome]:
+        self.prefetch(entries)
         outcomes = [self._one_entry(e) for e in entries]
         db = self.db
         db.executemany(
@@ -845,9 +965,7 @@ class _Group:
             return Outcome(-1, ACCEPTED, record.rule_id, False)
         if decides is not None:
             standing = self._standing(decides)
-            if standing is None and (decides[0] in self.ids or self.store._one(
-                "SELECT 1 FROM decisions WHERE envelope_id=?", (decides[0],)
-            )):  # fmt: skip
+            if standing is None and (decides[0] in self.ids or self._id_decided(decides[0])):
                 record, conflict, part = self._need().id_reuse(record), "id", None
             elif standing is not None:
                 if part is None or standing.decision != ACCEPTED:
@@ -881,12 +999,18 @@ class _Group:
 
     def _leaf(self, record: Record) -> int:
         index = self.tree.size
-        leaf = record.leaf(index)
+        values = record.values()
+        leaf = record.leaf_from(values, index)
         lh = merkle.leaf_hash(leaf)
         self.nodes += [
             (self.store.log_id, lvl, i, h) for lvl, i, h in self.tree.append(lh) if lvl > 0
         ]
-        values = record.values()
         values["recipients"] = json.dumps(values["recipients"])
         self.rows.append((self.store.log_id, index, *(values[f] for f in RECORD_FIELDS), leaf, lh))
         return index
+
+
+def _chunks(items: Sequence[_T], size: int = 300) -> Iterator[Sequence[_T]]:
+    """``items`` in slices small enough for one statement's bound parameters."""
+    for k in range(0, len(items), size):
+        yield items[k : k + size]

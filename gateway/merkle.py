@@ -24,6 +24,7 @@ __all__ = [
     "CompactRange",
     "GetNode",
     "ProofError",
+    "border",
     "consistency_proof",
     "inclusion_proof",
     "leaf_hash",
@@ -112,6 +113,12 @@ def _perfect_ranges(start: int, end: int) -> Iterator[tuple[int, int]]:
         if width >> level & 1:
             yield level, pos >> level
             pos += 1 << level
+
+
+def border(size: int) -> list[tuple[int, int]]:
+    """(level, index) of the perfect subtrees tiling ``[0, size)``: the nodes that proofs in
+    any larger tree may need from that part of it."""
+    return list(_perfect_ranges(0, size))
 
 
 class CompactRange:

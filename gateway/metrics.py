@@ -104,7 +104,11 @@ class GatewayMetrics:
             PREFIX + "paused", "1 while no decision is possible (policy or directory expired)",
             registry=r,
         )  # fmt: skip
-        self.held = Gauge(PREFIX + "held_messages", "Messages given back to their lane since the gateway paused", registry=r)
+        self.held = Gauge(
+            PREFIX + "held_messages",
+            "Messages given back to their lane since the gateway paused",
+            registry=r,
+        )
         self._connections = 0
 
     # --- hooks -------------------------------------------------------------------------------

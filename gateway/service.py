@@ -835,17 +835,15 @@ class Gateway:
         """Each sender gets, for its envelopes accepted in leaves [start, end), the leaf index
         and an inclusion proof in the new checkpoint: one message per sender."""
         try:
-            log_id = self.audit.log_id
             checkpoint = json.loads(message)
             checkpoint.pop("consistency", None)
             by_sender: dict[str, list[dict[str, Any]]] = {}
-            for index, eid, sender in self.audit.accepted_between(log_id, start, end):
-                proof = self.audit.inclusion_proof(log_id, index, end)
+            for index, eid, sender, leaf, proof in self.audit.proofs(start, end):
                 by_sender.setdefault(sender, []).append(
                     {
                         "envelope_id": eid,
                         "leaf_index": index,
-                        "leaf": base64.b64encode(self.audit.leaf(log_id, index)).decode(),
+                        "leaf": base64.b64encode(leaf).decode(),
                         "proof": [base64.b64encode(h).decode() for h in proof],
                     }
                 )

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,22 +57,22 @@ class AgencyKeys:
     signing_key: Ed25519PrivateKey
     encryption_key: X25519PrivateKey
 
-    @property
+    @functools.cached_property  # derived once: asked for on every envelope
     def sign_public(self) -> bytes:
         """Raw Ed25519 public key."""
         return self.signing_key.public_key().public_bytes(*_RAW)
 
-    @property
+    @functools.cached_property
     def enc_public(self) -> bytes:
         """Raw X25519 public key."""
         return self.encryption_key.public_key().public_bytes(*_RAW)
 
-    @property
+    @functools.cached_property
     def sign_key_id(self) -> bytes:
         """Key id of the signing key."""
         return key_id(self.sign_public)
 
-    @property
+    @functools.cached_property
     def enc_key_id(self) -> bytes:
         """Key id of the encryption key."""
         return key_id(self.enc_public)

@@ -10,6 +10,7 @@ clearance, UTF8String role }`` under a self-assigned UUID OID arc (X.667).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -108,7 +109,7 @@ class AgencyCertificate:
     not_before: dt.datetime
     not_after: dt.datetime
 
-    @property
+    @functools.cached_property  # asked for on every envelope checked
     def key_id(self) -> bytes:
         """Identifier of the certified key."""
         return key_id(self.public_key)

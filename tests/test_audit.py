@@ -7,6 +7,7 @@ Every tampering the audit issue names is tried on a copy of a real store and
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import shutil
 import sqlite3
@@ -175,6 +176,32 @@ def test_store_root_matches_a_naive_tree(env: Env, tmp_path: Path) -> None:
     proof = store.inclusion_proof("gw1", 5, 37)
     merkle.verify_inclusion(merkle.leaf_hash(leaves[5]), 5, 37, proof, store.root()[1])
     store.close()
+
+
+def test_checkpoint_proofs_from_memory_are_the_stores_proofs(tmp_path: Path) -> None:
+    """The proofs a gateway sends at each checkpoint (nodes it appended kept in memory,
+    the rest read from the store) are exactly the proofs the store gives, checkpoint after
+    checkpoint, in commits of any size, and from a store reopened with nothing in memory."""
+    store = AuditStore(tmp_path / "a.db", log_id="gw1")
+    bounds = [0]
+    for start, stop in ((0, 5), (5, 21), (21, 22), (22, 64), (64, 100), (100, 133)):
+        for k in range(start, stop, 16):
+            store.commit(entries(range(k, min(stop, k + 16))))
+        bounds.append(stop)
+    reopened = AuditStore(tmp_path / "a.db", log_id="gw1")
+    for start, end in itertools.pairwise(bounds):
+        _, root = store.root(size=end)
+        for got in (store.proofs(start, end), reopened.proofs(start, end)):
+            assert [i for i, *_ in got] == [
+                i for i in range(start, end) if i % 7
+            ]  # the accepted decisions only
+            for index, eid, sender, leaf, proof in got:
+                want = (f"{index:032x}", "000.00.00.H41", store.leaf("gw1", index))
+                assert (eid, sender, leaf) == want
+                assert proof == store.inclusion_proof("gw1", index, end)
+                merkle.verify_inclusion(merkle.leaf_hash(leaf), index, end, proof, root)
+    store.close()
+    reopened.close()
 
 
 def test_triggers_refuse_update_and_delete(tmp_path: Path) -> None:
