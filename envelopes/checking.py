@@ -28,6 +28,7 @@ from envelopes.frames import (
 )
 from envelopes.header import Header
 from envelopes.payload import Metadata, PayloadSplitter
+from envelopes.signatures import OfficialSignature, verify_all
 from keys.agency import AgencyKeys
 from keys.directory import Directory, DirectoryEntry
 from keys.errors import CipherpostError
@@ -82,6 +83,7 @@ class Opened:
     info: EnvelopeInfo
     metadata: Metadata
     document_bytes: int
+    signatures: tuple[OfficialSignature, ...] = ()  # each verified against the directory
 
 
 def check_header(
@@ -269,8 +271,23 @@ def open_envelope(
     def on_segment(segment: SegmentFrame) -> None:
         splitter.feed(state["stream"].pull(segment.ciphertext, segment.final))
 
+    now = now or dt.datetime.now(dt.UTC)
     info = _walk(src, directory, now, on_header, on_segment)
-    return Opened(info, splitter.finish(), splitter.document_bytes)
+    metadata = splitter.finish()
+    header = info.checked.header
+    # Before the caller releases anything: a signature that fails refuses the whole envelope.
+    signatures = verify_all(
+        metadata.signatures,
+        header.caveats,
+        directory,
+        sender=header.sender,
+        subject=metadata.subject,
+        notation=metadata.fields.get("notation", ""),
+        digest=splitter.document_digest,
+        size=splitter.document_bytes,
+        now=now,
+    )
+    return Opened(info, metadata, splitter.document_bytes, signatures)
 
 
 def open_to_path(
