@@ -324,46 +324,63 @@ def issue_official(
     Only under an agency the CA certified and did not revoke; the same key is certified
     once. Written to ``out_dir/<code>.<key id>.official.crt``.
     """
+    return issue_officials(ca, [(request, out_dir)], now, valid_days)[0]
+
+
+def issue_officials(
+    ca: CertificateAuthority,
+    requests: list[tuple[OfficialRequest, Path]],
+    now: dt.datetime,
+    valid_days: int = 365,
+) -> list[Path]:
+    """:func:`issue_official` for many (a commune's whole staff at once): the bookkeeping is
+    read and written once, and nothing is recorded if one request is refused."""
     if not 1 <= valid_days <= MAX_VALID_DAYS:
         raise UsageError(f"--valid-days must be 1..{MAX_VALID_DAYS}")
     state = ca.load_state()
-    agency = state["issued"].get(request.code.text)
-    if agency is None or agency.get("revoked"):
-        raise CipherpostError(
-            f"{request.code} holds no valid certificates from this CA: certify the agency first"
-        )
     officials = state.setdefault("officials", {})
-    kid = request.key_id.hex()
-    if kid in officials:
-        raise CipherpostError(f"this key is already certified (official {kid[:12]})")
-    extra: list[x509.NameAttribute[str]] = [x509.NameAttribute(x509.NameOID.TITLE, request.title)]
-    if request.position:
-        extra.append(x509.NameAttribute(POSITION_OID, request.position))
-    cert = _certificate(
-        ca,
-        request.name,
-        request.code,
-        Level(agency["clearance"]),
-        ROLE_OFFICIAL,
-        Ed25519PublicKey.from_public_bytes(request.public_key),
-        now,
-        valid_days,
-        tuple(extra),
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{request.code}.{kid[:16]}.official.crt"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    officials[kid] = {
-        "code": request.code.text,
-        "name": request.name,
-        "title": request.title,
-        "position": request.position,
-        "serial": str(cert.serial_number),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "revoked": False,
-    }
+    issued: list[tuple[Path, bytes]] = []
+    for request, out_dir in requests:
+        agency = state["issued"].get(request.code.text)
+        if agency is None or agency.get("revoked"):
+            raise CipherpostError(
+                f"{request.code} holds no valid certificates from this CA: certify the agency first"
+            )
+        kid = request.key_id.hex()
+        if kid in officials:
+            raise CipherpostError(f"this key is already certified (official {kid[:12]})")
+        extra: list[x509.NameAttribute[str]] = [
+            x509.NameAttribute(x509.NameOID.TITLE, request.title)
+        ]
+        if request.position:
+            extra.append(x509.NameAttribute(POSITION_OID, request.position))
+        cert = _certificate(
+            ca,
+            request.name,
+            request.code,
+            Level(agency["clearance"]),
+            ROLE_OFFICIAL,
+            Ed25519PublicKey.from_public_bytes(request.public_key),
+            now,
+            valid_days,
+            tuple(extra),
+        )
+        officials[kid] = {
+            "code": request.code.text,
+            "name": request.name,
+            "title": request.title,
+            "position": request.position,
+            "serial": str(cert.serial_number),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "revoked": False,
+        }
+        path = out_dir / f"{request.code}.{kid[:16]}.official.crt"
+        issued.append((path, cert.public_bytes(serialization.Encoding.PEM)))
+    for path, pem in issued:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pem)
     ca.save_state(state)
-    return path
+    return [path for path, _ in issued]
 
 
 def find_official(ca: CertificateAuthority, key_id_prefix: str) -> str:
