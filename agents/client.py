@@ -71,7 +71,7 @@ from keys.agency import TRUST_FILE, load_agency
 from keys.ca import load_ca_certificate
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState
-from keys.errors import CipherpostError, Refused, UsageError, clip
+from keys.errors import CipherpostError, Refused, UsageError
 from keys.levels import Level, Urgency
 from keys.logsetup import get_logger
 
@@ -827,7 +827,8 @@ class Client:
     ) -> None:
         """A document refused here is told, never dropped silently: an event for the clerk
         and, when what failed is what its (verified) sender put inside (an official's
-        signature, the signed flag, a replacement), a signed 02 "rejected" naming why."""
+        signature, the signed flag, a replacement), a signed 02 "rejected" naming the rule
+        (never the details: they are payload metadata)."""
         event = {
             "kind": "refused-document",
             "envelope_id": eid,
@@ -842,7 +843,9 @@ class Client:
         if sender is not None and e.reason in _SENDER_CONTENT:
             self._send_notice(
                 KIND_STATUS, bytes.fromhex(eid), header_hash, sender, "02",
-                clip(f"refused: {e.reason.rule_id}: {e}", limit=MAX_TEXT),
+                # The fixed text only: a notice crosses the gateway unencrypted, and the
+                # message names the official (payload metadata).
+                f"refused: {e.reason.rule_id}: {e.reason.text}",
             )  # fmt: skip
 
     def _check_replacement(self, envelope_id: str, replaces: str, sender: str) -> None:

@@ -181,5 +181,11 @@ def register(
         " answers 15 (agreed: moved to its recalled folder) or 16 (refused)",
     )
     sp.add_argument("envelope_id", metavar="ENVELOPE_ID", help="the id or its first digits")
-    sp.add_argument("--reason", required=True, metavar="TEXT", help="up to 280 characters")
+    sp.add_argument(
+        "--reason",
+        required=True,
+        metavar="TEXT",
+        help="up to 280 characters; like every notice it is signed, not encrypted: the gateway"
+        " reads it, so no secrets",
+    )
     config_arg(sp)

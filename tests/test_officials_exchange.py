@@ -177,6 +177,7 @@ def test_a_revoked_officials_signature_is_refused_with_the_reason(world, tmp_pat
         consume_until(clerk, lambda: bool(clerk.status(eid)["recipients"].get(B)), what="02")
         (rejected,) = [h for h in clerk.status(eid)["recipients"][B] if h["status"] == "02"]
     assert "invariant:revoked-official" in rejected["note"] and rejected["verified"]
+    assert "Trần Thị B" not in rejected["note"]  # the official's name is payload metadata
 
 
 def test_a_signature_over_other_bytes_is_refused(world, tmp_path):
