@@ -21,16 +21,24 @@ from pathlib import Path
 
 from agents.client import Client, ReceivedDocument
 from agents.config import AgentConfig
-from agents.edxml import EDXML_FIELDS, edxml_fields
+from agents.edxml import EDXML_FIELDS, STATUS_EDXML, edxml_fields
+from envelopes.signatures import OfficialSignature, sign_document
+from keys.ca import load_ca_certificate
 from keys.keystore import unlock
+from keys.officials import OfficialKeys, load_official
 
 __all__ = [
     "EDXML_FIELDS",
+    "STATUS_EDXML",
     "AgentConfig",
     "Client",
+    "OfficialKeys",
+    "OfficialSignature",
     "ReceivedDocument",
     "edxml_fields",
     "open_agent",
+    "open_official",
+    "sign_document",
 ]
 
 
@@ -43,4 +51,19 @@ def open_agent(config: str | Path, passphrase: bytes | None = None) -> Client:
     return unlock(
         lambda prompted: Client(settings, prompted),
         prompt=f"Passphrase for {settings.agency_dir}: ",
+    )
+
+
+def open_official(
+    official_dir: str | Path, ca_cert: str | Path, passphrase: bytes | None = None
+) -> OfficialKeys:
+    """An official's signing key (``cipherpost official enroll``) with the certificate the CA
+    issued for it, checked against ``ca_cert``; for :func:`sign_document`."""
+    ca = load_ca_certificate(Path(ca_cert))
+    folder = Path(official_dir)
+    if passphrase is not None:
+        return load_official(folder, passphrase, ca)
+    return unlock(
+        lambda prompted: load_official(folder, prompted, ca),
+        prompt=f"Passphrase for {folder}: ",
     )

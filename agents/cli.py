@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import envelopes
-from agents import audit_cli, gateway_cli, onboarding, progress
+from agents import audit_cli, gateway_cli, officials_cli, onboarding, progress
+from agents import officials as officials_import
 from agents.client import Client, ReceivedDocument, ReceiverRunning
 from agents.interrupts import Interrupted, Stops
 from agents.output import emit, error_line, say
@@ -240,13 +241,11 @@ def cmd_ca_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_agency_import(args: argparse.Namespace) -> int:
-    try:
-        text = args.csv.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise CipherpostError(f"cannot read {args.csv}: {e.strerror}") from e
-    except UnicodeDecodeError:
-        raise UsageError(f"{args.csv} is not UTF-8 text") from None
-    rows = onboarding.read_csv(text)
+    if args.officials is not None:
+        return _import_officials(args)
+    if args.csv is None:
+        raise UsageError("give AGENCIES.csv, or --officials OFFICIALS.csv")
+    rows = onboarding.read_csv(_read_csv_text(args.csv))
     authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     new = onboarding.import_agencies(rows, authority, args.kits)
     emit(
@@ -256,6 +255,34 @@ def cmd_agency_import(args: argparse.Namespace) -> int:
         f"{len(rows)} agencies imported ({new} new); one kit each in {args.kits}",
     )  # fmt: skip
     say(args, "give each agency its kit; it runs: cipherpost agency join KIT --dir AGENCY_DIR")
+    return 0
+
+
+def _read_csv_text(path: Path) -> str:
+    """A CSV as Excel saves it (UTF-8, perhaps with a BOM); one-line errors."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise CipherpostError(f"cannot read {path}: {e.strerror}") from e
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text") from None
+
+
+def _import_officials(args: argparse.Namespace) -> int:
+    rows = officials_import.read_officials_csv(_read_csv_text(args.officials))
+    authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
+    result = officials_import.import_officials(rows, authority, args.kits, _now())
+    emit(
+        args,
+        {"officials": len(rows), "issued": len(result.issued), "already": len(result.already),
+         "waiting": result.waiting, "refused": result.refused},
+        *(f"REFUSED {reason}" for reason in result.refused),
+        f"{len(result.issued)} officials certified, {len(result.already)} already,"
+        f" {len(result.waiting)} waiting for their request, {len(result.refused)} refused;"
+        f" certificates beside each request in KIT/officials/",
+    )  # fmt: skip
+    if result.refused:
+        raise Refused(f"{len(result.refused)} request(s) refused: {result.refused[0]}")
     return 0
 
 
@@ -568,13 +595,18 @@ def cmd_send(args: argparse.Namespace) -> int:
     for path in args.files:
         if not path.is_file():
             raise CipherpostError(f"cannot read {path}: not a file")
+    if (args.signature or args.replaces) and len(args.files) != 1:
+        raise UsageError("--signature and --replaces belong to one document: send one FILE")
+    signatures = [_read_file(p, "signature") for p in args.signature]
+    fields = {"notation": args.number} if args.number else {}
     with _client(args) as client:
         sent = []
         try:
             for path in args.files:
                 envelope_id = client.send(
-                    path, to=to, level=level, urgency=urgency, subject=args.subject, wait=False
-                )
+                    path, to=to, level=level, urgency=urgency, subject=args.subject,
+                    fields=fields, signatures=signatures, replaces=args.replaces, wait=False,
+                )  # fmt: skip
                 sent.append((path, envelope_id))
             client.flush()  # every part of every document confirmed by the broker
         except (KeyboardInterrupt, Interrupted) as e:
@@ -627,7 +659,11 @@ def _event_line(event: dict[str, Any]) -> str:
     eid, mark = event["envelope_id"], "" if event["verified"] else "  [NOT VERIFIED]"
     if event["kind"] == "rejection":
         return f"{eid}  REFUSED by the gateway: rule {event['rule_id']} ({event['reason']}){mark}"
+    if event["kind"] == "refused-document":
+        return f"{eid}  REFUSED here: {event['reason']} (rule {event['rule_id']})"
     note = f"  {event['note']}" if event.get("note") else ""
+    if event["kind"] == "recall":
+        note = f"  reason: {event['reason']}  -> {event.get('recall', '')}"
     return f"{eid}  {event['status']} {event['status_name']} from {event['signer']}{note}{mark}"
 
 
@@ -647,6 +683,10 @@ def cmd_receive(args: argparse.Namespace) -> int:
                 f"{doc.envelope_id}  from {meta['sender']['code']}  {meta['level']}"
                 f"  {meta['subject'] or '-'}  -> {doc.path}"
             )
+            for sig in meta.get("signatures", []):
+                line += f"\n    {sig['display']}"
+            if meta.get("replaces"):
+                line += f"\n    replaces {meta['replaces']} (marked replaced in the inbox)"
         print(line, flush=True)
 
     def told(event: dict[str, Any]) -> None:  # refusals, receipts, statuses about what we sent
@@ -728,6 +768,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             mark = "verified" if item["verified"] else "NOT VERIFIED"
             note = f"  {item['note']}" if item["note"] else ""
             print(f"    {item['time']}  {item['status']} {item['status_name']}{note}  [{mark}]")
+    marks = report.get("marks", {})
+    for key, label in (
+        ("replaces", "replaces"),
+        ("replaced_by", "replaced by"),
+        ("recall_requested", "recall requested"),
+        ("recall_answer", "recall answered"),
+        ("recalled", "recalled to"),
+    ):
+        if key in marks:
+            print(f"  {label:<9}{marks[key]}")  # fmt: skip
     audit = report["audit"]
     if audit is not None:
         mark = "verified" if audit["verified"] else "NOT VERIFIED"
@@ -754,6 +804,9 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     for row in rows:
         subject = row["subject"] or row["filename"] or "-"
         print(f"{row['envelope_id']}  {row['time']}  {row['level']}  {subject}")
+        for key, label in (("replaces", "replaces"), ("replaced_by", "replaced by")):
+            if key in row:
+                print(f"    {label} {row[key]}")
         for code, state in row["by_recipient"].items():
             print(f"    {code}  {state}")
     if remark:
@@ -1049,11 +1102,16 @@ def build_parser() -> argparse.ArgumentParser:
         ag_sub,
         "import",
         cmd_agency_import,
-        "cipher department: read AGENCIES.csv (code,name,clearance[,parent]); one kit each",
+        "cipher department: read AGENCIES.csv (code,name,clearance[,parent]); one kit each;"
+        " or --officials OFFICIALS.csv (code,name,title[,position]): certify every official's"
+        " request in KIT/officials/ that matches a row",
     )
-    sp.add_argument("csv", type=Path, metavar="AGENCIES.csv")
+    sp.add_argument("csv", type=Path, nargs="?", metavar="AGENCIES.csv")
     sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
     sp.add_argument("--kits", required=True, type=Path, metavar="KITS_DIR")
+    sp.add_argument(
+        "--officials", type=Path, metavar="OFFICIALS.csv", help="certify officials instead"
+    )
     sp = add(
         ag_sub,
         "join",
@@ -1180,6 +1238,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--level", required=True, metavar="LEVEL", help=f"one of {LEVELS}")
     sp.add_argument("--urgency", default="thuong", metavar="U", help=f"one of {URGENCIES}")
     sp.add_argument("--subject", default="", metavar="TEXT", help="travels encrypted")
+    sp.add_argument(
+        "--number", default="", metavar="TEXT", help='edXML "Số, ký hiệu" (travels encrypted)'
+    )
+    sp.add_argument(
+        "--signature",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE.sig",
+        help="an official's signature from `cipherpost sign` (repeat for several); checked"
+        " here and by every recipient, the gateway learns only that the document is signed",
+    )
+    sp.add_argument(
+        "--replaces",
+        metavar="ENVELOPE_ID",
+        help="this document corrects one this agency sent: recipients mark the old one replaced",
+    )
     config_arg(sp)
 
     sp = add(
@@ -1213,7 +1288,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--code",
         required=True,
         metavar="CODE",
-        help="02 rejected, 03 accepted, 04 assigned, 05 processing, 06 completed",
+        help="02 rejected, 03 accepted, 04 assigned, 05 processing, 06 completed; to a"
+        " recall: 15 agreed (the document moves to INBOX/recalled), 16 refused",
     )
     sp.add_argument("--note", default="", metavar="TEXT")
     config_arg(sp)
@@ -1244,6 +1320,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(sp)
 
     gateway_cli.register(group, add)
+    officials_cli.register(group, add, sub, config_arg, _client)
 
     def admin_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(

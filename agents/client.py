@@ -52,8 +52,10 @@ from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import FrameReader, decode_frame, parse_header_frame
 from envelopes.header import Header
 from envelopes.notices import (
+    KIND_RECALL,
     KIND_RECEIPT,
     KIND_STATUS,
+    MAX_TEXT,
     REPLY_STATUSES,
     STATUS_NAMES,
     Notice,
@@ -62,6 +64,7 @@ from envelopes.notices import (
     verify_notice,
 )
 from envelopes.parts import iter_parts, parse_part
+from envelopes.signatures import OfficialSignature, document_digest, verify_signature
 from gateway import merkle
 from gateway.auditlog import PROOF_MAGIC, check_proof
 from gateway.checkpoint import parse_checkpoint, read_checkpoint_file
@@ -75,6 +78,19 @@ from keys.levels import Level, Urgency
 from keys.logsetup import get_logger
 
 log = get_logger("cipherpost.agent")
+RECALLED_FOLDER = "recalled"  # inside the inbox: recalled documents, kept and marked
+RECALL_ANSWERS = ("15", "16")  # recall agreed, recall refused
+# Refusals of what a verified sender put inside the payload: told to it (status 02).
+_SENDER_CONTENT = frozenset(
+    {
+        Reason.OFFICIAL_UNKNOWN,
+        Reason.OFFICIAL_REVOKED,
+        Reason.OFFICIAL_AGENCY,
+        Reason.OFFICIAL_SIGNATURE,
+        Reason.SIGNED_FLAG,
+        Reason.PAYLOAD,
+    }
+)
 CONNECT_TIMEOUT_S = 10.0
 SEAL_IN_MEMORY_MAX = 256 * 1024  # smaller documents are sealed without a spool file
 _SAFE_NAME = re.compile(r"[^\w.\- ]+")
@@ -217,22 +233,32 @@ class Client:
         fields: dict[str, str] | None = None,
         progress: bool | None = None,
         wait: bool = True,
+        signatures: Sequence[bytes] = (),
+        replaces: str | None = None,
     ) -> str:
         """Seal ``path`` and submit it; returns the envelope id.
 
         With ``wait`` (the default) it returns once the broker confirmed every
         part; without, confirms are collected and :meth:`flush` waits for them,
         so many documents go out pipelined.
+
+        ``signatures`` are officials' signatures over this document, its subject and
+        its number (``fields["notation"]``), from :func:`envelopes.signatures.sign_document`
+        (``cipherpost sign``): each is checked here as every recipient will check it.
+        ``replaces`` names an envelope this agency sent that the document corrects.
         """
         level, urgency = Level.parse(level), Urgency.parse(urgency)
         to, path = recipients(to), Path(path)
+        fields = dict(fields or {})
+        self.refresh_directory()
+        old = self._replaceable(replaces) if replaces else ""
+        self._check_signatures(path, signatures, subject, fields.get("notation", ""))
         try:
             src = path.open("rb")
         except OSError as e:
             raise CipherpostError(f"cannot read {path}: {e.strerror}") from e
         spool: Path | None = None
         try:
-            self.refresh_directory()
             size = os.fstat(src.fileno()).st_size
             if size <= SEAL_IN_MEMORY_MAX:  # ciphertext only, a few hundred KiB at most
                 env_file: BinaryIO = io.BytesIO()
@@ -257,10 +283,15 @@ class Client:
                     size=size,
                     urgency=urgency,
                     metadata=envelopes.Metadata(
-                        subject=subject, filename=path.name, fields=fields or {}
+                        subject=subject,
+                        filename=path.name,
+                        fields=fields,
+                        signatures=tuple(signatures),
+                        replaces=old,
                     ),
                 )
                 eid, parts = sealed.envelope_id, sealed.header.segment_count
+                self._record_links(eid, sealed.header.hash, old)
                 # Known before the first part leaves: an interruption never hides what went.
                 self.state.record_sent(
                     eid,
@@ -295,6 +326,46 @@ class Client:
             if spool is not None:
                 spool.unlink(missing_ok=True)
 
+    def _replaceable(self, envelope_id: str) -> str:
+        """The full id of an envelope this agency sent, which a new document may replace."""
+        old = self.resolve(envelope_id)
+        if self.state.sent(old) is None:
+            raise CipherpostError(
+                f"{old} was not sent by this agency: only its sender may replace a document"
+            )
+        return old
+
+    def _check_signatures(
+        self, path: Path, signatures: Sequence[bytes], subject: str, notation: str
+    ) -> None:
+        """Every official's signature, checked as the recipients will (refused loudly here
+        rather than by every recipient): an official of this agency, over these bytes."""
+        if not signatures:
+            return
+        try:
+            with path.open("rb") as f:
+                digest, size = document_digest(f)
+        except OSError as e:
+            raise CipherpostError(f"cannot read {path}: {e.strerror}") from e
+        for raw in signatures:
+            verify_signature(
+                raw,
+                self.directory,
+                sender=self.keys.code,
+                subject=subject,
+                notation=notation,
+                digest=digest,
+                size=size,
+                now=_now(),
+            )
+
+    def _record_links(self, envelope_id: str, header_hash: bytes, replaces: str) -> None:
+        """What a recall (the header hash) and the outbox (the replacement) need later."""
+        self.state.set_mark(envelope_id, "header_hash", header_hash.hex())
+        if replaces:
+            self.state.set_mark(envelope_id, "replaces", replaces)
+            self.state.set_mark(replaces, "replaced_by", envelope_id)
+
     def submit_sealed(self, env_file: BinaryIO) -> str:
         """Submit an envelope sealed before (a ``.cpe``, say from offline transfer); its id.
 
@@ -305,6 +376,7 @@ class Client:
         if first is None:
             raise EnvelopeRefused(Reason.FORMAT, "envelope is empty")
         header = Header.parse(parse_header_frame(first)[0])
+        self.state.set_mark(header.envelope_id.hex(), "header_hash", header.hash.hex())
         total = env_file.seek(0, os.SEEK_END) - start
         env_file.seek(start)
         eid, parts = header.envelope_id.hex(), header.segment_count
@@ -583,6 +655,8 @@ class Client:
                 verified=verified,
             )
             event = {**notice.as_dict(), "verified": verified}
+            if notice.kind == KIND_RECALL and verified:
+                event.update(self._on_recall(notice))
             self.events.append(event)
             if self.on_event is not None:
                 self.on_event(event)
@@ -642,7 +716,7 @@ class Client:
                 _write_new(target, document)
                 return opened
 
-            self._assemble(d, eid, open_one, part.header.hash, now)
+            self._assemble(d, eid, open_one, part.header.hash, now, sealed_by=part.header.sender)
             return
         folder = self.spool / eid
         index = part.segment.index
@@ -688,7 +762,10 @@ class Client:
             )
 
         try:
-            self._assemble(d, eid, open_spooled, part.header.hash, now, spooled=folder)
+            self._assemble(
+                d, eid, open_spooled, part.header.hash, now, spooled=folder,
+                sealed_by=part.header.sender,
+            )  # fmt: skip
         finally:
             stream.close()
 
@@ -700,6 +777,7 @@ class Client:
         header_hash: bytes,
         now: dt.datetime,
         spooled: Path | None = None,
+        sealed_by: AgencyCode | None = None,
     ) -> None:
         """Open a whole envelope into the inbox (``open_into`` writes the verified document
         to a hidden file) and write the sidecar; at the batch end (once both are durable)
@@ -712,8 +790,19 @@ class Client:
         except EnvelopeRefused as e:
             self.state.record_received(eid, "", header_hash.hex(), "", "refused", str(e))
             shutil.rmtree(self.spool / eid, ignore_errors=True)
+            self._refused_document(eid, header_hash, sealed_by, e)
             raise
         info = opened.info.as_dict()
+        sender = info["sender"]["code"]
+        replaces = opened.metadata.replaces
+        try:
+            self._check_replacement(eid, replaces, sender)
+        except EnvelopeRefused as e:
+            target.unlink(missing_ok=True)
+            self.state.record_received(eid, "", header_hash.hex(), "", "refused", str(e))
+            shutil.rmtree(self.spool / eid, ignore_errors=True)
+            self._refused_document(eid, header_hash, sealed_by, e)
+            raise
         sidecar_data = {
             "envelope_id": eid,
             "sender": info["sender"],
@@ -727,6 +816,8 @@ class Client:
             "received": now.isoformat(),
             "bytes": opened.document_bytes,
             "recipients": [r["code"] for r in info["recipients"]],
+            "signatures": [_signature_entry(sig) for sig in opened.signatures],
+            "replaces": replaces or None,
         }
         try:
             final, sidecar = _place(
@@ -740,12 +831,14 @@ class Client:
         sidecar_data["document"] = final.name
         self._to_sync += [final, sidecar]
         self._opening.add(eid)
-        sender = info["sender"]["code"]
 
         receipt: list[Notice] = []
 
         def record() -> None:
             self.state.record_received(eid, sender, header_hash.hex(), str(final), "ok")
+            if replaces:
+                self.state.set_mark(eid, "replaces", replaces)
+                self.state.set_mark(replaces, "replaced_by", eid)
             receipt.append(
                 self._sign_notice(
                     KIND_RECEIPT, bytes.fromhex(eid), header_hash, AgencyCode.parse(sender), "01"
@@ -757,6 +850,8 @@ class Client:
             if spooled is not None:
                 shutil.rmtree(spooled, ignore_errors=True)
             document = ReceivedDocument(eid, final, sidecar, sidecar_data)
+            if replaces and self.state.received(replaces) is not None:
+                self._update_sidecar(replaces, {"replaced_by": eid})
             self.received.append(document)
             log.info("received", envelope=eid, sender=sender, label=info["level"])
             self._publish_notice(receipt[0])
@@ -764,6 +859,152 @@ class Client:
                 self.on_received(document)
 
         self._after_sync.append((d, record, announce))
+
+    def _refused_document(
+        self, eid: str, header_hash: bytes, sender: AgencyCode | None, e: EnvelopeRefused
+    ) -> None:
+        """A document refused here is told, never dropped silently: an event for the clerk
+        and, when what failed is what its (verified) sender put inside (an official's
+        signature, the signed flag, a replacement), a signed 02 "rejected" naming the rule
+        (never the details: they are payload metadata)."""
+        event = {
+            "kind": "refused-document",
+            "envelope_id": eid,
+            "signer": sender.text if sender else "",
+            "rule_id": e.reason.rule_id,
+            "reason": str(e),
+            "verified": True,
+        }
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+        if sender is not None and e.reason in _SENDER_CONTENT:
+            self._send_notice(
+                KIND_STATUS, bytes.fromhex(eid), header_hash, sender, "02",
+                # The fixed text only: a notice crosses the gateway unencrypted, and the
+                # message names the official (payload metadata).
+                f"refused: {e.reason.rule_id}: {e.reason.text}",
+            )  # fmt: skip
+
+    def _check_replacement(self, envelope_id: str, replaces: str, sender: str) -> None:
+        """A document may replace only one its own sender sent: another agency's claim to
+        correct it is refused (never marks someone else's document as replaced)."""
+        if not replaces:
+            return
+        if replaces == envelope_id:
+            raise EnvelopeRefused(Reason.PAYLOAD, f"{envelope_id} claims to replace itself")
+        old = self.state.received(replaces)
+        if old is not None and old["outcome"] == "ok" and old["sender"] != sender:
+            raise EnvelopeRefused(
+                Reason.PAYLOAD,
+                f"{envelope_id} from {sender} claims to replace {replaces}, which"
+                f" {old['sender']} sent: only the sender of a document may replace it",
+            )
+
+    def _update_sidecar(self, envelope_id: str, changes: dict[str, Any]) -> None:
+        """Add marks (replaced by, recall) to a received document's sidecar, in place."""
+        got = self.state.received(envelope_id)
+        if got is None or not got["path"]:
+            return
+        sidecar = Path(got["path"] + ".json")
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("sidecar_unreadable", envelope=envelope_id)
+            return
+        data.update(changes)
+        text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+        _write_durably(sidecar, text.encode())  # a rename: never written through a link
+
+    def _apply_recall(self, envelope_id: str, how: str) -> Path | None:
+        """Move a recalled document and its sidecar into ``inbox/recalled`` (kept, marked)."""
+        got = self.state.received(envelope_id)
+        if got is None or not got["path"]:
+            return None
+        path = Path(got["path"])
+        folder = self.config.inbox / RECALLED_FOLDER
+        if path.parent == folder:
+            return path  # moved already
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sidecar = path.with_name(path.name + ".json")
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {"envelope_id": envelope_id}
+        data["recalled"] = {"time": _now().isoformat(), "how": how}
+        moved, _ = _place(folder, path.name, path, data)
+        path.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+        self.state.move_received(envelope_id, str(moved))
+        self.state.set_mark(envelope_id, "recalled", str(moved))
+        log.info("document_recalled", envelope=envelope_id, how=how)
+        return moved
+
+    def recall(self, envelope_id: str, reason: str) -> list[str]:
+        """Ask every recipient to recall a document this agency sent (edXML status 13): a
+        signed notice to each, through the gateway (which relays a recall only from the
+        envelope's sender). Returns the recipients asked."""
+        reason = reason.strip()
+        if not reason or len(reason) > MAX_TEXT:
+            raise UsageError(f"a recall needs a reason of 1..{MAX_TEXT} characters")
+        sent = self.state.sent(envelope_id)
+        header_hash = self.state.marks(envelope_id).get("header_hash")
+        if sent is None or not header_hash:
+            raise CipherpostError(
+                f"{envelope_id} was not sent by this agency: only its sender may recall it"
+            )
+        futures = [
+            self._send_notice(
+                KIND_RECALL,
+                bytes.fromhex(envelope_id),
+                bytes.fromhex(header_hash),
+                AgencyCode.parse(code),
+                "13",
+                "",
+                reason=reason,
+            )
+            for code in sent["recipients"]
+        ]
+        for future in futures:
+            error = future.exception(timeout=60)
+            if error is not None:
+                raise CipherpostError(f"recall not delivered to the broker: {error}")
+        self.state.set_mark(envelope_id, "recall_requested", reason)
+        return list(sent["recipients"])
+
+    def _on_recall(self, notice: Notice) -> dict[str, Any]:
+        """A verified recall of a document: marked, and applied at once (15) if this agency
+        wants that for documents nobody answered yet."""
+        eid = notice.envelope_id.hex()
+        got = self.state.received(eid)
+        if (
+            got is None
+            or got["outcome"] != "ok"
+            or got["sender"] != notice.signer.text
+            or got["header_hash"] != notice.header_hash.hex()
+        ):
+            return {"recall": "no such document in this inbox (nothing to recall)"}
+        self.state.set_mark(eid, "recall_requested", notice.reason)
+        self._update_sidecar(
+            eid, {"recall_requested": {"time": notice.time.isoformat(), "reason": notice.reason}}
+        )
+        answered = any(
+            r["kind"] == KIND_STATUS and r["signer"] == self.keys.code.text
+            for r in self.state.statuses(eid)
+        )
+        if not self.config.auto_recall_unopened or answered:
+            return {"recall": "waiting for the clerk: reply-status ID --code 15 or 16"}
+        self._answer_recall(eid, "15", "applied automatically: not yet answered")
+        return {"recall": "applied automatically (15): moved to the recalled folder"}
+
+    def _answer_recall(self, envelope_id: str, status: str, note: str) -> Future[None]:
+        got = self.state.received(envelope_id)
+        assert got is not None
+        future = self._reply(envelope_id, got, status, note)
+        self.state.set_mark(envelope_id, "recall_answer", status)
+        if status == "15":
+            self._apply_recall(envelope_id, "agreed (15)" + (f": {note}" if note else ""))
+        return future
 
     # --- statuses ----------------------------------------------------------------------------
 
@@ -775,6 +1016,8 @@ class Client:
         addressee: AgencyCode,
         status: str,
         note: str = "",
+        *,
+        reason: str = "",
     ) -> Notice:
         """Sign a notice of this agency and record it (committed with the caller's batch)."""
         notice = sign_notice(
@@ -787,6 +1030,7 @@ class Client:
             status=status,
             now=_now(),
             note=note,
+            reason=reason,
         )
         self.state.record_status(notice, True)
         return notice
@@ -799,17 +1043,26 @@ class Client:
         )
         return self.publisher.publish(SUBMIT_EXCHANGE, self.keys.code.text, notice.raw, props)
 
-    def reply_status(self, envelope_id: str, status: str, note: str = "") -> None:
-        """Send a signed status (02..06) about a received envelope back to its sender."""
-        if status not in REPLY_STATUSES:
-            raise UsageError(
-                f"--code must be one of {', '.join(REPLY_STATUSES)} "
-                f"({', '.join(STATUS_NAMES[s] for s in REPLY_STATUSES)})"
-            )
-        got = self.state.received(envelope_id)
-        if got is None or got["outcome"] != "ok":
-            raise CipherpostError(f"no received envelope {envelope_id} in this agent's inbox")
+    def _send_notice(
+        self,
+        kind: str,
+        envelope_id: bytes,
+        header_hash: bytes,
+        addressee: AgencyCode,
+        status: str,
+        note: str = "",
+        *,
+        reason: str = "",
+    ) -> Future[None]:
+        """Sign, record and publish a notice now (outside a receive batch)."""
         notice = self._sign_notice(
+            kind, envelope_id, header_hash, addressee, status, note, reason=reason
+        )
+        return self._publish_notice(notice)
+
+    def _reply(self, envelope_id: str, got: dict[str, Any], status: str, note: str) -> Future[None]:
+        """A signed status about a received envelope, to its sender."""
+        return self._send_notice(
             KIND_STATUS,
             bytes.fromhex(envelope_id),
             bytes.fromhex(got["header_hash"]),
@@ -817,7 +1070,35 @@ class Client:
             status,
             note,
         )
-        future = self._publish_notice(notice)
+
+    def reply_status(self, envelope_id: str, status: str, note: str = "") -> None:
+        """Send a signed status about a received envelope back to its sender: 02..06, or the
+        answer to a recall (15 agreed: the document moves to ``inbox/recalled``; 16 refused)."""
+        allowed = (*REPLY_STATUSES, *RECALL_ANSWERS)
+        if status not in allowed:
+            raise UsageError(
+                f"--code must be one of {', '.join(allowed)} "
+                f"({', '.join(STATUS_NAMES[s] for s in allowed)})"
+            )
+        got = self.state.received(envelope_id)
+        if got is None or got["outcome"] != "ok":
+            raise CipherpostError(f"no received envelope {envelope_id} in this agent's inbox")
+        if status in RECALL_ANSWERS:
+            marks = self.state.marks(envelope_id)
+            if "recall_requested" not in marks:
+                raise UsageError(
+                    f"{status} answers a recall, and {got['sender']} has not recalled {envelope_id}"
+                )
+            if "recall_answer" in marks:
+                raise CipherpostError(
+                    f"the recall of {envelope_id} was answered already ({marks['recall_answer']})"
+                )
+            future = self._answer_recall(envelope_id, status, note)
+            error = future.exception(timeout=60)
+            if error is not None:
+                raise CipherpostError(f"status not delivered to the broker: {error}")
+            return
+        future = self._reply(envelope_id, got, status, note)
         error = future.exception(timeout=60)
         if error is not None:
             raise CipherpostError(f"status not delivered to the broker: {error}")
@@ -844,6 +1125,7 @@ class Client:
         out = []
         for row in self.state.outbox(limit):
             eid = row["envelope_id"]
+            marks = self.state.marks(eid)
             notices = self.state.statuses(eid)
             refusal = next((n for n in notices if n["kind"] == "rejection"), None)
             accepted = self.state.proof(eid) is not None
@@ -861,8 +1143,13 @@ class Client:
                     state = "sending"
                 else:
                     state = "accepted by the gateway" if accepted else "queued"
+                if "recall_requested" in marks and not (
+                    latest and latest[-1]["status"] in RECALL_ANSWERS
+                ):
+                    state += "; recall requested (13), no answer yet"
                 recipients[code] = state
-            out.append({**row, "by_recipient": recipients})
+            links: dict[str, Any] = {k: marks[k] for k in ("replaces", "replaced_by") if k in marks}
+            out.append({**row, "by_recipient": recipients, **links})
         return out
 
     def status(self, envelope_id: str) -> dict[str, Any]:
@@ -898,6 +1185,7 @@ class Client:
             "gateway": gateway,
             "recipients": history,
             "audit": self._audit_status(envelope_id),
+            "marks": {k: v for k, v in self.state.marks(envelope_id).items() if k != "header_hash"},
         }
 
     def _audit_status(self, envelope_id: str) -> dict[str, Any] | None:
@@ -1005,6 +1293,11 @@ def _write_new(path: Path, data: bytes) -> None:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def _signature_entry(sig: OfficialSignature) -> dict[str, Any]:
+    """One official's signature as the sidecar, ``receive --json`` and the SDK show it."""
+    return {**sig.as_dict(), "verified": True, "display": f"signed by {sig.signer} [verified]"}
 
 
 def _write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:

@@ -6,6 +6,8 @@ directory = "directory.cpd"      # the signed directory from the cipher departme
 ca_cert = "ca.crt"               # the cipher department's CA certificate (pinned)
 inbox = "inbox"                  # received documents and their .json sidecars
 # state_db = "keys/agent.db"     # default: inside agency_dir
+# auto_recall_unopened = false   # agree (15) at once to a recall of a document nobody
+#                                # answered yet with a status (02-06); default: the clerk decides
 
 [broker]
 credentials = "000.01.12.H41.broker.json"   # from provisioning, mode 0600
@@ -29,6 +31,7 @@ SCHEMA = {
     "ca_cert": None,
     "inbox": None,
     "state_db": None,
+    "auto_recall_unopened": None,
     "broker": {"credentials": None},
 }
 
@@ -41,12 +44,16 @@ class AgentConfig:
     inbox: Path
     state_db: Path
     broker_credentials: Path
+    auto_recall_unopened: bool = False
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
         """Read and check an AGENT.toml."""
         doc = load_toml(path, "agent config", SCHEMA)
         base = path.parent
+        auto = doc.get("auto_recall_unopened", False)
+        if not isinstance(auto, bool):
+            raise CipherpostError(f"{path}: auto_recall_unopened must be true or false")
         try:
             agency_dir = base / doc["agency_dir"]
             return cls(
@@ -56,6 +63,7 @@ class AgentConfig:
                 inbox=base / doc["inbox"],
                 state_db=base / doc["state_db"] if "state_db" in doc else agency_dir / "agent.db",
                 broker_credentials=base / doc["broker"]["credentials"],
+                auto_recall_unopened=auto,
             )
         except (KeyError, TypeError) as e:
             raise CipherpostError(f"{path}: missing setting {e}") from e
@@ -65,5 +73,6 @@ class AgentConfig:
         return (
             f'agency_dir = "{self.agency_dir}"\ndirectory = "{self.directory}"\n'
             f'ca_cert = "{self.ca_cert}"\ninbox = "{self.inbox}"\nstate_db = "{self.state_db}"\n\n'
+            f"auto_recall_unopened = {str(self.auto_recall_unopened).lower()}\n\n"
             f'[broker]\ncredentials = "{self.broker_credentials}"\n'
         )

@@ -5,7 +5,11 @@ signed policy, provisioning, a gateway; the province sends one Mật document
 to the three communes as one envelope, they receive it and their signed
 receipts come back; a Tối mật document to the commune cleared only for Mật is
 refused (locally by the agent, and by the gateway with its rule id when a
-tampered agent skips that check); the audit records are printed; the cipher
+tampered agent skips that check); the province chairman signs a Tối mật
+decision with his personal key and the clerk sends it: the commune shows it
+"signed by … [verified]"; the province recalls the first document, one
+commune agrees (15: moved to its recalled folder), one refuses (16), and the
+province sees both answers; the audit records are printed; the cipher
 department's witness checks the gateway's signed checkpoints, the whole log is
 verified and one inclusion proof is checked offline. The vhost and its users
 are removed at the end.
@@ -14,6 +18,7 @@ are removed at the end.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import io
 import logging
 import os
@@ -40,6 +45,7 @@ COMMUNES = {
     "000.03.12.H41": ("UBND xã Tân Hòa", Level.MAT),
 }
 MAT_ONLY = "000.03.12.H41"
+CHAIRMAN, CHAIRMAN_TITLE = "Nguyễn Văn An", "Chủ tịch UBND tỉnh H41"
 
 
 def _say(text: str) -> None:
@@ -173,9 +179,10 @@ def _story(world: World) -> int:
     with world.client(MAT_ONLY) as commune:
         leaked = commune.receive(idle=1.0)
     failures += 1 if leaked else 0
+    failures += _signed_and_recalled(world, eid)
 
     world.stop_gateways()
-    _say("5. The gateway's audit records (no plaintext, no keys):")
+    _say("7. The gateway's audit records (no plaintext, no keys):")
     for rec in gateway.audit_records():
         recipients = rec["recipients"]
         assert isinstance(recipients, list)
@@ -191,6 +198,68 @@ def _story(world: World) -> int:
         else f"demo FAILED: {failures} step(s) did not end as expected"
     )
     return 0 if not failures else 1
+
+
+def _signed_and_recalled(world: World, eid: str) -> int:
+    """The chairman signs, the clerk sends; then the province recalls ``eid``."""
+    from envelopes.signatures import sign_document
+    from keys import ca
+    from keys.officials import OfficialRequest, enroll_official, load_official
+
+    failures = 0
+    now = dt.datetime.now(dt.UTC)
+    folder = world.root / "chu-tich"  # the chairman's own machine
+    enroll_official(
+        folder, AgencyCode.parse(PROVINCE), CHAIRMAN, CHAIRMAN_TITLE, "CT", PASSPHRASE, now
+    )
+    request = OfficialRequest.parse((folder / "official.req").read_bytes())
+    cert = ca.issue_official(ca.open_ca(world.ca_dir, PASSPHRASE), request, folder, now)
+    cert.replace(folder / "official.crt")
+    chairman = load_official(folder, PASSPHRASE, ca.load_ca_certificate(world.ca_dir / "ca.crt"))
+    decision = world.root / "quyet-dinh-12.txt"
+    decision.write_bytes("Quyết định số 12/QĐ-UBND về việc sáp nhập thôn (demo)\n".encode() * 200)
+    subject, number = "Quyết định sáp nhập thôn", "12/QĐ-UBND"
+    with decision.open("rb") as f:
+        signature = sign_document(chairman, f, subject=subject, notation=number)
+    first = next(iter(COMMUNES))
+    _say(
+        f"5. {CHAIRMAN}, {CHAIRMAN_TITLE}, signs a Tối mật decision with his personal key"
+        " (certified by the CA under the province); the clerk seals and sends it:"
+    )
+    with world.client(PROVINCE) as province:
+        signed_eid = province.send(
+            decision, to=[AgencyCode.parse(first)], level=Level.TOI_MAT, subject=subject,
+            fields={"notation": number}, signatures=[signature], progress=False,
+        )  # fmt: skip
+    with world.client(first) as commune:
+        got = commune.receive(idle=1.5)
+    shown = [s["display"] for d in got for s in d.metadata.get("signatures", [])]
+    ok = [d.envelope_id for d in got] == [signed_eid] and len(shown) == 1
+    failures += 0 if ok else 1
+    _say(f"   {first}: {shown[0] if shown else '!! NO VERIFIED SIGNATURE'}")
+
+    _say(f"6. The province recalls envelope {eid[:12]}… (edXML 13, to every recipient):")
+    with world.client(PROVINCE) as province:
+        province.recall(eid, "số liệu sai, sẽ gửi bản thay thế")
+    answers = {}
+    for code, answer in zip(COMMUNES, ("15", "16", "15"), strict=True):
+        with world.client(code) as commune:
+            commune.receive(idle=1.5)
+            if "recall_requested" not in commune.state.marks(eid):
+                failures += 1
+                _say(f"   !! {code} saw no recall")
+                continue
+            commune.reply_status(eid, answer, "đã thu hồi" if answer == "15" else "đã xử lý")
+            where = commune.state.received(eid)["path"]  # type: ignore[index]
+            answers[code] = answer
+            _say(f"   {code} answers {answer}" + (f": moved to {where}" if answer == "15" else ""))
+    with world.client(PROVINCE) as province:
+        province.receive(idle=1.5)
+        row = next(r for r in province.outbox() if r["envelope_id"] == eid)
+    for code, state in row["by_recipient"].items():
+        _say(f"   the province's outbox: {code}  {state}")
+        failures += 0 if state.startswith(answers.get(code, "?")) else 1
+    return failures
 
 
 def _audit(world: World, eid: str) -> int:
@@ -211,8 +280,11 @@ def _audit_commands(world: World, eid: str) -> int:
 
     ca_cert = str(world.ca_dir / "ca.crt")
     store = world.root / "witness"
+    # The throwaway world's keys share one passphrase: the witness's key opens without a
+    # terminal to prompt on (before, the step failed when the demo ran unattended).
+    os.environ.setdefault("CIPHERPOST_PASSPHRASE", PASSPHRASE.decode())
     creds = world.root / "broker-credentials" / f"{world.prefix}{WITNESS_LOGIN}.broker.json"
-    _say("6. The cipher department's witness takes the gateway's signed checkpoints off the")
+    _say("8. The cipher department's witness takes the gateway's signed checkpoints off the")
     _say("   broker and checks each extends the last (cipherpost audit witness):")
     failures = cli(
         [
@@ -237,7 +309,7 @@ def _audit_commands(world: World, eid: str) -> int:
     )
     latest = sorted(store.rglob("*.checkpoint.json"))[-1]
     proof = world.root / "proof.json"
-    _say(f"7. An inclusion proof of envelope {eid[:12]}…, checked offline with only the")
+    _say(f"9. An inclusion proof of envelope {eid[:12]}…, checked offline with only the")
     _say("   checkpoint file and the CA certificate (cipherpost audit prove / check-proof):")
     failures += cli(
         [

@@ -22,6 +22,18 @@ EDXML_FIELDS = {
     "due_date": "Hạn xử lý",
 }
 DATE_FIELDS = ("promulgation_date", "due_date")
+# Status codes (envelopes.notices) -> their edXML names, as document-management software shows them.
+STATUS_EDXML = {
+    "01": "Đã đến",
+    "02": "Từ chối tiếp nhận",
+    "03": "Đã tiếp nhận",
+    "04": "Phân công",
+    "05": "Đang xử lý",
+    "06": "Hoàn thành",
+    "13": "Yêu cầu thu hồi",
+    "15": "Đồng ý thu hồi",
+    "16": "Từ chối thu hồi",
+}
 
 
 def edxml_fields(**values: str | dt.date) -> dict[str, str]:

@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS statuses (
     reason TEXT NOT NULL, note TEXT NOT NULL, verified INTEGER NOT NULL, raw BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS statuses_envelope ON statuses(envelope_id);
+CREATE TABLE IF NOT EXISTS marks (
+    envelope_id TEXT NOT NULL, mark TEXT NOT NULL, value TEXT NOT NULL, time TEXT NOT NULL,
+    PRIMARY KEY (envelope_id, mark)
+);
 CREATE TABLE IF NOT EXISTS proofs (
     envelope_id TEXT PRIMARY KEY, log_id TEXT NOT NULL, leaf_index INTEGER NOT NULL,
     tree_size INTEGER NOT NULL, proof TEXT NOT NULL, checkpoint TEXT NOT NULL
@@ -231,6 +235,22 @@ class AgentState:
             "INSERT OR IGNORE INTO received VALUES (?,?,?,?,?,?,?)",
             (envelope_id, _now(), sender, header_hash, path, outcome, reason),
         )
+
+    def move_received(self, envelope_id: str, path: str) -> None:
+        """Where a received document is now (moved to the recalled folder)."""
+        self._exec("UPDATE received SET path=? WHERE envelope_id=?", (path, envelope_id))
+
+    def set_mark(self, envelope_id: str, mark: str, value: str) -> None:
+        """Remember one fact about an envelope (its header hash, replaced by, recalled ...);
+        a later value of the same mark replaces the earlier one."""
+        self._exec(
+            "INSERT OR REPLACE INTO marks VALUES (?,?,?,?)", (envelope_id, mark, value, _now())
+        )
+
+    def marks(self, envelope_id: str) -> dict[str, str]:
+        """Every mark of an envelope."""
+        rows = self._exec("SELECT mark, value FROM marks WHERE envelope_id=?", (envelope_id,))
+        return {str(m): str(v) for m, v in rows}
 
     def add_part(self, envelope_id: str, part: int) -> int:
         """Record a spooled part; returns how many parts of the envelope are spooled."""

@@ -30,6 +30,7 @@ from envelopes.frames import (
 from envelopes.header import Header
 from envelopes.parts import Part
 from envelopes.payload import Metadata, PayloadSplitter
+from envelopes.signatures import OfficialSignature, verify_all
 from keys.agency import AgencyKeys
 from keys.directory import Directory, DirectoryEntry
 from keys.errors import CipherpostError
@@ -84,6 +85,7 @@ class Opened:
     info: EnvelopeInfo
     metadata: Metadata
     document_bytes: int
+    signatures: tuple[OfficialSignature, ...] = ()  # each verified against the directory
 
 
 def check_header(
@@ -253,8 +255,30 @@ def open_envelope(
     def on_segment(segment: SegmentFrame) -> None:
         splitter.feed(state["stream"].pull(segment.ciphertext, segment.final))
 
+    now = now or dt.datetime.now(dt.UTC)
     info = _walk(src, directory, now, on_header, on_segment)
-    return Opened(info, splitter.finish(), splitter.document_bytes)
+    return _opened(info, splitter, directory, now)
+
+
+def _opened(
+    info: EnvelopeInfo, splitter: PayloadSplitter, directory: Directory, now: dt.datetime
+) -> Opened:
+    """The end of every open: the payload's metadata and each official's signature in it,
+    verified before the caller releases anything (one that fails refuses the envelope)."""
+    metadata = splitter.finish()
+    header = info.checked.header
+    signatures = verify_all(
+        metadata.signatures,
+        header.caveats,
+        directory,
+        sender=header.sender,
+        subject=metadata.subject,
+        notation=metadata.fields.get("notation", ""),
+        digest=splitter.document_digest,
+        size=splitter.document_bytes,
+        now=now,
+    )
+    return Opened(info, metadata, splitter.document_bytes, signatures)
 
 
 def _decryptor(header: Header, keys: AgencyKeys) -> _crypto.StreamDecryptor:
@@ -301,8 +325,7 @@ def open_part(
     out = io.BytesIO()
     splitter = PayloadSplitter(out)
     splitter.feed(stream.pull(part.segment.ciphertext, part.segment.final))
-    opened = Opened(EnvelopeInfo(checked, size), splitter.finish(), splitter.document_bytes)
-    return opened, out.getvalue()
+    return _opened(EnvelopeInfo(checked, size), splitter, directory, now), out.getvalue()
 
 
 def open_to_path(

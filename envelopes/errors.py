@@ -50,6 +50,12 @@ class Reason(enum.Enum):
     KEY_COMMITMENT = "key-commitment"
     DECRYPT = "decrypt"
     PAYLOAD = "payload"
+    # Officials' signatures inside the payload (a recipient only).
+    OFFICIAL_UNKNOWN = "unknown-official"
+    OFFICIAL_REVOKED = "revoked-official"
+    OFFICIAL_AGENCY = "official-agency"
+    OFFICIAL_SIGNATURE = "official-signature"
+    SIGNED_FLAG = "signed-flag"
     # The gateway: who published, and what was decided before under this id.
     PUBLISHER_MISSING = "publisher-missing"
     PUBLISHER = "publisher"
@@ -105,6 +111,11 @@ _TEXT = {
     Reason.KEY_COMMITMENT: "payload key does not match the key commitment",
     Reason.DECRYPT: "payload does not decrypt",
     Reason.PAYLOAD: "payload is malformed",
+    Reason.OFFICIAL_UNKNOWN: "official's signature not certified by the cipher department",
+    Reason.OFFICIAL_REVOKED: "official's certificate revoked or not valid",
+    Reason.OFFICIAL_AGENCY: "official of another agency than the sender",
+    Reason.OFFICIAL_SIGNATURE: "official's signature does not verify over this document",
+    Reason.SIGNED_FLAG: "header's signed flag and the payload's signatures disagree",
     Reason.PUBLISHER_MISSING: "no broker-validated publisher (user_id)",
     Reason.PUBLISHER: "published by another login than the signer's",
     Reason.ID_REUSE: "envelope id already decided under another header",

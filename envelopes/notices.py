@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from envelopes import _crypto
 from envelopes.errors import EnvelopeRefused, Reason
+from keys import container
 from keys.codes import AgencyCode
 from keys.directory import Directory
 from keys.errors import UsageError
@@ -141,12 +142,8 @@ def parse_notice(raw: bytes) -> tuple[Notice, bytes]:
     if len(raw) > MAX_NOTICE_BYTES:
         raise EnvelopeRefused(Reason.OVERSIZED, "notice is larger than the limit")
     try:
-        magic, body, sig = msgpack.unpackb(
-            raw, raw=False, use_list=False, max_map_len=0, max_ext_len=0
-        )
-        if magic != MAGIC or not isinstance(body, bytes) or not isinstance(sig, bytes):
-            raise ValueError("not a notice")
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as e:
+        body, sig = container.unpack(raw, MAGIC)
+    except ValueError as e:
         raise EnvelopeRefused(Reason.FORMAT, "notice is malformed") from e
     return _parse_body(raw, body), sig
 

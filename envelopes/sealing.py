@@ -22,6 +22,7 @@ from envelopes.header import (
     Recipient,
 )
 from envelopes.payload import Metadata
+from envelopes.signatures import SIGNED_CAVEAT
 from keys.agency import AgencyKeys
 from keys.codes import AgencyCode
 from keys.directory import Directory
@@ -80,7 +81,12 @@ def seal(
         raise UsageError(f"at most {MAX_RECIPIENTS} recipients per envelope")
     if not dt.timedelta(minutes=1) <= lifetime <= MAX_LIFETIME:
         raise UsageError("envelope lifetime must be between 1 minute and 366 days")
-    prefix = (metadata or Metadata()).encode()
+    metadata = metadata or Metadata()
+    # The gateway sees that a document is signed (a policy may need it), never by whom.
+    caveats = tuple(c for c in caveats if c != SIGNED_CAVEAT)
+    if metadata.signatures:
+        caveats += (SIGNED_CAVEAT,)
+    prefix = metadata.encode()
     payload_size = len(prefix) + size
     if size < 0 or payload_size > MAX_PAYLOAD_BYTES:
         raise UsageError("document is larger than an envelope can carry (1 TiB)")

@@ -781,9 +781,11 @@ class AuditStore:
         return out
 
 
-def relay_key(envelope_id: str, signer: str, kind: str, status: str) -> str:
-    """A notice is relayed once per (envelope, signer, kind, status): the key."""
-    return f"{envelope_id}/{signer}/{kind}/{status}"
+def relay_key(envelope_id: str, signer: str, kind: str, status: str, addressee: str = "") -> str:
+    """A notice is relayed once per (envelope, signer, kind, status): the key. A recall goes
+    from the one sender to each recipient: once per addressee."""
+    key = f"{envelope_id}/{signer}/{kind}/{status}"
+    return f"{key}/{addressee}" if kind == "recall" else key
 
 
 def notice_reason(status: str) -> str:
@@ -826,7 +828,8 @@ def _derived_state(
             out["forwarded part"].setdefault((eid, digest, part), (md, *where))
         if event in NOTICE_EVENTS and decision == ACCEPTED:
             status = str(reason).removeprefix("status ")
-            out["relayed notice"].setdefault((relay_key(eid, sender, event, status),), where)
+            to = json.loads(recipients)[0] if event == "recall" else ""
+            out["relayed notice"].setdefault((relay_key(eid, sender, event, status, to),), where)
         if event in REFUSAL_EVENTS:
             out["refused message"].setdefault((md,), where)
     return out

@@ -400,7 +400,9 @@ def _notice(message: Incoming, state: State, ctx: Context) -> Verdict:
     if not _along_an_accepted_edge(notice, state):
         reason = Reason.NOTICE_EDGE
         return Refuse(_refused_as(refused, reason, reason.text), publisher)
-    key = relay_key(record.envelope_id, record.sender, notice.kind, notice.status)
+    key = relay_key(
+        record.envelope_id, record.sender, notice.kind, notice.status, notice.addressee.text
+    )
     if state.relayed(key):
         return Duplicate("this status along this edge was relayed already")
     return Relay(record, notice, key)

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from envelopes.checking import CheckedHeader
+from envelopes.signatures import SIGNED_CAVEAT
 from keys.ca import CertificateAuthority
 from keys.errors import CipherpostError, Refused, UsageError
 from keys.keystore import write_private_file
@@ -44,6 +45,7 @@ _KEYS = {
     "urgency",
     "size_at_most",
     "size_above",
+    "official_signature",
 }
 
 
@@ -66,6 +68,10 @@ class Rule:
     # Conditions, not limits: the rule applies to payloads of at most / more than N bytes.
     size_at_most: int | None = None
     size_above: int | None = None
+    # True: the rule applies only to documents an official signed; False: only to unsigned
+    # ones. The gateway sees the sender's signed flag; every recipient checks it against the
+    # signatures inside (a flag without a signature is refused there).
+    official_signature: bool | None = None
 
     def applies(self, checked: CheckedHeader) -> bool:
         """True if every condition of the rule holds for this envelope."""
@@ -77,6 +83,10 @@ class Rule:
             and (not self.urgency or h.urgency in self.urgency)
             and (self.size_at_most is None or h.payload_size <= self.size_at_most)
             and (self.size_above is None or h.payload_size > self.size_above)
+            and (
+                self.official_signature is None
+                or (SIGNED_CAVEAT in h.caveats) == self.official_signature
+            )
         )
 
 
@@ -259,6 +269,9 @@ def _rule(raw: object, n: int) -> Rule:
         ):
             raise PolicyError(f"{where}: {key} must be a non-negative integer (bytes)")
         sizes[key] = value
+    signed = raw.get("official_signature")
+    if signed is not None and not isinstance(signed, bool):
+        raise PolicyError(f"{where}: official_signature must be true or false")
     at_most, above = sizes["size_at_most"], sizes["size_above"]
     if at_most is not None and above is not None and above >= at_most:
         raise PolicyError(f"{where}: size_above {above} >= size_at_most {at_most}: never applies")
@@ -273,4 +286,5 @@ def _rule(raw: object, n: int) -> Rule:
         urgency,
         at_most,
         above,
+        signed,
     )

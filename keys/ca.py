@@ -23,8 +23,10 @@ from keys.agency import EnrollmentRequest, raw_private
 from keys.auditkey import AuditKeyRequest
 from keys.certs import (
     AGENCY_EXTENSION_OID,
+    POSITION_OID,
     ROLE_AUDIT,
     ROLE_ENCRYPT,
+    ROLE_OFFICIAL,
     ROLE_SIGN,
     ROLE_WITNESS,
     encode_agency_extension,
@@ -33,6 +35,7 @@ from keys.codes import AgencyCode
 from keys.errors import CipherpostError, UsageError
 from keys.keystore import read_secret, write_private_file, write_secret
 from keys.levels import Level
+from keys.officials import OfficialRequest
 
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key.sec"
@@ -181,6 +184,7 @@ def _certificate(
     public_key: Ed25519PublicKey | X25519PublicKey,
     now: dt.datetime,
     valid_days: int,
+    extra: tuple[x509.NameAttribute[str], ...] = (),
 ) -> x509.Certificate:
     if role == ROLE_ENCRYPT:
         usage = {"digital_signature": False, "key_agreement": True}
@@ -188,7 +192,7 @@ def _certificate(
         usage = {"digital_signature": True, "key_agreement": False}
     return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name), *extra]))
         .issuer_name(ca.name)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
@@ -306,6 +310,110 @@ def issue_audit(
     path = out_dir / f"{request.code}.{role}.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
+
+
+def issue_official(
+    ca: CertificateAuthority,
+    request: OfficialRequest,
+    out_dir: Path,
+    now: dt.datetime,
+    valid_days: int = 365,
+) -> Path:
+    """Certify an official's key under its agency (role ``official``: name, title, position).
+
+    Only under an agency the CA certified and did not revoke; the same key is certified
+    once. Written to ``out_dir/<code>.<key id>.official.crt``.
+    """
+    return issue_officials(ca, [(request, out_dir)], now, valid_days)[0]
+
+
+def issue_officials(
+    ca: CertificateAuthority,
+    requests: list[tuple[OfficialRequest, Path]],
+    now: dt.datetime,
+    valid_days: int = 365,
+) -> list[Path]:
+    """:func:`issue_official` for many (a commune's whole staff at once): the bookkeeping is
+    read and written once, and nothing is recorded if one request is refused."""
+    if not 1 <= valid_days <= MAX_VALID_DAYS:
+        raise UsageError(f"--valid-days must be 1..{MAX_VALID_DAYS}")
+    state = ca.load_state()
+    officials = state.setdefault("officials", {})
+    issued: list[tuple[Path, bytes]] = []
+    for request, out_dir in requests:
+        agency = state["issued"].get(request.code.text)
+        if agency is None or agency.get("revoked"):
+            raise CipherpostError(
+                f"{request.code} holds no valid certificates from this CA: certify the agency first"
+            )
+        kid = request.key_id.hex()
+        if kid in officials:
+            raise CipherpostError(f"this key is already certified (official {kid[:12]})")
+        extra: list[x509.NameAttribute[str]] = [
+            x509.NameAttribute(x509.NameOID.TITLE, request.title)
+        ]
+        if request.position:
+            extra.append(x509.NameAttribute(POSITION_OID, request.position))
+        cert = _certificate(
+            ca,
+            request.name,
+            request.code,
+            Level(agency["clearance"]),
+            ROLE_OFFICIAL,
+            Ed25519PublicKey.from_public_bytes(request.public_key),
+            now,
+            valid_days,
+            tuple(extra),
+        )
+        officials[kid] = {
+            "code": request.code.text,
+            "name": request.name,
+            "title": request.title,
+            "position": request.position,
+            "serial": str(cert.serial_number),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "revoked": False,
+        }
+        path = out_dir / f"{request.code}.{kid[:16]}.official.crt"
+        issued.append((path, cert.public_bytes(serialization.Encoding.PEM)))
+    for path, pem in issued:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pem)
+    ca.save_state(state)
+    return [path for path, _ in issued]
+
+
+def find_official(ca: CertificateAuthority, key_id_prefix: str) -> str:
+    """The full key id of the official whose id starts with ``key_id_prefix``."""
+    prefix = key_id_prefix.strip().lower()
+    found = [k for k in ca.load_state().get("officials", {}) if k.startswith(prefix)]
+    if not prefix or not found:
+        raise CipherpostError(f"no official's key {key_id_prefix!r} was certified by this CA")
+    if len(found) > 1:
+        raise UsageError(f"{key_id_prefix!r} is the start of {len(found)} officials' keys")
+    return str(found[0])
+
+
+def revoke_official(
+    ca: CertificateAuthority, key_id_hex: str, reason: str, now: dt.datetime
+) -> bool:
+    """Revoke an official's certificate (left office, merged commune); False if it already
+    was. The CRL, and so the next directory, lists it from ``now``: signatures made before
+    stay verifiable against the directory version of that time."""
+    state = ca.load_state()
+    official = state.get("officials", {}).get(key_id_hex)
+    if official is None:
+        raise CipherpostError(f"no official's key {key_id_hex} was certified by this CA")
+    if official["revoked"]:
+        return False
+    state["revoked"].append(
+        {"serial": official["serial"], "code": official["code"], "reason": reason,
+         "time": now.isoformat(), "official": key_id_hex}
+    )  # fmt: skip
+    official["revoked"] = True
+    ca.save_state(state)
+    write_crl(ca, now)
+    return True
 
 
 def retire(

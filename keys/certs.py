@@ -31,7 +31,10 @@ ROLE_SIGN = "sign"
 ROLE_ENCRYPT = "encrypt"
 ROLE_AUDIT = "audit"  # a gateway's audit log key: signs checkpoints, nothing else
 ROLE_WITNESS = "witness"  # the cipher department's witness key: cosigns checkpoints it checked
-ROLES = (ROLE_SIGN, ROLE_ENCRYPT, ROLE_AUDIT, ROLE_WITNESS)
+ROLE_OFFICIAL = "official"  # a person's signing key (chairman, head), certified under an agency
+ROLES = (ROLE_SIGN, ROLE_ENCRYPT, ROLE_AUDIT, ROLE_WITNESS, ROLE_OFFICIAL)
+# An official's position code (optional), a subject attribute beside the title (2.5.4.12).
+POSITION_OID = x509.ObjectIdentifier(f"{_ARC}.2")
 KEY_ID_BYTES = 16
 MAX_CERT_BYTES = 16 * 1024
 
@@ -108,6 +111,8 @@ class AgencyCertificate:
     serial: int
     not_before: dt.datetime
     not_after: dt.datetime
+    title: str = ""  # officials only: "Chủ tịch UBND xã", ...
+    position: str = ""  # officials only: an optional position code
 
     @functools.cached_property  # asked for on every envelope checked
     def key_id(self) -> bytes:
@@ -129,8 +134,9 @@ class AgencyCertificate:
             if not ext.critical or not isinstance(ext.value, x509.UnrecognizedExtension):
                 raise ValueError("agency extension must be critical")
             code, clearance, role = decode_agency_extension(ext.value.value)
-            names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-            name = str(names[0].value) if names else ""
+            name = _attribute(cert, x509.NameOID.COMMON_NAME)
+            title = _attribute(cert, x509.NameOID.TITLE)
+            position = _attribute(cert, POSITION_OID)
             pub = cert.public_key()
             want = X25519PublicKey if role == ROLE_ENCRYPT else Ed25519PublicKey
             if not isinstance(pub, want):
@@ -148,8 +154,15 @@ class AgencyCertificate:
             serial=cert.serial_number,
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
+            title=title,
+            position=position,
         )
 
     def valid_at(self, now: dt.datetime) -> bool:
         """True if ``now`` is inside the validity period."""
         return self.not_before <= now <= self.not_after
+
+
+def _attribute(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str:
+    values = cert.subject.get_attributes_for_oid(oid)
+    return str(values[0].value) if values else ""

@@ -75,6 +75,10 @@ class Directory:
     raw: bytes = field(repr=False)
     retired: Mapping[str, str] = field(default_factory=dict)  # retired code -> successor
     retired_from: Mapping[str, dt.datetime] = field(default_factory=dict)
+    # Every serial the CRL revokes and since when: officials' certificates travel with their
+    # signatures (envelopes.signatures), their revocations only here.
+    revoked_since: Mapping[int, dt.datetime] = field(default_factory=dict, repr=False)
+    ca_certificate: x509.Certificate | None = field(default=None, repr=False)
 
     def successor(self, code: AgencyCode, now: dt.datetime | None = None) -> str | None:
         """The successor of a code retired at ``now`` (None if it is not, or not yet)."""
@@ -183,7 +187,8 @@ class Directory:
                 raise ValueError("CRL signature")
         except ValueError as e:
             raise Refused("directory CRL is not valid") from e
-        revoked = {r.serial_number for r in crl}
+        revoked_since = {r.serial_number: r.revocation_date_utc for r in crl}
+        revoked = set(revoked_since)
         entries: dict[str, DirectoryEntry] = {}
         for pair in pairs:
             if not isinstance(pair, tuple) or len(pair) != 2:
@@ -224,6 +229,8 @@ class Directory:
             raw=data,
             retired=retired,
             retired_from=retired_from,
+            revoked_since=revoked_since,
+            ca_certificate=ca,
         )
 
 

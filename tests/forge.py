@@ -79,6 +79,7 @@ class Forgery:
     commitment: bytes | None = None
     payload: bytes | None = None
     final_tag_at: int | None = None  # secretstream FINAL on this segment (default: the last)
+    caveats: tuple[str, ...] = ()
 
     def build(self) -> bytes:
         """The envelope bytes: header frame and every segment frame, all signed."""
@@ -105,7 +106,7 @@ class Forgery:
             sender=AgencyCode.parse(self.sender or self.signer.code.text),
             sender_key_id=sender_kid,
             level=self.level,
-            caveats=(),
+            caveats=self.caveats,
             urgency=self.urgency,
             payload_size=len(payload),
             segment_size=self.segment_size,

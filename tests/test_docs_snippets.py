@@ -7,6 +7,7 @@ or calls the API wrongly fails here, not in an integrator's hands.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import subprocess
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from agents.world import PASSPHRASE
+from keys import ca
+from keys.codes import AgencyCode
+from keys.officials import OfficialRequest, enroll_official
 from tests.exchange import PROVINCE, A, make_world
 
 pytestmark = pytest.mark.broker
@@ -46,17 +50,36 @@ def world(tmp_path_factory):
     w.cleanup()
 
 
+@pytest.fixture(scope="module")
+def chairman(world, tmp_path_factory) -> Path:
+    """The province chairman's key folder, certified (``official enroll`` + ``issue``)."""
+    folder = tmp_path_factory.mktemp("chu-tich") / "official"
+    now = dt.datetime.now(dt.UTC)
+    enroll_official(
+        folder, AgencyCode.parse(PROVINCE), "Nguyễn Văn A", "Chủ tịch UBND tỉnh", "", PASSPHRASE,
+        now,
+    )  # fmt: skip
+    request = OfficialRequest.parse((folder / "official.req").read_bytes())
+    cert = ca.issue_official(ca.open_ca(world.ca_dir, PASSPHRASE), request, folder / "c", now)
+    cert.replace(folder / "official.crt")
+    return folder
+
+
 @pytest.mark.parametrize(("name", "code"), snippets(), ids=[n for n, _ in snippets()])
-def test_a_snippet_runs_as_written(world, tmp_path, name, code):
+def test_a_snippet_runs_as_written(world, chairman, tmp_path, name, code):
     places = {
         "/srv/cipherpost/agent.toml": world.agent_config(PROVINCE),
         "/srv/province/agent.toml": world.agent_config(PROVINCE),
         "/srv/commune/agent.toml": world.agent_config(A),
+        "/srv/cipherpost/ca.crt": world.ca_dir / "ca.crt",
+        "/home/chu-tich/official": chairman,
     }
     assert A == "000.01.12.H41"  # the code the snippets send to
     for placeholder, path in places.items():
         code = code.replace(placeholder, str(path))
     (tmp_path / "cong-van.pdf").write_bytes(b"%PDF-1.7\n% cong van\n" * 100)
+    for name_ in ("quyet-dinh-12.pdf", "quyet-dinh-12b.pdf"):
+        (tmp_path / name_).write_bytes(b"%PDF-1.7\n% quyet dinh\n" * 100)
     env = {**os.environ, "CIPHERPOST_PASSPHRASE": PASSPHRASE.decode()}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,

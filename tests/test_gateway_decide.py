@@ -431,7 +431,16 @@ def test_a_recall_from_the_sender_to_a_recipient_is_relayed(kit):
     state = FakeState()
     state.accept(cpe)
     raw = kit.notice(P, X, cpe, kind="recall", status="13")
-    assert isinstance(verdict_of(kit, raw, publisher=P, kind="notice", state=state), Relay)
+    v = verdict_of(kit, raw, publisher=P, kind="notice", state=state)
+    assert isinstance(v, Relay)
+    state.relays.add(v.key)
+    # The same recall to the other recipient is not a duplicate of the first (regression:
+    # relayed once per (envelope, signer, kind, status), the second recipient never got it).
+    to_b = kit.notice(P, B, cpe, kind="recall", status="13")
+    v2 = verdict_of(kit, to_b, publisher=P, kind="notice", state=state)
+    assert isinstance(v2, Relay) and v2.key != v.key
+    state.relays.add(v2.key)
+    assert isinstance(verdict_of(kit, to_b, publisher=P, kind="notice", state=state), Duplicate)
 
 
 def test_an_agency_cannot_sign_a_rejection(kit):

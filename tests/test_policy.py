@@ -12,6 +12,7 @@ import pytest
 
 from envelopes.checking import CheckedHeader
 from envelopes.header import Header, Recipient
+from envelopes.signatures import SIGNED_CAVEAT
 from gateway.policy import DEFAULT_DENY, MAX_POLICY_BYTES, Policy, PolicyError, sign_policy
 from keys import ca
 from keys.codes import AgencyCode
@@ -26,6 +27,7 @@ def envelope(
     level: Level = Level.MAT,
     urgency: Urgency = Urgency.THUONG,
     size: int = 100,
+    caveats: tuple[str, ...] = (),
 ) -> CheckedHeader:
     """The verified facts a rule reads (a policy never looks past the checked header)."""
     header = Header.build(
@@ -35,7 +37,7 @@ def envelope(
         sender=AgencyCode.parse(sender),
         sender_key_id=bytes(16),
         level=level,
-        caveats=(),
+        caveats=caveats,
         urgency=urgency,
         payload_size=size,
         segment_size=1024,
@@ -114,6 +116,8 @@ def one_rule(**fields: object) -> Policy:
     for key, value in fields.items():
         if isinstance(value, str):
             lines.append(f'{key} = "{value}"')
+        elif isinstance(value, bool):
+            lines.append(f"{key} = {str(value).lower()}")
         elif isinstance(value, list):
             lines.append(f"{key} = [{', '.join(repr(v).replace(chr(39), chr(34)) for v in value)}]")
         else:
@@ -188,6 +192,26 @@ def test_a_deny_rule_on_large_documents_reads_as_it_acts():
     assert policy.decide(envelope(size=6)).rule_id == "rest"
     assert policy.decide(envelope(size=1048576)).rule_id == "rest"
     assert policy.decide(envelope(size=1048577)).rule_id == "no-large"
+
+
+def test_toi_mat_needs_an_officials_signature():
+    """The rule agencies ask for: a Tối mật document leaves only signed by an official. The
+    gateway reads the sender's signed flag (recipients check it against the signatures)."""
+    policy = Policy.parse(
+        '[[rule]]\nid = "toi-mat-needs-signature"\naction = "deny"\n'
+        'reason = "Tối mật needs an official\'s signature"\nlevel_min = "toi-mat"\n'
+        "official_signature = false\n"
+        '[[rule]]\nid = "rest"\naction = "allow"\nreason = "the rest"\n'
+    )
+    signed = (SIGNED_CAVEAT,)
+    assert policy.decide(envelope(level=Level.TOI_MAT)).rule_id == "toi-mat-needs-signature"
+    assert policy.decide(envelope(level=Level.TOI_MAT, caveats=signed)).rule_id == "rest"
+    assert policy.decide(envelope(level=Level.MAT)).rule_id == "rest"
+    assert one_rule(official_signature=True).decide(envelope(caveats=signed)).allow
+    assert not one_rule(official_signature=True).decide(envelope()).allow
+    assert one_rule().decide(envelope(caveats=signed)).allow  # absent: either
+    # Another caveat is not a signature.
+    assert not one_rule(official_signature=True).decide(envelope(caveats=("x",))).allow
 
 
 def test_the_old_max_bytes_key_is_refused_with_what_to_write():
@@ -287,6 +311,8 @@ GOOD_RULE = '[[rule]]\nid = "ok"\naction = "allow"\nreason = "fine"\n'
         (GOOD_RULE + "size_above = true\n", "size_above must be a non-negative integer"),
         (GOOD_RULE + "size_above = 10\nsize_at_most = 10\n", "never applies"),
         (GOOD_RULE + GOOD_RULE, "rule id 'ok' is used twice"),
+        (GOOD_RULE + 'official_signature = "yes"\n', "official_signature must be true or false"),
+        (GOOD_RULE + "official_signature = 1\n", "official_signature must be true or false"),
     ],
 )
 def test_policy_sign_refuses(text, message, authority):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agents.world import PASSPHRASE
-from tests.exchange import PROVINCE, A, make_world
+from tests.exchange import PROVINCE, A, make_world, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -46,6 +46,17 @@ def test_the_dms_bridge_example_runs(world, tmp_path):
     assert entries[0]["notation"] == "12/UBND-VP" and entries[0]["due"] == "2026-12-05"
     assert json.loads((tmp_path / "register.json").read_text())[0]["type"] == "Công văn"
     assert bridge.history(province, eid) == {A: ["01 arrived", "03 accepted", "06 completed"]}
+    assert bridge.recall(province, eid, "gửi nhầm") == [A]
+    recalled: list[str] = []
+
+    def recall_taken_in() -> bool:  # each round takes in what waits, answers each recall
+        recalled.extend(bridge.handle_recalls(commune, tmp_path / "register.json", 0.3))
+        return bool(recalled)
+
+    assert wait_for(recall_taken_in, timeout=90), "the commune's DMS never saw the recall"
+    assert recalled == [eid]
+    assert json.loads((tmp_path / "register.json").read_text())[0]["recalled"] is True
+    assert bridge.history(province, eid)[A][-1] == "15 recall agreed"
 
 
 def run_example(*args: object, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,10 @@
 The province's DMS sends an official letter (công văn) with its edXML
 metadata; the commune's DMS takes every arriving document into its register,
 replies "accepted" (03) and, once handled, "completed" (06); the province's
-DMS then reads the signed history. Run by tests/test_sdk_example.py against the
+DMS then reads the signed history. Then the province recalls the letter (edXML
+13, "Yêu cầu thu hồi"); the commune's DMS takes the recall in, strikes the
+letter from its register and agrees (15, "Đồng ý thu hồi"): the agent moves
+the document to the inbox's ``recalled`` folder. Run by tests/test_sdk_example.py against the
 real RabbitMQ; run it yourself with two agent configs:
 
     python docs/examples/dms_bridge.py /srv/province/agent.toml \
@@ -95,6 +98,33 @@ def history(province_config: Path, envelope_id: str) -> dict[str, list[str]]:
     }
 
 
+def recall(province_config: Path, envelope_id: str, reason: str) -> list[str]:
+    """The province's DMS recalls a letter it sent; returns the recipients asked."""
+    with open_agent(province_config, passphrase("province")) as agent:
+        return agent.recall(envelope_id, reason)
+
+
+def handle_recalls(commune_config: Path, register: Path, idle: float = 1.5) -> list[str]:
+    """The commune's DMS answers each verified recall waiting for it with 15 (agreed) and
+    marks the letter recalled in its register; returns the envelope ids recalled."""
+    entries = json.loads(register.read_text())
+    recalled = []
+    with open_agent(commune_config, passphrase("commune")) as agent:
+        agent.receive(idle=idle)  # takes in the notices waiting (recalls among them)
+        for event in agent.events:
+            if event["kind"] == "recall" and event["verified"]:
+                eid = str(event["envelope_id"])
+                if agent.state.marks(eid).get("recall_answer"):
+                    continue  # answered already (or applied by the agent's own setting)
+                agent.reply_status(eid, "15", note="đã thu hồi khỏi sổ văn bản đến")
+                recalled.append(eid)
+    for entry in entries:
+        if entry["envelope_id"] in recalled:
+            entry["recalled"] = True
+    register.write_text(json.dumps(entries, ensure_ascii=False, indent=2))
+    return recalled
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Send a letter from the province's DMS to a commune's and read its history.",
@@ -111,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"registered {entry['notation']} ({entry['type']}) due {entry['due']}")
             for code, statuses in history(args.province_config, eid).items():
                 print(f"{code}: {', '.join(statuses)}")
+            asked = recall(args.province_config, eid, "gửi nhầm phiên bản, sẽ gửi bản thay thế")
+            print(f"recall requested from {', '.join(asked)}")
+            for recalled in handle_recalls(args.commune_config, Path(tmp) / "register.json"):
+                print(f"recalled {recalled} (15 recall agreed)")
     except CipherpostError as e:
         print(f"dms_bridge: {e}", file=sys.stderr)
         return e.exit_code
