@@ -944,7 +944,7 @@ def cmd_policy_sign(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from agents.demo import main as demo_main
 
-    return demo_main(args.admin_url, args.amqp_port, args.dir, args.cluster_dir)
+    return demo_main(args.admin_url, args.amqp_port, args.dir, args.cluster_dir, commands=main)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
@@ -971,7 +971,7 @@ def _complete_paths(parser: argparse.ArgumentParser) -> None:
 def cmd_tour(args: argparse.Namespace) -> int:
     from agents.tour import run_tour
 
-    return run_tour(args.dir)
+    return run_tour(main, args.dir)
 
 
 # --- parser ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import envelopes
@@ -48,16 +49,25 @@ MAT_ONLY = "000.03.12.H41"
 CHAIRMAN, CHAIRMAN_TITLE = "Nguyễn Văn An", "Chủ tịch UBND tỉnh H41"
 
 
+Commands = Callable[[list[str]], int]  # a command line, as a person types it -> exit code
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
 def run_demo(
-    admin_url: str, amqp_port: int, keep: Path | None, cluster_dir: Path | None = None
+    admin_url: str,
+    amqp_port: int,
+    keep: Path | None,
+    cluster_dir: Path | None = None,
+    *,
+    commands: Commands,
 ) -> int:
     """Run the story; 0 if every step ended as it should. With ``cluster_dir`` (a cluster
     started by ``python -m compose.cluster start``), on that cluster over TLS with
-    certificate login."""
+    certificate login. ``commands`` runs a command line as a person types it (the CLI's
+    own entry point, handed in: the demo does not import the command line)."""
     logs.configure(json_lines=False, level=logging.ERROR)
     site = None
     if cluster_dir is not None:
@@ -87,7 +97,7 @@ def run_demo(
     )
     _say("   a signed policy, one broker user per agency with anchored permissions, a gateway.")
     try:
-        return _story(world)
+        return _story(world, commands)
     finally:
         world.cleanup()
         if keep is None:
@@ -95,7 +105,7 @@ def run_demo(
         _say(f"   (vhost {world.vhost!r} and its users removed)")
 
 
-def _story(world: World) -> int:
+def _story(world: World, commands: Commands) -> int:
     failures = 0
     gateway = world.start_gateway()
     doc = world.root / "ke-hoach-sap-nhap.txt"
@@ -191,7 +201,7 @@ def _story(world: World) -> int:
             f"{rec['sender']} -> {','.join(recipients) or '-'} "
             f"level={rec['level'] or '-'} {rec['decision']} rule={rec['rule_id']}"
         )
-    failures += _audit(world, eid)
+    failures += _audit(world, eid, commands)
     _say(
         "demo complete: every step ended as expected"
         if not failures
@@ -262,21 +272,20 @@ def _signed_and_recalled(world: World, eid: str) -> int:
     return failures
 
 
-def _audit(world: World, eid: str) -> int:
+def _audit(world: World, eid: str, commands: Commands) -> int:
     """The cipher department witnesses the checkpoints, verifies the log, checks one proof."""
     # The witness's key is the throwaway world's: its commands read the passphrase from the
     # environment, as a person's would (set only while they run, and only if unset).
     saved = os.environ.get(PASSPHRASE_ENV)
     os.environ.setdefault(PASSPHRASE_ENV, PASSPHRASE.decode())
     try:
-        return _audit_commands(world, eid)
+        return _audit_commands(world, eid, commands)
     finally:
         if saved is None:
             os.environ.pop(PASSPHRASE_ENV, None)
 
 
-def _audit_commands(world: World, eid: str) -> int:
-    from agents.cli import main as cli  # the same commands a person types
+def _audit_commands(world: World, eid: str, cli: Commands) -> int:
 
     ca_cert = str(world.ca_dir / "ca.crt")
     store = world.root / "witness"
@@ -339,9 +348,16 @@ def _forged_directory(directory: Directory, code: str) -> Directory:
     return dataclasses.replace(directory, entries=entries)
 
 
-def main(admin_url: str, amqp_port: int, keep: Path | None, cluster_dir: Path | None = None) -> int:
+def main(
+    admin_url: str,
+    amqp_port: int,
+    keep: Path | None,
+    cluster_dir: Path | None = None,
+    *,
+    commands: Commands,
+) -> int:
     try:
-        return run_demo(admin_url, amqp_port, keep, cluster_dir)
+        return run_demo(admin_url, amqp_port, keep, cluster_dir, commands=commands)
     except CipherpostError as e:
         _say(f"demo stopped: {e}")
         return 1

@@ -15,7 +15,7 @@ import os
 import shlex
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from keys.errors import EXIT_OK, EXIT_REFUSED
@@ -40,17 +40,19 @@ def _environment(work: Path) -> Iterator[None]:
                 os.environ[key] = value
 
 
+Commands = Callable[[list[str]], int]  # a command line, as a person types it -> exit code
+
+
 class _Tour:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, commands: Commands) -> None:
         self.work = work
+        self.commands = commands  # the CLI's entry point, handed in (no import cycle)
         self.failures = 0
 
     def say(self, text: str) -> None:
         print(f"\n== {text}")
 
     def run(self, *argv: str, expect: int = EXIT_OK, quiet: bool = False) -> str:
-        from agents.cli import main
-
         if "--directory" in argv and "--ca-cert" not in argv:
             # Holders pin the cipher department's CA certificate, received out of band.
             argv = (*argv, "--ca-cert", str(self.work / "ca" / "ca.crt"))
@@ -58,7 +60,7 @@ class _Tour:
         print(f"$ cipherpost {shown}")
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(argv))
+            code = self.commands(list(argv))
         if not quiet:
             for line in out.getvalue().splitlines():
                 print(f"  {line.replace(str(self.work) + '/', '')}")
@@ -72,14 +74,15 @@ class _Tour:
         return out.getvalue()
 
 
-def run_tour(keep: Path | None = None) -> int:
-    """Run the tour in ``keep`` (kept) or a temporary folder (removed)."""
+def run_tour(commands: Commands, keep: Path | None = None) -> int:
+    """Run the tour in ``keep`` (kept) or a temporary folder (removed); ``commands`` runs
+    one command line (the CLI's entry point)."""
     work = keep or Path(tempfile.mkdtemp(prefix="cipherpost-tour-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"cipherpost offline tour in {work} (paths below are relative to it)")
     try:
         with _environment(work):
-            failures = _steps(_Tour(work))
+            failures = _steps(_Tour(work, commands))
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)

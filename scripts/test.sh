@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
 bash scripts/ensure-rabbitmq.sh
 .venv/bin/ruff check --quiet .
-.venv/bin/mypy --no-error-summary keys envelopes broker gateway agents
+.venv/bin/mypy --no-error-summary keys envelopes broker gateway agents compose
 .venv/bin/python -m pytest "$@"

@@ -277,8 +277,8 @@ def capsys_free_usage(main, args) -> str:
 
 def test_the_demo_runs_over_tls_with_certificate_login(cluster, capsys):
     """``cipherpost demo --cluster-dir DIR`` (README): the whole story on the cluster."""
-    from agents.demo import main as demo
+    from agents.cli import main
 
-    assert demo("unused", 0, None, cluster.root) == 0
+    assert main(["demo", "--cluster-dir", str(cluster.root)]) == 0
     out = capsys.readouterr().out
     assert "demo complete: every step ended as expected" in out
