@@ -133,6 +133,7 @@ def test_signed_by_the_chairman_sent_by_the_clerk_arrives_verified(world, tmp_pa
         "Nguyễn Văn A", "Chủ tịch UBND tỉnh H41", PROVINCE,
     )  # fmt: skip
     assert got.metadata["signatures"][0]["verified"] is True  # the SDK's view
+    assert sig["directory_version"] >= 1  # what "valid when signed" is checked against later
     # A Tối mật document: the gateway let it through only because it is signed.
     records = [r for r in world.gateways[0][0].audit_records() if r["envelope_id"] == eid]
     assert records[0]["rule_id"] == "h41-internal"
