@@ -816,7 +816,12 @@ class Client:
             "received": now.isoformat(),
             "bytes": opened.document_bytes,
             "recipients": [r["code"] for r in info["recipients"]],
-            "signatures": [_signature_entry(sig) for sig in opened.signatures],
+            # The directory version they verified against: "valid when signed" later, once an
+            # official is revoked, is checked against that version.
+            "signatures": [
+                {**_signature_entry(sig), "directory_version": self.directory.version}
+                for sig in opened.signatures
+            ],
             "replaces": replaces or None,
         }
         try:

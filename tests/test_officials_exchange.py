@@ -133,6 +133,7 @@ def test_signed_by_the_chairman_sent_by_the_clerk_arrives_verified(world, tmp_pa
         "Nguyễn Văn A", "Chủ tịch UBND tỉnh H41", PROVINCE,
     )  # fmt: skip
     assert got.metadata["signatures"][0]["verified"] is True  # the SDK's view
+    assert sig["directory_version"] >= 1  # what "valid when signed" is checked against later
     # A Tối mật document: the gateway let it through only because it is signed.
     records = [r for r in world.gateways[0][0].audit_records() if r["envelope_id"] == eid]
     assert records[0]["rule_id"] == "h41-internal"
@@ -344,3 +345,33 @@ def test_a_recall_of_an_unanswered_document_applies_itself_when_configured(world
             )  # fmt: skip
     finally:
         config.write_text(text)
+
+
+def test_the_clerks_day_on_the_command_line(world, tmp_path):
+    """enroll, issue, sign, send --signature, receive (shows the signer), recall, 15, outbox."""
+    from tests.test_exchange_cli import run, until_printed  # the same way to run a command
+
+    official_dir = tmp_path / "pho-chu-tich"
+    run("official", "enroll", "--agency", PROVINCE, "--name", "Võ Thị E",
+        "--title", "Phó Chủ tịch UBND tỉnh H41", "--dir", official_dir)  # fmt: skip
+    issued = json.loads(
+        run("official", "issue", official_dir / "official.req", "--ca", world.ca_dir,
+            "--out", tmp_path / "certs", "--json").stdout
+    )  # fmt: skip
+    (official_dir / "official.crt").write_bytes(Path(issued["certificate"]).read_bytes())
+    doc = document(tmp_path)
+    run("sign", doc, "--as", official_dir, "--subject", SUBJECT, "--number", NUMBER,
+        "--ca-cert", world.ca_dir / "ca.crt")  # fmt: skip
+    province, a = world.agent_config(PROVINCE), world.agent_config(A)
+    eid = run("send", doc, "--to", A, "--level", "toi-mat", "--subject", SUBJECT, "--number",
+              NUMBER, "--signature", f"{doc}.sig", "--config", province).stdout.strip()  # fmt: skip
+    out = until_printed(eid, "receive", "--once", "--idle", "0.3", "--config", a)
+    assert "signed by Võ Thị E, Phó Chủ tịch UBND tỉnh H41 [verified]" in out
+    recalled = run("recall", eid[:10], "--reason", "gửi nhầm", "--config", province)
+    assert f"recall (13) of {eid} sent to 1 recipient(s): {A}" in recalled.stdout
+    out = until_printed("13 recall requested", "receive", "--once", "--idle", "0.3", "--config", a)
+    assert "reason: gửi nhầm" in out
+    run("reply-status", eid[:10], "--code", "15", "--config", a)
+    assert (a.parent / "inbox" / "recalled" / f"{eid[:12]}-{doc.name}").is_file()
+    out = until_printed("15 recall agreed", "outbox", "--idle", "0.3", "--config", province)
+    assert f"{A}  15 recall agreed" in out
