@@ -42,11 +42,11 @@ import pika  # noqa: E402
 
 from agents import logs  # noqa: E402
 from agents.world import World, build_world  # noqa: E402
+from bench.cpu import broker_pid, cpu_seconds, vm_hwm_mib  # noqa: E402
 from bench.exchange import (  # noqa: E402
     ADMIN_URL,
     Receiver,
     gateway_process,
-    vm_hwm_mib,
     wait_for_consumers,
 )
 from broker.connection import BrokerConfig  # noqa: E402
@@ -63,25 +63,6 @@ AGENCIES = {
     B: ("UBND xã Ngay Thẳng", Level.MAT),
     R: ("UBND tỉnh H41", Level.TOI_MAT),
 }
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def rabbit_pid() -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"beam.smp" in cmd and b"rabbit" in cmd and b"RABBITMQ_NODE_PORT" not in cmd:
-                return int(entry.name)
-    return None
 
 
 def send_timed(world: World, docs: list[Path], rate: float) -> dict[str, float]:
@@ -185,7 +166,7 @@ def main() -> int:
         gw = gateway_process(world)
         receiver = Receiver(world, R)
         try:
-            wait_for_consumers(world, [R])
+            wait_for_consumers(world, [R], None)
             docs = []
             for i in range(args.docs):
                 path = work / f"b{i}.txt"
@@ -193,7 +174,7 @@ def main() -> int:
                 docs.append(path)
             say(f"B sends {args.docs} documents at {args.rate}/s, no flood ...")
             calm = latencies(receiver, send_timed(world, docs, args.rate))
-            rabbit = rabbit_pid()
+            rabbit = broker_pid()  # the node listening on 5672, not another test's node
             cpu_before = (cpu_seconds(gw.pid), cpu_seconds(rabbit) if rabbit else 0.0)
             say(f"A floods {args.junk} junk messages while B sends again ...")
             flood_s: list[float] = []

@@ -173,11 +173,13 @@ def sign_raw_notice(keys, *, kind, envelope_id, header_hash, signer, addressee, 
 # --- 1. one decision per exact header -------------------------------------------------------
 
 
-def test_a_reused_envelope_id_cannot_carry_a_forbidden_envelope(world, keys):
+@pytest.mark.parametrize("sent", [0, 1], ids=["first-part-only", "second-part-only"])
+def test_a_reused_envelope_id_cannot_carry_a_forbidden_envelope(world, keys, sent):
+    """Attack 1 as the issue tells it: only one part of E1 goes out (on the old gateway,
+    with only the second part sent, E2 reached H42 with no audit record at all)."""
     eid = os.urandom(16)
     e1 = seal(keys, A, [B], b"allowed inside H41" * 100, envelope_id=eid)  # 2 segments
-    first, _second = parts_of(e1)
-    submit(world, A, first)  # accepted for B; the second part is never sent
+    submit(world, A, parts_of(e1)[sent])  # accepted for B; the other part is never sent
     leaves_for(
         world,
         lambda r: r["envelope_id"] == eid.hex() and r["decision"] == "accepted",
