@@ -228,10 +228,8 @@ class ConfirmingPublisher:
                 log.error("publisher_loop_error", error=type(e).__name__, detail=str(e)[:200])
             if self._closing:
                 break
-            if (
-                self._attempt % len(self._order) == 0
-            ):  # every node tried: wait before the next round
-                time.sleep(self._backoff.next())
+            if self._attempt % len(self._order) == 0:
+                time.sleep(self._backoff.next())  # every node tried: wait before the next round
         self._stopped.set()
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
