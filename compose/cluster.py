@@ -42,7 +42,7 @@ TEMPLATES = HERE / "rabbitmq"
 RABBITMQ_SBIN = Path("/usr/lib/rabbitmq/bin")
 ADMIN_USER = "cp-admin"
 STATE_FILE = "cluster.json"
-START_TIMEOUT_S = 180
+START_TIMEOUT_S = 300  # a restarted node waits for its peers' tables (up to 5 min)
 NOFILE = 65536
 HOST = "127.0.0.1"
 
@@ -326,7 +326,10 @@ class Cluster:
             self.await_node(self.nodes[0])
             rest = self.nodes[1:]
         else:
-            rest = self.nodes
+            # The last node to stop knows the latest tables: it goes first (the others wait
+            # for it anyway), then the rest, all before any is awaited.
+            order = {name: i for i, name in enumerate(self.stopped)}
+            rest = sorted(self.nodes, key=lambda n: -order.get(n.name, -1))
         for n in rest:
             self._spawn(n)
         for n in rest:
