@@ -397,6 +397,17 @@ class Cluster:
             env=self.env(node), capture_output=True, timeout=30, check=False,
         ).returncode == 0  # fmt: skip
 
+    def restore(self) -> None:
+        """Every node running its applications again, whatever a test did to it (killed,
+        stopped, paused)."""
+        for n in self.nodes:
+            if n.name in self.stopped:
+                self.start_node(n)
+                continue
+            self.resume(n)
+            if self.ctl(n, "eval", "rabbit:is_running().", check=False).strip() != "true":
+                self.start_app(n)
+
     def leader(self, vhost: str, queue: str) -> Node:
         """The node that leads a quorum queue now."""
         for n in self.nodes:
