@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -45,6 +46,7 @@ STATE_FILE = "cluster.json"
 START_TIMEOUT_S = 300  # a restarted node waits for its peers' tables (up to 5 min)
 NOFILE = 65536
 HOST = "127.0.0.1"
+PORT_FLOOR = 20000
 
 
 class ClusterError(Exception):
@@ -61,10 +63,27 @@ def render_config(template: str, values: dict[str, str]) -> str:
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on now (the node binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on now, below the ephemeral range: a port from that range,
+    once its node stops, can be taken as the source port of anyone's outgoing connection,
+    and the node restarted on it fails with ``dist_port_already_used``."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(PORT_FLOOR, max(PORT_FLOOR + 1, low))  # noqa: S311 - not a secret
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError(f"no free port between {PORT_FLOOR} and {low}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 @dataclass
