@@ -255,11 +255,17 @@ class Cluster:
         return done.stdout
 
     def pid(self, node: Node) -> int:
-        """The node's operating-system process id."""
+        """The node's operating-system process id, checked: the process must be this node's
+        VM (a stale pid file must never make us signal another process, such as the
+        machine's own RabbitMQ)."""
         try:
-            return int((node.folder / "node.pid").read_text().strip())
+            pid = int((node.folder / "node.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
-            raise ClusterError(f"{node.name}: no pid file (not started?)") from None
+            raise ClusterError(f"{node.name}: not running (no process for its pid file)") from None
+        if str(self.root / "home").encode() not in cmdline:  # the VM runs with our HOME
+            raise ClusterError(f"{node.name}: its pid file names another process now")
+        return pid
 
     # --- life cycle -------------------------------------------------------------------------
 
