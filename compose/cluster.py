@@ -132,11 +132,6 @@ class Cluster:
         """(host, port) of every node's AMQPS listener."""
         return [(HOST, n.amqp_port) for n in self.nodes]
 
-    def admin_url(self, node: Node | None = None) -> str:
-        """The management API of ``node`` (the first by default), without the password."""
-        n = node or self.nodes[0]
-        return f"https://{ADMIN_USER}@{HOST}:{n.management_port}"
-
     def management(self, node: Node | None = None) -> Management:
         """The admin's management API on ``node`` (the first by default), over TLS."""
         n = node or self.nodes[0]
