@@ -205,6 +205,60 @@ def cmd_directory_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ca_tls_init(args: argparse.Namespace) -> int:
+    from keys import tls
+
+    # The root's passphrase seals the TLS CA key too: one secret for the department's CAs.
+    passphrase = unlock(lambda p: (ca.open_ca(args.ca, p), p)[1])
+    cert = tls.init_ca(args.ca, args.name, _now(), passphrase)
+    path = args.ca / tls.TLS_CA_CERT_FILE
+    emit(
+        args,
+        {"tls_ca_cert": str(path), "fingerprint": ca.fingerprint(cert)},
+        f"TLS CA created in {args.ca}: give {path} to every broker node and every client",
+    )
+    return 0
+
+
+def cmd_ca_tls_issue(args: argparse.Namespace) -> int:
+    from keys import tls
+
+    request = _read_file(args.request, "TLS certificate request")
+    passphrase = unlock(lambda p: (ca.open_ca(args.ca, p), p)[1])
+    ca_cert, ca_key = tls.open_ca(args.ca, passphrase)
+    cert = tls.issue_client(ca_cert, ca_key, request, _now(), args.valid_days)
+    args.out.write_bytes(tls.cert_pem(cert))
+    login = cert.subject.rfc4514_string()
+    emit(
+        args,
+        {"certificate": str(args.out), "subject": login},
+        f"TLS client certificate for {login} written to {args.out}",
+    )
+    return 0
+
+
+def cmd_broker_tls_request(args: argparse.Namespace) -> int:
+    from keys import tls
+    from keys.keystore import write_private_file
+
+    key_path = args.dir / f"{args.login}.tls.key"
+    if key_path.exists():
+        raise UsageError(f"{key_path} exists: a new key replaces it only after you move it away")
+    args.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = tls.new_key()
+    write_private_file(key_path, tls.key_pem(key))
+    request = args.dir / f"{args.login}.tls.csr"
+    request.write_bytes(tls.make_request(args.login, key))
+    emit(
+        args,
+        {"key": str(key_path), "request": str(request)},
+        f"TLS key {key_path} (mode 0600, it never leaves this machine) and request {request}:",
+        "send the request to the cipher department (cipherpost ca tls-issue); put the"
+        f" certificate beside the key as {args.login}.tls.crt",
+    )
+    return 0
+
+
 def cmd_ca_issue_audit(args: argparse.Namespace) -> int:
     request = AuditKeyRequest.parse(_read_file(args.request, "audit key request"))
     authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
@@ -1068,6 +1122,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp = add(
         ca_sub,
+        "tls-init",
+        cmd_ca_tls_init,
+        "create the TLS CA (P-256) beside the root: it issues broker node and client"
+        " certificates (docs/cluster.md)",
+    )
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--name", default="Cipher Department TLS CA", help="TLS CA common name")
+    sp = add(
+        ca_sub,
+        "tls-issue",
+        cmd_ca_tls_issue,
+        "issue a TLS client certificate for a request from `broker tls-request` (its common"
+        " name is the broker login)",
+    )
+    sp.add_argument("request", type=Path, metavar="REQUEST.csr")
+    sp.add_argument("--ca", required=True, type=Path, metavar="CA_DIR")
+    sp.add_argument("--out", required=True, type=Path, metavar="CERT_FILE")
+    sp.add_argument("--valid-days", type=int, default=365, metavar="N")
+    sp = add(
+        ca_sub,
         "approve",
         cmd_ca_approve,
         "certify every onboarding kit's request that matches an imported agency;"
@@ -1364,6 +1438,18 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     br_sub = group("broker", "RabbitMQ provisioning and credentials")
+    sp = add(
+        br_sub,
+        "tls-request",
+        cmd_broker_tls_request,
+        "make this holder's TLS key (never an agency signing or encryption key) and a"
+        " certificate request whose common name is its broker login",
+    )
+    sp.add_argument("login", metavar="LOGIN", help="the broker login (its credentials file's)")
+    sp.add_argument(
+        "--dir", type=Path, default=Path("."), metavar="DIR",
+        help="where LOGIN.tls.key (0600) and LOGIN.tls.csr go: beside the credentials file",
+    )  # fmt: skip
     sp = add(
         br_sub,
         "provision",

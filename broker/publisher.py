@@ -36,8 +36,11 @@ from keys.logsetup import get_logger
 MAX_IN_FLIGHT = 512
 MAX_BYTES_IN_FLIGHT = 32 * 1024 * 1024
 CONFIRM_TIMEOUT_S = 30.0
-MAX_ATTEMPTS = 10
 NACK_RETRY_S = 0.2  # first pause before a nacked message goes out again (doubling, 5 s at most)
+# Nacked again and again for this long: the broker cannot take it (a quorum queue without a
+# majority), and the caller hears so. Time, not a count: a leader election on a loaded
+# machine took ~30 s, and ten quick retries had all been spent inside it.
+NACK_GIVE_UP_S = 120.0
 SEQ_HEADER = "x-cp-seq"
 TICK_S = 0.5
 
@@ -57,6 +60,7 @@ class _Pending:
     properties: pika.BasicProperties
     future: Future[None] = field(default_factory=Future)
     attempts: int = 0
+    first_nack: float = 0.0
     sent_at: float = 0.0
     returned: bool = False
 
@@ -228,10 +232,8 @@ class ConfirmingPublisher:
                 log.error("publisher_loop_error", error=type(e).__name__, detail=str(e)[:200])
             if self._closing:
                 break
-            if (
-                self._attempt % len(self._order) == 0
-            ):  # every node tried: wait before the next round
-                time.sleep(self._backoff.next())
+            if self._attempt % len(self._order) == 0:
+                time.sleep(self._backoff.next())  # every node tried: wait before the next round
         self._stopped.set()
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
@@ -347,6 +349,7 @@ class ConfirmingPublisher:
             tags = [t for t in self._tags if t <= tag] if method.multiple else [tag]
             settled: list[tuple[_Pending, BaseException | None]] = []
             retry: list[tuple[int, float]] = []
+            now = time.monotonic()
             for t in tags:
                 seq = self._tags.pop(t, None)
                 pending = self._pending.get(seq) if seq is not None else None
@@ -364,9 +367,15 @@ class ConfirmingPublisher:
                             ),
                         )
                     )
-                elif pending.attempts >= MAX_ATTEMPTS:
-                    settled.append((pending, BrokerError("broker refused the message repeatedly")))
+                elif pending.first_nack and now - pending.first_nack > NACK_GIVE_UP_S:
+                    settled.append(
+                        (
+                            pending,
+                            BrokerError(f"broker refused the message for {NACK_GIVE_UP_S:.0f} s"),
+                        )
+                    )
                 else:
+                    pending.first_nack = pending.first_nack or now
                     # A nack: the broker could not take it yet (a quorum queue electing a new
                     # leader after a node died nacks at once). Sent again after a growing
                     # pause, not at once: ten immediate retries would all land in the election.

@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -42,9 +43,10 @@ TEMPLATES = HERE / "rabbitmq"
 RABBITMQ_SBIN = Path("/usr/lib/rabbitmq/bin")
 ADMIN_USER = "cp-admin"
 STATE_FILE = "cluster.json"
-START_TIMEOUT_S = 180
+START_TIMEOUT_S = 300  # a restarted node waits for its peers' tables (up to 5 min)
 NOFILE = 65536
 HOST = "127.0.0.1"
+PORT_FLOOR = 20000
 
 
 class ClusterError(Exception):
@@ -61,10 +63,27 @@ def render_config(template: str, values: dict[str, str]) -> str:
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on now (the node binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on now, below the ephemeral range: a port from that range,
+    once its node stops, can be taken as the source port of anyone's outgoing connection,
+    and the node restarted on it fails with ``dist_port_already_used``."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(PORT_FLOOR, max(PORT_FLOOR + 1, low))  # noqa: S311 - not a secret
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError(f"no free port between {PORT_FLOOR} and {low}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 @dataclass
@@ -112,11 +131,6 @@ class Cluster:
     def endpoints(self) -> list[tuple[str, int]]:
         """(host, port) of every node's AMQPS listener."""
         return [(HOST, n.amqp_port) for n in self.nodes]
-
-    def admin_url(self, node: Node | None = None) -> str:
-        """The management API of ``node`` (the first by default), without the password."""
-        n = node or self.nodes[0]
-        return f"https://{ADMIN_USER}@{HOST}:{n.management_port}"
 
     def management(self, node: Node | None = None) -> Management:
         """The admin's management API on ``node`` (the first by default), over TLS."""
@@ -236,11 +250,17 @@ class Cluster:
         return done.stdout
 
     def pid(self, node: Node) -> int:
-        """The node's operating-system process id."""
+        """The node's operating-system process id, checked: the process must be this node's
+        VM (a stale pid file must never make us signal another process, such as the
+        machine's own RabbitMQ)."""
         try:
-            return int((node.folder / "node.pid").read_text().strip())
+            pid = int((node.folder / "node.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
-            raise ClusterError(f"{node.name}: no pid file (not started?)") from None
+            raise ClusterError(f"{node.name}: not running (no process for its pid file)") from None
+        if str(self.root / "home").encode() not in cmdline:  # the VM runs with our HOME
+            raise ClusterError(f"{node.name}: its pid file names another process now")
+        return pid
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -326,7 +346,10 @@ class Cluster:
             self.await_node(self.nodes[0])
             rest = self.nodes[1:]
         else:
-            rest = self.nodes
+            # The last node to stop knows the latest tables: it goes first (the others wait
+            # for it anyway), then the rest, all before any is awaited.
+            order = {name: i for i, name in enumerate(self.stopped)}
+            rest = sorted(self.nodes, key=lambda n: -order.get(n.name, -1))
         for n in rest:
             self._spawn(n)
         for n in rest:
@@ -393,6 +416,17 @@ class Cluster:
             [str(RABBITMQ_SBIN / "rabbitmqctl"), "-q", "-n", node.name, "ping"],
             env=self.env(node), capture_output=True, timeout=30, check=False,
         ).returncode == 0  # fmt: skip
+
+    def restore(self) -> None:
+        """Every node running its applications again, whatever a test did to it (killed,
+        stopped, paused)."""
+        for n in self.nodes:
+            if n.name in self.stopped:
+                self.start_node(n)
+                continue
+            self.resume(n)
+            if self.ctl(n, "eval", "rabbit:is_running().", check=False).strip() != "true":
+                self.start_app(n)
 
     def leader(self, vhost: str, queue: str) -> Node:
         """The node that leads a quorum queue now."""

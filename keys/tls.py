@@ -28,10 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keys.errors import CipherpostError
-from keys.keystore import write_private_file
+from keys.keystore import read_secret, write_private_file, write_secret
 
 TLS_CA_CERT_FILE = "tls-ca.crt"
-TLS_CA_KEY_FILE = "tls-ca.key"
+TLS_CA_KEY_FILE = "tls-ca.key"  # a throwaway CA (the native test cluster): PEM, mode 0600
+TLS_CA_SEALED_KEY_FILE = "tls-ca.key.sec"  # the cipher department's: under the CA passphrase
 TLS_CA_VALID_DAYS = 3650
 CLOCK_SKEW = dt.timedelta(minutes=5)
 MAX_CSR_BYTES = 16 * 1024
@@ -90,26 +91,37 @@ def make_ca(name: str, now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticC
     return cert, key
 
 
-def init_ca(directory: Path, name: str, now: dt.datetime) -> x509.Certificate:
-    """Create the TLS CA in ``directory`` (the cipher department's CA folder). Never
-    overwrites one."""
-    key_path = directory / TLS_CA_KEY_FILE
-    if key_path.exists():
+def init_ca(
+    directory: Path, name: str, now: dt.datetime, passphrase: bytes | None = None
+) -> x509.Certificate:
+    """Create the TLS CA in ``directory`` (the cipher department's CA folder, its key sealed
+    with ``passphrase`` like the root's). Never overwrites one."""
+    if (directory / TLS_CA_KEY_FILE).exists() or (directory / TLS_CA_SEALED_KEY_FILE).exists():
         raise CipherpostError(f"{directory} already holds a TLS CA; refusing to overwrite it")
     cert, key = make_ca(name, now)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_private_file(key_path, key_pem(key))
+    if passphrase is None:
+        write_private_file(directory / TLS_CA_KEY_FILE, key_pem(key))
+    else:
+        write_secret(directory / TLS_CA_SEALED_KEY_FILE, key_pem(key), passphrase)
     (directory / TLS_CA_CERT_FILE).write_bytes(cert_pem(cert))
     return cert
 
 
-def open_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """The TLS CA certificate and key from ``directory``."""
+def open_ca(
+    directory: Path, passphrase: bytes | None = None
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The TLS CA certificate and key from ``directory`` (``passphrase`` for a sealed key)."""
+    sealed = directory / TLS_CA_SEALED_KEY_FILE
     try:
         cert = x509.load_pem_x509_certificate((directory / TLS_CA_CERT_FILE).read_bytes())
-        key = serialization.load_pem_private_key(
-            (directory / TLS_CA_KEY_FILE).read_bytes(), password=None
-        )
+        if sealed.exists():
+            if passphrase is None:
+                raise CipherpostError(f"{sealed}: the TLS CA key needs the CA passphrase")
+            pem = read_secret(sealed, passphrase)
+        else:
+            pem = (directory / TLS_CA_KEY_FILE).read_bytes()
+        key = serialization.load_pem_private_key(pem, password=None)
     except FileNotFoundError:
         raise CipherpostError(f"{directory} holds no TLS CA") from None
     except ValueError as e:

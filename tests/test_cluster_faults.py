@@ -44,12 +44,7 @@ def flow(cluster, tmp_path):
         yield f
     finally:
         f.close()
-        for node in cluster.nodes:  # the next test gets the whole cluster back
-            if node.name in cluster.stopped:
-                cluster.start_node(node)
-            elif not cluster.running(node):
-                cluster.resume(node)
-                cluster.start_app(node)
+        cluster.restore()  # the next test gets the whole cluster back
         world.cleanup()
 
 
