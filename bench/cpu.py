@@ -72,9 +72,3 @@ class Meter:
     def stop(self) -> dict[str, float]:
         self.used = {k: cpu_seconds(p) - self._start[k] for k, p in self.pids.items()}
         return self.used
-
-    def per_unit_ms(self, units: float) -> dict[str, float]:
-        """CPU ms per unit for each process and ``total``."""
-        out = {k: round(v * 1000 / units, 3) for k, v in self.used.items()}
-        out["total"] = round(sum(self.used.values()) * 1000 / units, 3)
-        return out

@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import envelopes
 from envelopes import _crypto
-from envelopes.checking import check_segment
+from envelopes.checking import check_segment, open_part
 from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import SegmentFrame
 from envelopes.header import Header
+from envelopes.parts import iter_parts, parse_part
 from keys import ca
 from keys.agency import AgencyKeys
 from keys.codes import AgencyCode
@@ -37,6 +38,7 @@ EXPIRED_CERT = "000.05.12.H41"  # certificates expired before NOW
 FUTURE_CERT = "000.06.12.H41"  # certificates not valid yet at NOW
 MAT_SENDER = "000.07.12.H41"  # cleared for mat only
 NOBODY = "000.77.77.H41"  # not in the directory
+NOW_MINUS_HOUR = object()  # a created time an hour before the world's now (expired by then)
 
 
 @pytest.fixture(scope="module")
@@ -516,3 +518,59 @@ def test_without_a_time_the_clock_decides(world, directory, forge):
     data = forge(S, [R1], created=now)
     info = envelopes.verify(io.BytesIO(data), directory=directory)
     assert info.checked.header.created <= now + dt.timedelta(seconds=1)
+
+
+# --- a one-part envelope opened in memory (the agent's inbox) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("who", "fields"),
+    [
+        (R1, {}),
+        (R2, {}),  # not a recipient
+        (R1, {"commitment": bytes(32)}),
+        (R1, {"wrap_for": {R1: bytes(32)}}),
+        (R1, {"lifetime": dt.timedelta(minutes=1), "created": NOW_MINUS_HOUR}),
+        (R1, {"payload": b"\xff\xff\xff\xff"}),
+        (R1, {"sender_kid": bytes(16)}),
+        (R1, {"level": Level.TUYET_MAT}),
+    ],
+)
+def test_a_part_opened_in_memory_is_the_envelope_opened(world, directory, forge, who, fields):
+    """``open_part`` (one segment, already decoded) gives the document, metadata and summary
+    ``open`` gives, or refuses for the same reason, and then returns no plaintext at all."""
+    fields = {**fields}
+    if fields.get("created") is NOW_MINUS_HOUR:
+        fields["created"] = world.now - dt.timedelta(hours=1)
+    data = forge(S, [R1], **fields)
+    part = parse_part(data)
+    assert part.header.segment_count == 1
+    keys = world.keys[who]
+    try:
+        out = io.BytesIO()
+        want = envelopes.open(io.BytesIO(data), out, keys=keys, directory=directory, now=world.now)
+    except EnvelopeRefused as e:
+        got = refusal(
+            lambda: open_part(part, size=len(data), keys=keys, directory=directory, now=world.now)
+        )
+        assert (got.reason, str(got)) == (e.reason, str(e))
+        return
+    opened, document = open_part(
+        part, size=len(data), keys=keys, directory=directory, now=world.now
+    )
+    assert document == out.getvalue()
+    assert (opened.metadata, opened.document_bytes) == (want.metadata, want.document_bytes)
+    assert opened.info.as_dict() == want.info.as_dict()
+
+
+def test_a_part_of_a_longer_envelope_is_not_opened_in_memory(world, directory, forge):
+    data = forge(S, [R1], doc=b"x" * 3000)
+    _, count, body = next(iter_parts(io.BytesIO(data)))
+    assert count == 3
+    e = refusal(
+        lambda: open_part(
+            parse_part(body), size=len(body), keys=world.keys[R1], directory=directory,
+            now=world.now,
+        )
+    )
+    assert e.reason is Reason.SEGMENT
