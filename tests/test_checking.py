@@ -569,7 +569,10 @@ def test_a_part_of_a_longer_envelope_is_not_opened_in_memory(world, directory, f
     assert count == 3
     e = refusal(
         lambda: open_part(
-            parse_part(body), size=len(body), keys=world.keys[R1], directory=directory,
+            parse_part(body),
+            size=len(body),
+            keys=world.keys[R1],
+            directory=directory,
             now=world.now,
         )
     )
