@@ -16,14 +16,16 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 import shutil
 import tempfile
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import envelopes
 from agents import logs
-from agents.world import World, build_world
+from agents.world import PASSPHRASE, World, build_world
 from broker.management import Management, ManagementError
 from broker.provision import WITNESS_LOGIN
 from keys.codes import AgencyCode
@@ -188,6 +190,22 @@ def _audit(world: World, eid: str) -> int:
     creds = world.root / "broker-credentials" / f"{world.prefix}{WITNESS_LOGIN}.broker.json"
     _say("6. The cipher department's witness takes the gateway's signed checkpoints off the")
     _say("   broker and checks each extends the last (cipherpost audit witness):")
+    # The throwaway world's keys have the throwaway passphrase, whatever the user's shell holds.
+    saved = os.environ.get("CIPHERPOST_PASSPHRASE")
+    os.environ["CIPHERPOST_PASSPHRASE"] = PASSPHRASE.decode()
+    try:
+        return _witness_verify_prove(cli, world, eid, ca_cert, store, creds)
+    finally:
+        if saved is None:
+            del os.environ["CIPHERPOST_PASSPHRASE"]
+        else:
+            os.environ["CIPHERPOST_PASSPHRASE"] = saved
+
+
+def _witness_verify_prove(
+    cli: Callable[[list[str]], int], world: World, eid: str, ca_cert: str, store: Path,
+    creds: Path,
+) -> int:
     failures = cli(
         [
             "audit",
@@ -209,7 +227,11 @@ def _audit(world: World, eid: str) -> int:
     failures += cli(
         ["audit", "verify", "--db", str(world.root / "audit.db"), "--checkpoints", str(store)]
     )
-    latest = sorted(store.rglob("*.checkpoint.json"))[-1]
+    checkpoints = sorted(store.rglob("*.checkpoint.json"))
+    if not checkpoints:
+        _say("   !! the witness kept no checkpoint: no inclusion proof to check")
+        return 1
+    latest = checkpoints[-1]
     proof = world.root / "proof.json"
     _say(f"7. An inclusion proof of envelope {eid[:12]}…, checked offline with only the")
     _say("   checkpoint file and the CA certificate (cipherpost audit prove / check-proof):")
