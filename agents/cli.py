@@ -44,11 +44,14 @@ from keys.levels import Level, Urgency
 
 EXIT_CODES = """exit codes:
   0  ok
-  1  other error (unreadable file, wrong passphrase, ...)
-  2  usage error (malformed argument, agency code, level, duration)
+  1  other error (unreadable file, wrong passphrase, broker unreachable, ...)
+  2  usage error (malformed argument, agency code, level, duration; no
+     passphrase available)
   3  refused: verification failed, not a recipient, expired, revoked or
      unknown party, level above a clearance, directory rollback
   4  audit verify: all checked holds, but leaves no witnessed checkpoint covers
+  128+n  stopped by signal n (130 Ctrl-C, 143 SIGTERM); the one line says
+     what was kept or sent
 
 The passphrase of a key file comes from CIPHERPOST_PASSPHRASE, the file named
 by CIPHERPOST_PASSPHRASE_FILE, or a prompt (three tries), never from the
@@ -62,8 +65,9 @@ _NOTES: list[str] = []
 # SIGINT, SIGTERM, SIGHUP: while an envelope is sealed or opened, acted on at a safe point.
 STOPS = Stops()
 
-LEVELS = ", ".join(level.value for level in Level)
-URGENCIES = ", ".join(u.value for u in Urgency)
+LEVELS = ", ".join(level.value for level in Level) + " (or as written: Mật, Tối mật, ...)"
+URGENCIES = ", ".join(u.value for u in Urgency) + " (or as written: Khẩn, Hỏa tốc, ...)"
+TO_HELP = "the recipients' agency codes, comma-separated (any case: 000.01.12.h41)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -1088,10 +1092,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sp = add(sub, "seal", cmd_seal, "sign and encrypt FILE into an envelope for agency codes")
-    sp.add_argument("file", type=Path, metavar="FILE")
+    sp.add_argument("file", type=Path, metavar="FILE", help="the document")
     sp.add_argument("--as", dest="as_dir", required=True, type=Path, metavar="AGENCY_DIR")
     directory_args(sp)
-    sp.add_argument("--to", required=True, metavar="CODE[,CODE...]")
+    sp.add_argument("--to", required=True, metavar="CODE[,CODE...]", help=TO_HELP)
     sp.add_argument("--level", required=True, metavar="LEVEL", help=f"one of {LEVELS}")
     sp.add_argument("--urgency", default="thuong", metavar="U", help=f"one of {URGENCIES}")
     sp.add_argument(
@@ -1147,8 +1151,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_send,
         "seal FILE(s) and submit them through the gateway; prints each envelope id",
     )
-    sp.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    sp.add_argument("--to", required=True, metavar="CODE[,CODE...]")
+    sp.add_argument("files", nargs="+", type=Path, metavar="FILE", help="one envelope each")
+    sp.add_argument("--to", required=True, metavar="CODE[,CODE...]", help=TO_HELP)
     sp.add_argument("--level", required=True, metavar="LEVEL", help=f"one of {LEVELS}")
     sp.add_argument("--urgency", default="thuong", metavar="U", help=f"one of {URGENCIES}")
     sp.add_argument("--subject", default="", metavar="TEXT", help="travels encrypted")

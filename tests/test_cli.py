@@ -386,9 +386,19 @@ def test_enroll_never_overwrites_keys(setup):
 
 
 def test_help_documents_exit_codes():
-    for args in ([], ["seal"], ["verify"], ["open"]):
+    for args in ([], ["seal"], ["verify"], ["open"], ["send"], ["receive"]):
         out = cli(*args, "--help").stdout
         assert "exit codes" in out and "3  refused" in out
+        assert "broker unreachable" in out and "128+n  stopped by signal n" in out
+
+
+def test_send_help_explains_each_argument():
+    """Seen by a new user: --to and FILE had no help, and the levels listed only the ASCII
+    names although Mật and Tối mật are accepted."""
+    out = " ".join(cli("send", "--help").stdout.split())
+    assert "--to CODE[,CODE...] the recipients' agency codes, comma-separated" in out
+    assert "FILE one envelope each" in out
+    assert "(or as written: Mật, Tối mật, ...)" in out and "Hỏa tốc" in out
 
 
 @pytest.fixture(scope="module")
