@@ -884,3 +884,41 @@ def test_quiet_keeps_the_result_and_drops_the_remarks(setup, tmp_path):
     quiet = cli(*base, "--level", "mat", "--out", tmp_path / "b.cpe", "--quiet", env=env)
     assert "sealed" in loud.stderr and quiet.stderr == ""
     assert len(quiet.stdout.strip()) == 32
+
+
+def test_commands_that_print_results_print_one_json_object_with_json(setup, tmp_path):
+    """Not only in --help: each of these prints exactly one JSON object on stdout and nothing
+    on stderr (remarks such as "next: ..." are for people)."""
+    root, env, *_ = setup
+    env = {**env, "CIPHERPOST_STATE_DIR": str(tmp_path / "state")}
+    ca_dir, certs, agency_dir = tmp_path / "ca", tmp_path / "certs", tmp_path / "ag"
+    csv = tmp_path / "one.csv"
+    csv.write_text("000.07.31.H41,Xã Bảy,mat\n", encoding="utf-8")
+    runs = {
+        "ca init": ["ca", "init", "--dir", ca_dir],
+        "keys enroll": ["keys", "enroll", "--code", "000.05.12.h41", "--name", "Xã Năm",
+                        "--dir", agency_dir],
+        "ca issue": ["ca", "issue", agency_dir / "enrollment.req", "--ca", ca_dir,
+                     "--clearance", "Mật", "--out", certs],
+        "directory build": ["directory", "build", "--ca", ca_dir, "--certs", certs,
+                            "--out", tmp_path / "dir.cpd"],
+        "agency import": ["agency", "import", csv, "--ca", ca_dir, "--kits", tmp_path / "kits"],
+        "agency join": ["agency", "join", tmp_path / "kits" / "000.07.31.H41",
+                        "--dir", tmp_path / "joined"],
+        "ca revoke": ["ca", "revoke", "000.05.12.H41", "--ca", ca_dir, "--reason", "test"],
+        "verify": ["verify", root / "doc.cpe", "--directory", root / "dir.cpd"],
+    }  # fmt: skip
+    results = {}
+    for name, args in runs.items():
+        r = cli(*args, "--json", env=env)
+        assert r.stderr == "", (name, r.stderr)
+        results[name] = json.loads(r.stdout)  # one object, nothing else on stdout
+        assert isinstance(results[name], dict), name
+    assert results["ca init"]["fingerprint"].startswith("SHA256:")
+    assert results["keys enroll"]["code"] == "000.05.12.H41"
+    assert results["ca issue"]["clearance"] == "mat"
+    assert results["directory build"]["agencies"] == 1
+    assert results["agency import"]["codes"] == ["000.07.31.H41"]
+    assert results["agency join"]["ca_fingerprint"] == results["ca init"]["fingerprint"]
+    assert results["ca revoke"]["revoked"] is True
+    assert results["verify"]["verified"] is True
