@@ -922,3 +922,29 @@ def test_commands_that_print_results_print_one_json_object_with_json(setup, tmp_
     assert results["agency join"]["ca_fingerprint"] == results["ca init"]["fingerprint"]
     assert results["ca revoke"]["revoked"] is True
     assert results["verify"]["verified"] is True
+
+
+def test_seal_verify_and_open_show_progress_on_a_terminal_finished_once(setup, tmp_path):
+    """Large documents on a terminal: one progress line per command, redrawn in place and
+    finished exactly once (the "100.0%" line was printed twice); none with --quiet or off a
+    terminal (the other tests' captured stderr)."""
+    root, env, *_ = setup
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(17 << 20))  # above progress.MIN_BYTES
+    cpe = tmp_path / "big.cpe"
+    seal = ["seal", big, "--as", root / A, "--directory", root / "dir.cpd", "--to", B,
+            "--level", "mat", "--out", cpe]  # fmt: skip
+    code, screen = on_terminal(seal, env, [])
+    assert code == 0, screen
+    assert screen.count("sealing: 100.0% of ") == 1 and "\r" in screen
+    code, screen = on_terminal(["verify", cpe, "--directory", root / "dir.cpd"], env, [])
+    assert code == 0, screen
+    assert screen.count("verifying: 100.0% of 17.") == 1
+    opened = ["open", cpe, "--as", root / B, "--directory", root / "dir.cpd"]
+    code, screen = on_terminal([*opened, "--out", tmp_path / "a.bin"], env, [])
+    assert code == 0, screen
+    assert screen.count("opening: 100.0% of ") == 1
+    code, screen = on_terminal([*opened, "--out", tmp_path / "b.bin", "--quiet"], env, [])
+    assert code == 0 and "opening:" not in screen, screen
+    quiet = cli(*opened, "--out", tmp_path / "c.bin", env=env)  # not a terminal
+    assert "opening:" not in quiet.stderr
