@@ -97,3 +97,22 @@ def test_an_unknown_code_gets_did_you_mean_from_the_directory(tmp_path):
     with pytest.raises(Refused) as far:
         directory.get(AgencyCode.parse("123.45.67.G99"), "recipient")
     assert "did you mean" not in str(far.value)
+
+
+@pytest.mark.parametrize("given", [Level.MAT, "mat", "Mật", "MAT"])
+def test_the_api_takes_a_level_as_the_enum_or_as_written(given):
+    assert Level.parse(given) is Level.MAT
+
+
+@pytest.mark.parametrize("given", [Urgency.HOA_TOC, "hoa-toc", "Hỏa tốc", "HOA_TOC"])
+def test_the_api_takes_an_urgency_as_the_enum_or_as_written(given):
+    assert Urgency.parse(given) is Urgency.HOA_TOC
+
+
+@pytest.mark.parametrize("wrong", [42, None, b"mat", "secret"])
+def test_a_wrong_level_or_urgency_is_the_projects_usage_error_not_a_type_error(wrong):
+    """Seen: send(level="mat") raised TypeError; what an integrator gets is always ours."""
+    with pytest.raises(UsageError, match="unknown level"):
+        Level.parse(wrong)
+    with pytest.raises(UsageError, match="unknown urgency"):
+        Urgency.parse(wrong)
