@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 import envelopes
 from agents import audit_cli, gateway_cli, onboarding, progress
 from agents.client import Client, ReceivedDocument, ReceiverRunning
+from agents.interrupts import SIGNALS as STOP_SIGNALS
 from agents.interrupts import Interrupted, Stops
 from agents.output import emit, error_line, say
 from agents.progress import ProgressReader
@@ -583,6 +584,9 @@ def cmd_send(args: argparse.Namespace) -> int:
             client.flush()  # every part of every document confirmed by the broker
         except (KeyboardInterrupt, Interrupted) as e:
             return _send_interrupted(client, sent, e)
+        except CipherpostError as e:  # e.g. the broker went away: still say what left
+            _send_failed(client, sent, e)
+            raise
         listening = client.gateways_listening()
     if args.json:
         print(json.dumps({
@@ -626,6 +630,22 @@ def _send_interrupted(client: Client, sent: list[tuple[Path, str]], e: BaseExcep
     return 128 + signum
 
 
+def _send_failed(client: Client, sent: list[tuple[Path, str]], e: CipherpostError) -> None:
+    """A send that failed part-way: the ids that went in full on stdout, and each stopped
+    envelope with how many of its parts went folded into the one error line."""
+    stopped = {s.envelope_id for s in client.interrupted}
+    for _, envelope_id in sent:
+        if envelope_id not in stopped:
+            print(envelope_id)
+    told = [
+        f"envelope {s.envelope_id} ({s.name or 'sealed'}) stopped after {s.confirmed} of"
+        f" {s.parts} part(s)"
+        for s in client.interrupted
+    ]
+    if told and len(e.args) == 1:
+        e.args = (f"{e}; {', '.join(told)}: send it again (`cipherpost outbox` lists it)",)
+
+
 def _event_line(event: dict[str, Any]) -> str:
     """One line for a notice taken in: a refusal, a receipt or a status."""
     eid, mark = event["envelope_id"], "" if event["verified"] else "  [NOT VERIFIED]"
@@ -635,10 +655,38 @@ def _event_line(event: dict[str, Any]) -> str:
     return f"{eid}  {event['status']} {event['status_name']} from {event['signer']}{note}{mark}"
 
 
-def cmd_receive(args: argparse.Namespace) -> int:
+def _noted_stops() -> tuple[threading.Event, list[int]]:
+    """While the inbox is consumed, a stop signal only sets the returned event (the consumer
+    ends after the message in hand; what it did not take stays queued) and is listed.
+
+    Raised from the handler instead, a stop could land inside the HPKE unwrap, read as "does
+    not open", and the document be recorded refused and acknowledged: lost."""
     stop = threading.Event()
-    if args.follow:
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stopped_by: list[int] = []
+
+    def on_stop(signum: int, _frame: object) -> None:
+        stopped_by.append(signum)
+        stop.set()
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_stop)  # main() puts the previous handlers back
+    return stop, stopped_by
+
+
+class _StoppedTakingIn(CipherpostError):
+    """A stop signal while ``status`` or ``outbox`` took in the inbox: exit 128 + n."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted by {name} while taking in the inbox: what was received is kept,"
+            " the rest stays queued"
+        )
+        self.exit_code = 128 + signum
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    stop, stopped_by = _noted_stops()
 
     def show(doc: ReceivedDocument) -> None:  # each document as soon as it is durable
         meta = doc.metadata
@@ -668,13 +716,16 @@ def cmd_receive(args: argparse.Namespace) -> int:
                 f"receiving for {client.keys.code} from {client.broker.host}:{client.broker.port}"
                 f" into {client.config.inbox}; waiting for documents and notices (Ctrl-C stops)",
             )
-        try:
-            got = client.receive(follow=args.follow, idle=args.idle, stop=stop)
-        except KeyboardInterrupt:
-            stop.set()
-            got = client.received
+        got = client.receive(follow=args.follow, idle=args.idle, stop=stop)
         events = len(client.events)
-    say(args, f"{len(got)} document(s) received, {events} notice(s)")
+    done = f"{len(got)} document(s) received, {events} notice(s)"
+    if stopped_by and not args.follow:  # --follow ends on a signal: that is how it stops
+        signum = stopped_by[0]
+        name = signal.Signals(signum).name
+        line = f"interrupted by {name}: {done}, kept; what was not taken stays queued"
+        sys.stderr.write(error_line(args, line, 128 + signum, "Interrupted") + "\n")
+        return 128 + signum
+    say(args, done)
     return 0
 
 
@@ -692,10 +743,17 @@ def _take_in_notices(client: Client, idle: float) -> str:
     """Collect the notices waiting in the inbox ('' or why it did not need to)."""
     if idle <= 0:
         return "not checked for new notices (--idle 0)"
+    from broker.connection import BrokerError
+
+    stop, stopped_by = _noted_stops()
     try:
-        client.receive(idle=idle)
+        client.receive(idle=idle, stop=stop)
     except ReceiverRunning:
         return "notices are taken in by the receiver already running for this agency"
+    except BrokerError as e:  # "could not check" is never passed off as "nothing new"
+        raise BrokerError(f"{e}; --idle 0 shows what this agent knows without asking") from e
+    if stopped_by:
+        raise _StoppedTakingIn(stopped_by[0])
     return ""
 
 

@@ -21,7 +21,16 @@ from gateway.policy import sign_policy
 from keys import ca
 from keys.codes import AgencyCode
 from keys.levels import Level
-from tests.exchange import OPERATOR_URL, OTHER_PROVINCE, PROVINCE, A, B, make_world, wait_for
+from tests.exchange import (
+    MAT_ONLY,
+    OPERATOR_URL,
+    OTHER_PROVINCE,
+    PROVINCE,
+    A,
+    B,
+    make_world,
+    wait_for,
+)
 from tests.helpers import commune_code
 from tests.sync import DEADLINE_S, receive_until
 
@@ -142,6 +151,38 @@ def test_send_receive_reply_status_via_cli(world, tmp_path):
     assert "01 arrived" in human and "04 assigned" in human and "[verified]" in human
 
 
+def test_receive_reports_receipts_and_statuses_and_outbox_lists_each_recipients_state(
+    world, tmp_path
+):
+    """The sender sees, one line each, the receipt and the status it takes in, and the outbox
+    shows each recipient's latest state: a status for one, accepted by the gateway for the
+    other (which has not received yet)."""
+    doc = tmp_path / "cv.txt"
+    doc.write_text("công văn\n")
+    province = world.agent_config(PROVINCE)
+    eid = run("send", doc, "--to", f"{A},{MAT_ONLY}", "--level", "mat", "--subject",
+              "Công văn 7", "--config", province).stdout.strip()  # fmt: skip
+    until_printed(eid, "receive", "--once", "--idle", "0.3", "--config", world.agent_config(A))
+    run("reply-status", eid[:12], "--code", "05", "--note", "đang xử lý",
+        "--config", world.agent_config(A))  # fmt: skip
+    out = until_printed(f"{eid}  05 processing from {A}  đang xử lý", "receive", "--once",
+                        "--idle", "0.3", "--config", province)  # fmt: skip
+    assert f"{eid}  01 arrived from {A}" in out
+    deadline, rows = time.monotonic() + DEADLINE_S, []
+    while not rows or rows[0]["by_recipient"][MAT_ONLY] == "queued":
+        assert time.monotonic() < deadline, rows
+        listed = run("outbox", "--json", "--idle", "0.3", "--config", province).stdout
+        rows = [r for r in json.loads(listed)["outbox"] if r["envelope_id"] == eid]
+    assert rows[0]["by_recipient"] == {
+        A: "05 processing",
+        MAT_ONLY: "accepted by the gateway",
+    }
+    human = run("outbox", "--idle", "0", "--config", province).stdout
+    block = human[human.index(eid) :].split("\n")
+    assert "Công văn 7" in block[0]
+    assert f"{A}  05 processing" in block[1] and f"{MAT_ONLY}  accepted by" in block[2]
+
+
 def test_cli_bad_input_one_line(world, tmp_path):
     doc = tmp_path / "x.txt"
     doc.write_bytes(b"x")
@@ -175,6 +216,9 @@ def test_broker_down_is_one_clear_line(world, tmp_path):
     r = run("send", doc, "--to", PROVINCE, "--level", "mat", "--config", cfg, code=1)
     assert "broker not reachable" in one_line(r)
     assert password not in r.stderr
+    # what was recorded is named, and how much of it went (nothing): the outbox lists it
+    eid = re.search(r"envelope ([0-9a-f]{32}) \(x\.txt\) stopped after 0 of 1 part", r.stderr)
+    assert eid is not None and "send it again" in r.stderr, r.stderr
 
 
 def test_provision_cli_is_idempotent_and_revokes(world, tmp_path):
@@ -413,6 +457,9 @@ def test_receive_and_status_with_the_broker_down_fail_instead_of_saying_nothing(
     eid = sent.stdout.strip()
     r = run("status", eid, "--idle", "0.5", "--config", cfg, code=1)
     assert "broker not reachable" in one_line(r) and r.stdout == ""
+    assert "--idle 0 shows what this agent knows without asking" in r.stderr
+    r = run("outbox", "--idle", "0.5", "--config", cfg, code=1)
+    assert "broker not reachable" in one_line(r) and r.stdout == ""
     # asked not to look (--idle 0), status shows what it knows and says so
     r = run("status", eid, "--idle", "0", "--config", cfg)
     assert f"envelope {eid}" in r.stdout and "not checked for new notices" in r.stderr
@@ -457,6 +504,44 @@ def test_ctrl_c_during_a_large_send_tells_the_truth_about_what_left(world, tmp_p
     assert row["by_recipient"] == {B: f"interrupted ({went} of {parts} parts sent)"}
     human = run("status", eid[:8], "--idle", "0", "--config", cfg).stdout
     assert f"interrupted after {went} of {parts} part(s)" in human
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_during_receive_keeps_what_came_and_loses_nothing(world, tmp_path, signum):
+    """A stop while a document's parts are taken in is only noted (raised inside the HPKE
+    unwrap it could read as "does not open" and the document be acknowledged as refused): the
+    round ends after the message in hand, says what it kept and exits 128 + n; the document is
+    in the inbox or still queued, never lost."""
+    doc = tmp_path / "dai.bin"
+    doc.write_bytes(os.urandom(24 << 20))  # six parts
+    eid = run("send", doc, "--to", A, "--level", "mat",
+              "--config", world.agent_config(PROVINCE)).stdout.strip()  # fmt: skip
+    cfg = world.agent_config(A)
+    spool, inbox = cfg.parent / "keys" / "spool" / eid, cfg.parent / "inbox"
+    env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
+    proc = subprocess.Popen(
+        [EXE, "receive", "--once", "--idle", "60", "--config", cfg],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def taking_in() -> bool:
+        return spool.is_dir() or any(p.name.startswith(eid[:12]) for p in inbox.glob("*"))
+
+    assert wait_for(lambda: proc.poll() is not None or taking_in(), DEADLINE_S, every=0.01)
+    proc.send_signal(signum)  # --idle 60: the round is still running, whatever it is doing
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, (proc.returncode, out, err)
+    [line] = err.strip().splitlines()
+    name = signal.Signals(signum).name
+    assert re.fullmatch(
+        rf"cipherpost: interrupted by {name}: \d+ document\(s\) received, \d+ notice\(s\),"
+        r" kept; what was not taken stays queued",
+        line,
+    ), line
+    if eid not in out:
+        out += until_printed(eid, "receive", "--once", "--idle", "0.3", "--config", cfg)
+    [placed] = [p for p in inbox.glob(f"{eid[:12]}-dai*.bin")]
+    assert placed.read_bytes() == doc.read_bytes()
 
 
 def test_a_second_receiver_for_one_agency_is_refused_and_status_still_answers(world, tmp_path):
