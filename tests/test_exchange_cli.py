@@ -465,6 +465,28 @@ def test_receive_and_status_with_the_broker_down_fail_instead_of_saying_nothing(
     assert f"envelope {eid}" in r.stdout and "not checked for new notices" in r.stderr
 
 
+def test_a_short_id_that_starts_two_envelopes_asks_for_more_digits(world, tmp_path):
+    """status takes any unique prefix; one that is not unique is a usage error naming the
+    candidates (here on a copy of an agency's state, offline: --idle 0)."""
+    import shutil
+
+    from agents.state import AgentState
+
+    cfg = broken_config(world, tmp_path, B)
+    keys = tmp_path / "keys"
+    shutil.copytree(world.agent_config(B).parent / "keys", keys, ignore=shutil.ignore_patterns(
+        "receive.lock", "spool"))  # fmt: skip
+    cfg.write_text(cfg.read_text().replace(str(world.agent_config(B).parent / "keys"), str(keys)))
+    first, second = "ab" + "0" * 30, "ab" + "1" * 30
+    state = AgentState(keys / "agent.db")
+    for eid in (first, second):
+        state.record_sent(eid, [PROVINCE], "mat", "thuong", "Tờ trình", "t.pdf", 1, parts=1)
+    r = run("status", "AB", "--idle", "0", "--config", cfg, code=2)
+    assert f"ab is the start of 2 envelopes ({first}, {second}): give more digits" in one_line(r)
+    r = run("status", "ab1", "--idle", "0", "--config", cfg)
+    assert f"envelope {second}" in r.stdout and "subject  Tờ trình" in r.stdout
+
+
 def test_ctrl_c_during_a_large_send_tells_the_truth_about_what_left(world, tmp_path):
     """Seen: 'nothing kept' while 70 of 200 parts had gone. Now the id and the parts that went
     are printed, the outbox lists it as interrupted, and status says how far it got."""
@@ -514,9 +536,9 @@ def test_a_stop_signal_during_receive_keeps_what_came_and_loses_nothing(world, t
     in the inbox or still queued, never lost."""
     doc = tmp_path / "dai.bin"
     doc.write_bytes(os.urandom(24 << 20))  # six parts
-    eid = run("send", doc, "--to", A, "--level", "mat",
+    eid = run("send", doc, "--to", B, "--level", "mat",
               "--config", world.agent_config(PROVINCE)).stdout.strip()  # fmt: skip
-    cfg = world.agent_config(A)
+    cfg = world.agent_config(B)  # A's login is revoked by the provisioning test
     spool, inbox = cfg.parent / "keys" / "spool" / eid, cfg.parent / "inbox"
     env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
     proc = subprocess.Popen(
@@ -570,7 +592,7 @@ def test_a_second_receiver_for_one_agency_is_refused_and_status_still_answers(wo
 
 
 def test_an_interrupted_envelopes_parts_are_dropped_by_the_recipient_once_it_expires(
-    world, tmp_path
+    world, tmp_path, caplog
 ):
     """A sender stopped for good after its first part: the recipient keeps that part only
     until the envelope expires, then drops it (logged) and records it as incomplete."""
@@ -611,8 +633,12 @@ def test_an_interrupted_envelopes_parts_are_dropped_by_the_recipient_once_it_exp
     with Client(AgentConfig.load(cfg), PASSPHRASE) as agent:
         assert eid not in agent.expire_spool()  # not expired yet: kept
         assert spool.is_dir()
+        caplog.set_level("WARNING", logger="cipherpost.agent")
         gone = agent.expire_spool(now=header.expires + dt.timedelta(seconds=1))
         assert eid in gone and not spool.exists()
+        logged = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+        expected = {"event": "spool_expired", "envelope": eid}.items()
+        assert any(expected <= m.items() for m in logged), logged
         assert agent.state.received(eid)["outcome"] == "incomplete"
 
 
