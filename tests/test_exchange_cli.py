@@ -659,3 +659,31 @@ def test_audit_witness_follow_says_what_it_waits_for_and_stops_on_sigterm(world,
     assert "a log silent 30 s is an alarm" in first
     assert witness.returncode == 0, rest
     assert "checkpoint(s) checked" in rest and "Traceback" not in rest
+
+
+def test_send_and_receive_show_progress_on_a_terminal_finished_once(world, tmp_path):
+    """A large document on a terminal: send draws its sealing and submitting lines, receive
+    the parts of the envelope arriving; each line is finished exactly once."""
+    from tests.test_cli import on_terminal
+
+    env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
+    doc = tmp_path / "lon.bin"
+    doc.write_bytes(os.urandom(17 << 20))  # above both progress thresholds
+    code, screen = on_terminal(
+        ["send", doc, "--to", B, "--level", "mat", "--config", world.agent_config(PROVINCE)],
+        env, [],
+    )  # fmt: skip
+    assert code == 0, screen
+    assert screen.count("sealing lon.bin: 100.0% of 17.0 MiB") == 1, screen
+    assert screen.count("submitting: 100.0% of ") == 1, screen
+    eid = re.search(r"^([0-9a-f]{32})\r?$", screen, re.M).group(1)
+    seen = ""
+    deadline = time.monotonic() + DEADLINE_S
+    while eid not in seen:
+        assert time.monotonic() < deadline, seen
+        code, screen = on_terminal(
+            ["receive", "--once", "--idle", "0.5", "--config", world.agent_config(B)], env, []
+        )
+        assert code == 0, screen
+        seen += screen
+    assert len(re.findall(rf"receiving {eid[:12]}: 100\.0% of \d+ parts", seen)) == 1, seen
