@@ -116,3 +116,29 @@ def test_a_wrong_level_or_urgency_is_the_projects_usage_error_not_a_type_error(w
         Level.parse(wrong)
     with pytest.raises(UsageError, match="unknown urgency"):
         Urgency.parse(wrong)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Tờ trình về việc sắp xếp đơn vị hành chính cấp xã " * 4 + ".pdf",  # 284 bytes, 208 chars
+     "ờ" * 80 + ".pdf",  # 244 bytes in 84 characters: what the character cut let through
+     "\U0001d518" * 200 + ".txt", "a" * 300, "ữ" * 85 + ".docx"],
+)  # fmt: skip
+def test_an_inbox_name_is_cut_by_bytes_with_room_for_every_suffix(tmp_path, name):
+    """Seen: a 242-byte name passed the 120-character cut, and its sidecar (".json") then failed
+    with ENAMETOOLONG. The cut is in bytes, whole characters, extension kept, and the longest
+    name the agent makes from it (id prefix, "-9999", ".json") still fits in 255 bytes."""
+    from agents.client import MAX_NAME_BYTES, _place, _safe_filename
+
+    safe = _safe_filename(name)
+    assert len(safe.encode()) <= MAX_NAME_BYTES and safe.encode().decode() == safe
+    if name.endswith((".pdf", ".txt", ".docx")):
+        assert safe.rsplit(".", 1)[1] == name.rsplit(".", 1)[1]
+    longest = f"{'0' * 12}-{safe}"
+    stem, dot, suffix = longest.rpartition(".") if "." in longest else (longest, "", "")
+    assert len(f"{stem}-9999{dot}{suffix}.json".encode()) <= 255
+    opened = tmp_path / ".opened"
+    opened.write_bytes(b"x")
+    for _ in range(2):  # the second one takes the "-1" name: both fit the file system
+        document, sidecar = _place(tmp_path, longest, opened, {})
+        assert document.exists() and sidecar.exists()
