@@ -686,7 +686,6 @@ class _StoppedTakingIn(CipherpostError):
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    stop, stopped_by = _noted_stops()
 
     def show(doc: ReceivedDocument) -> None:  # each document as soon as it is durable
         meta = doc.metadata
@@ -707,7 +706,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
         else:
             print(_event_line(event), flush=True)
 
-    with _client(args) as client:
+    with _client(args) as client:  # a stop at the passphrase prompt still stops at once
+        stop, stopped_by = _noted_stops()
         client.on_received = show
         client.on_event = told
         if args.follow:

@@ -687,3 +687,34 @@ def test_send_and_receive_show_progress_on_a_terminal_finished_once(world, tmp_p
         assert code == 0, screen
         seen += screen
     assert len(re.findall(rf"receiving {eid[:12]}: 100\.0% of \d+ parts", seen)) == 1, seen
+
+
+def test_ctrl_c_at_receives_passphrase_prompt_stops_at_once(world, tmp_path):
+    """Stops during receive are only noted once the agent is open; at the prompt before it,
+    Ctrl-C still ends the command at once (130), not after a passphrase is typed."""
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if k != "CIPHERPOST_PASSPHRASE"}
+    pid, fd = pty.fork()
+    if pid == 0:
+        args = [EXE, "receive", "--once", "--config", str(world.agent_config(B))]
+        os.execve(EXE, args, env)  # noqa: S606 - the CLI itself, no shell
+    seen = b""
+    while b"Passphrase: " not in seen:
+        seen += os.read(fd, 4096)
+    os.kill(pid, signal.SIGINT)
+    ended: list[int] = []
+
+    def exited() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            ended.append(os.waitstatus_to_exitcode(status))
+        return bool(ended)
+
+    assert wait_for(exited, 30, every=0.05), seen
+    try:
+        seen += os.read(fd, 4096)
+    except OSError:
+        pass  # the terminal closed with the process
+    os.close(fd)
+    assert ended == [130], seen
