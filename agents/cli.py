@@ -315,7 +315,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         *(check.line() for check in checks),
     )
     if failed:
-        sys.stderr.write(f"cipherpost: {len(failed)} check(s) failed; first: {failed[0].name}\n")
+        line = f"{len(failed)} check(s) failed; first: {failed[0].name}"
+        sys.stderr.write(error_line(args, line, EXIT_ERROR, "DoctorFailed") + "\n")
         return EXIT_ERROR
     say(args, "every check passed")
     return 0

@@ -442,6 +442,19 @@ def broken_config(world, tmp_path, code: str) -> Path:
     return cfg
 
 
+def test_doctor_with_the_broker_down_says_so_in_one_line_or_one_json_object(world, tmp_path):
+    cfg = broken_config(world, tmp_path, B)
+    r = run("doctor", "--config", cfg, code=1)
+    assert "FAIL broker: broker not reachable" in r.stdout
+    assert re.fullmatch(r"cipherpost: \d+ check\(s\) failed; first: broker", one_line(r))
+    r = run("doctor", "--json", "--config", cfg, code=1)
+    report = json.loads(r.stdout)
+    assert report["ok"] is False
+    assert [c["status"] for c in report["checks"] if c["name"] == "broker"] == ["FAIL"]
+    error = json.loads(one_line(r))
+    assert error["exit_code"] == 1 and "first: broker" in error["error"]
+
+
 def test_receive_and_status_with_the_broker_down_fail_instead_of_saying_nothing(world, tmp_path):
     cfg = broken_config(world, tmp_path, B)
     r = run("receive", "--once", "--idle", "0.5", "--config", cfg, code=1)
