@@ -584,7 +584,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 sent.append((path, envelope_id))
             client.flush()  # every part of every document confirmed by the broker
         except (KeyboardInterrupt, Interrupted) as e:
-            return _send_interrupted(client, sent, e)
+            return _send_interrupted(args, client, sent, e)
         except CipherpostError as e:  # e.g. the broker went away: still say what left
             _send_failed(client, sent, e)
             raise
@@ -609,25 +609,39 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send_interrupted(client: Client, sent: list[tuple[Path, str]], e: BaseException) -> int:
-    """A stop during send: say exactly what left (ids, parts) and what becomes of it."""
+def _send_interrupted(
+    args: argparse.Namespace, client: Client, sent: list[tuple[Path, str]], e: BaseException
+) -> int:
+    """A stop during send: say exactly what left (ids, parts) and what becomes of it, as the
+    result (ids; one JSON object with --json) and one error line."""
     signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
     stopped = {s.envelope_id for s in client.interrupted}
-    for path, envelope_id in sent:
-        if envelope_id not in stopped:
-            print(envelope_id)  # every part of it went: it is sent
-            sys.stderr.write(f"sent {path.name}\n")
+    whole = [(path, eid) for path, eid in sent if eid not in stopped]  # every part went
+    if args.json:
+        print(json.dumps({
+            "sent": [{"envelope_id": eid, "file": str(path)} for path, eid in whole],
+            "interrupted": [{"envelope_id": s.envelope_id, "file": s.name, "parts": s.parts,
+                             "confirmed": s.confirmed} for s in client.interrupted],
+        }, ensure_ascii=False))  # fmt: skip
+    for path, envelope_id in whole:
+        if not args.json:
+            print(envelope_id)
+        say(args, f"sent {path.name}")
     name = signal.Signals(signum).name
     if not client.interrupted:
-        sys.stderr.write(f"cipherpost: interrupted by {name} before anything was sent\n")
-    for s in client.interrupted:
-        expires = f" on {s.expires:%Y-%m-%d %H:%M}Z" if s.expires else ""
-        sys.stderr.write(
-            f"cipherpost: interrupted by {name}: envelope {s.envelope_id} ({s.name or 'sealed'})"
-            f" stopped after {s.confirmed} of {s.parts} part(s); it will not be delivered, and"
-            f" recipients discard its parts when it expires{expires}. Send the document again;"
-            " `cipherpost outbox` lists it as interrupted\n"
+        line = f"interrupted by {name} before anything was sent"
+    else:
+        told = "; ".join(
+            f"envelope {s.envelope_id} ({s.name or 'sealed'}) stopped after {s.confirmed} of"
+            f" {s.parts} part(s)" + (f", expires {s.expires:%Y-%m-%d %H:%M}Z" if s.expires else "")
+            for s in client.interrupted
         )
+        line = (
+            f"interrupted by {name}: {told}; it will not be delivered, and recipients discard"
+            " its parts when it expires. Send the document again; `cipherpost outbox` lists it"
+            " as interrupted"
+        )
+    sys.stderr.write(error_line(args, line, 128 + signum, "Interrupted") + "\n")
     return 128 + signum
 
 

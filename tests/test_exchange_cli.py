@@ -529,6 +529,7 @@ def test_ctrl_c_during_a_large_send_tells_the_truth_about_what_left(world, tmp_p
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (proc.returncode, out, err)
     assert "Traceback" not in err and "nothing kept" not in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err  # one error line
     m = re.search(r"envelope ([0-9a-f]{32}) \(big\.bin\) stopped after (\d+) of (\d+) part", err)
     assert m, err
     eid, went, parts = m.group(1), int(m.group(2)), int(m.group(3))
