@@ -929,6 +929,7 @@ def test_seal_verify_and_open_show_progress_on_a_terminal_finished_once(setup, t
     finished exactly once (the "100.0%" line was printed twice); none with --quiet or off a
     terminal (the other tests' captured stderr)."""
     root, env, *_ = setup
+    env = {**env, "CIPHERPOST_STATE_DIR": str(tmp_path / "state")}  # verify's own trust
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(17 << 20))  # above progress.MIN_BYTES
     cpe = tmp_path / "big.cpe"
