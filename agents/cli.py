@@ -32,6 +32,7 @@ import envelopes
 from agents import audit_cli, gateway_cli, officials_cli, onboarding, progress
 from agents import officials as officials_import
 from agents.client import Client, ReceivedDocument, ReceiverRunning
+from agents.interrupts import SIGNALS as STOP_SIGNALS
 from agents.interrupts import Interrupted, Stops
 from agents.output import emit, error_line, say
 from agents.progress import ProgressReader
@@ -45,11 +46,14 @@ from keys.levels import Level, Urgency
 
 EXIT_CODES = """exit codes:
   0  ok
-  1  other error (unreadable file, wrong passphrase, ...)
-  2  usage error (malformed argument, agency code, level, duration)
+  1  other error (unreadable file, wrong passphrase, broker unreachable, ...)
+  2  usage error (malformed argument, agency code, level, duration; no
+     passphrase available)
   3  refused: verification failed, not a recipient, expired, revoked or
      unknown party, level above a clearance, directory rollback
   4  audit verify: all checked holds, but leaves no witnessed checkpoint covers
+  128+n  stopped by signal n (130 Ctrl-C, 143 SIGTERM); the one line says
+     what was kept or sent
 
 The passphrase of a key file comes from CIPHERPOST_PASSPHRASE, the file named
 by CIPHERPOST_PASSPHRASE_FILE, or a prompt (three tries), never from the
@@ -63,8 +67,9 @@ _NOTES: list[str] = []
 # SIGINT, SIGTERM, SIGHUP: while an envelope is sealed or opened, acted on at a safe point.
 STOPS = Stops()
 
-LEVELS = ", ".join(level.value for level in Level)
-URGENCIES = ", ".join(u.value for u in Urgency)
+LEVELS = ", ".join(level.value for level in Level) + " (or as written: Mật, Tối mật, ...)"
+URGENCIES = ", ".join(u.value for u in Urgency) + " (or as written: Khẩn, Hỏa tốc, ...)"
+TO_HELP = "the recipients' agency codes, comma-separated (any case: 000.01.12.h41)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -391,7 +396,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         *(check.line() for check in checks),
     )
     if failed:
-        sys.stderr.write(f"cipherpost: {len(failed)} check(s) failed; first: {failed[0].name}\n")
+        line = f"{len(failed)} check(s) failed; first: {failed[0].name}"
+        sys.stderr.write(error_line(args, line, EXIT_ERROR, "DoctorFailed") + "\n")
         return EXIT_ERROR
     say(args, "every check passed")
     return 0
@@ -664,7 +670,10 @@ def cmd_send(args: argparse.Namespace) -> int:
                 sent.append((path, envelope_id))
             client.flush()  # every part of every document confirmed by the broker
         except (KeyboardInterrupt, Interrupted) as e:
-            return _send_interrupted(client, sent, e)
+            return _send_interrupted(args, client, sent, e)
+        except CipherpostError as e:  # e.g. the broker went away: still say what left
+            _send_failed(client, sent, e)
+            raise
         listening = client.gateways_listening()
     if args.json:
         print(json.dumps({
@@ -686,26 +695,56 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send_interrupted(client: Client, sent: list[tuple[Path, str]], e: BaseException) -> int:
-    """A stop during send: say exactly what left (ids, parts) and what becomes of it."""
+def _send_interrupted(
+    args: argparse.Namespace, client: Client, sent: list[tuple[Path, str]], e: BaseException
+) -> int:
+    """A stop during send: say exactly what left (ids, parts) and what becomes of it, as the
+    result (ids; one JSON object with --json) and one error line."""
     signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
     stopped = {s.envelope_id for s in client.interrupted}
-    for path, envelope_id in sent:
-        if envelope_id not in stopped:
-            print(envelope_id)  # every part of it went: it is sent
-            sys.stderr.write(f"sent {path.name}\n")
+    whole = [(path, eid) for path, eid in sent if eid not in stopped]  # every part went
+    if args.json:
+        print(json.dumps({
+            "sent": [{"envelope_id": eid, "file": str(path)} for path, eid in whole],
+            "interrupted": [{"envelope_id": s.envelope_id, "file": s.name, "parts": s.parts,
+                             "confirmed": s.confirmed} for s in client.interrupted],
+        }, ensure_ascii=False))  # fmt: skip
+    for path, envelope_id in whole:
+        if not args.json:
+            print(envelope_id)
+        say(args, f"sent {path.name}")
     name = signal.Signals(signum).name
     if not client.interrupted:
-        sys.stderr.write(f"cipherpost: interrupted by {name} before anything was sent\n")
-    for s in client.interrupted:
-        expires = f" on {s.expires:%Y-%m-%d %H:%M}Z" if s.expires else ""
-        sys.stderr.write(
-            f"cipherpost: interrupted by {name}: envelope {s.envelope_id} ({s.name or 'sealed'})"
-            f" stopped after {s.confirmed} of {s.parts} part(s); it will not be delivered, and"
-            f" recipients discard its parts when it expires{expires}. Send the document again;"
-            " `cipherpost outbox` lists it as interrupted\n"
+        line = f"interrupted by {name} before anything was sent"
+    else:
+        told = "; ".join(
+            f"envelope {s.envelope_id} ({s.name or 'sealed'}) stopped after {s.confirmed} of"
+            f" {s.parts} part(s)" + (f", expires {s.expires:%Y-%m-%d %H:%M}Z" if s.expires else "")
+            for s in client.interrupted
         )
+        line = (
+            f"interrupted by {name}: {told}; it will not be delivered, and recipients discard"
+            " its parts when it expires. Send the document again; `cipherpost outbox` lists it"
+            " as interrupted"
+        )
+    sys.stderr.write(error_line(args, line, 128 + signum, "Interrupted") + "\n")
     return 128 + signum
+
+
+def _send_failed(client: Client, sent: list[tuple[Path, str]], e: CipherpostError) -> None:
+    """A send that failed part-way: the ids that went in full on stdout, and each stopped
+    envelope with how many of its parts went folded into the one error line."""
+    stopped = {s.envelope_id for s in client.interrupted}
+    for _, envelope_id in sent:
+        if envelope_id not in stopped:
+            print(envelope_id)
+    told = [
+        f"envelope {s.envelope_id} ({s.name or 'sealed'}) stopped after {s.confirmed} of"
+        f" {s.parts} part(s)"
+        for s in client.interrupted
+    ]
+    if told and len(e.args) == 1:
+        e.args = (f"{e}; {', '.join(told)}: send it again (`cipherpost outbox` lists it)",)
 
 
 def _event_line(event: dict[str, Any]) -> str:
@@ -721,10 +760,37 @@ def _event_line(event: dict[str, Any]) -> str:
     return f"{eid}  {event['status']} {event['status_name']} from {event['signer']}{note}{mark}"
 
 
-def cmd_receive(args: argparse.Namespace) -> int:
+def _noted_stops() -> tuple[threading.Event, list[int]]:
+    """While the inbox is consumed, a stop signal only sets the returned event (the consumer
+    ends after the message in hand; what it did not take stays queued) and is listed.
+
+    Raised from the handler instead, a stop could land inside the HPKE unwrap, read as "does
+    not open", and the document be recorded refused and acknowledged: lost."""
     stop = threading.Event()
-    if args.follow:
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stopped_by: list[int] = []
+
+    def on_stop(signum: int, _frame: object) -> None:
+        stopped_by.append(signum)
+        stop.set()
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_stop)  # main() puts the previous handlers back
+    return stop, stopped_by
+
+
+class _StoppedTakingIn(CipherpostError):
+    """A stop signal while ``status`` or ``outbox`` took in the inbox: exit 128 + n."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted by {name} while taking in the inbox: what was received is kept,"
+            " the rest stays queued"
+        )
+        self.exit_code = 128 + signum
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
 
     def show(doc: ReceivedDocument) -> None:  # each document as soon as it is durable
         meta = doc.metadata
@@ -749,7 +815,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
         else:
             print(_event_line(event), flush=True)
 
-    with _client(args) as client:
+    with _client(args) as client:  # a stop at the passphrase prompt still stops at once
+        stop, stopped_by = _noted_stops()
         client.on_received = show
         client.on_event = told
         if args.follow:
@@ -758,13 +825,16 @@ def cmd_receive(args: argparse.Namespace) -> int:
                 f"receiving for {client.keys.code} from {client.broker.where()}"
                 f" into {client.config.inbox}; waiting for documents and notices (Ctrl-C stops)",
             )
-        try:
-            got = client.receive(follow=args.follow, idle=args.idle, stop=stop)
-        except KeyboardInterrupt:
-            stop.set()
-            got = client.received
+        got = client.receive(follow=args.follow, idle=args.idle, stop=stop)
         events = len(client.events)
-    say(args, f"{len(got)} document(s) received, {events} notice(s)")
+    done = f"{len(got)} document(s) received, {events} notice(s)"
+    if stopped_by and not args.follow:  # --follow ends on a signal: that is how it stops
+        signum = stopped_by[0]
+        name = signal.Signals(signum).name
+        line = f"interrupted by {name}: {done}, kept; what was not taken stays queued"
+        sys.stderr.write(error_line(args, line, 128 + signum, "Interrupted") + "\n")
+        return 128 + signum
+    say(args, done)
     return 0
 
 
@@ -782,10 +852,17 @@ def _take_in_notices(client: Client, idle: float) -> str:
     """Collect the notices waiting in the inbox ('' or why it did not need to)."""
     if idle <= 0:
         return "not checked for new notices (--idle 0)"
+    from broker.connection import BrokerError
+
+    stop, stopped_by = _noted_stops()
     try:
-        client.receive(idle=idle)
+        client.receive(idle=idle, stop=stop)
     except ReceiverRunning:
         return "notices are taken in by the receiver already running for this agency"
+    except BrokerError as e:  # "could not check" is never passed off as "nothing new"
+        raise BrokerError(f"{e}; --idle 0 shows what this agent knows without asking") from e
+    if stopped_by:
+        raise _StoppedTakingIn(stopped_by[0])
     return ""
 
 
@@ -1248,10 +1325,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sp = add(sub, "seal", cmd_seal, "sign and encrypt FILE into an envelope for agency codes")
-    sp.add_argument("file", type=Path, metavar="FILE")
+    sp.add_argument("file", type=Path, metavar="FILE", help="the document")
     sp.add_argument("--as", dest="as_dir", required=True, type=Path, metavar="AGENCY_DIR")
     directory_args(sp)
-    sp.add_argument("--to", required=True, metavar="CODE[,CODE...]")
+    sp.add_argument("--to", required=True, metavar="CODE[,CODE...]", help=TO_HELP)
     sp.add_argument("--level", required=True, metavar="LEVEL", help=f"one of {LEVELS}")
     sp.add_argument("--urgency", default="thuong", metavar="U", help=f"one of {URGENCIES}")
     sp.add_argument(
@@ -1307,8 +1384,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_send,
         "seal FILE(s) and submit them through the gateway; prints each envelope id",
     )
-    sp.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    sp.add_argument("--to", required=True, metavar="CODE[,CODE...]")
+    sp.add_argument("files", nargs="+", type=Path, metavar="FILE", help="one envelope each")
+    sp.add_argument("--to", required=True, metavar="CODE[,CODE...]", help=TO_HELP)
     sp.add_argument("--level", required=True, metavar="LEVEL", help=f"one of {LEVELS}")
     sp.add_argument("--urgency", default="thuong", metavar="U", help=f"one of {URGENCIES}")
     sp.add_argument("--subject", default="", metavar="TEXT", help="travels encrypted")

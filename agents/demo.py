@@ -275,26 +275,36 @@ def _signed_and_recalled(world: World, eid: str) -> int:
 def _audit(world: World, eid: str, commands: Commands) -> int:
     """The cipher department witnesses the checkpoints, verifies the log, checks one proof."""
     # The witness's key is the throwaway world's: its commands read the passphrase from the
-    # environment, as a person's would (set only while they run, and only if unset).
+    # environment, as a person's would. Set to the throwaway one only while they run,
+    # whatever the user's shell holds (no terminal prompt in an unattended demo).
     saved = os.environ.get(PASSPHRASE_ENV)
-    os.environ.setdefault(PASSPHRASE_ENV, PASSPHRASE.decode())
+    os.environ[PASSPHRASE_ENV] = PASSPHRASE.decode()
     try:
         return _audit_commands(world, eid, commands)
     finally:
         if saved is None:
             os.environ.pop(PASSPHRASE_ENV, None)
+        else:
+            os.environ[PASSPHRASE_ENV] = saved
 
 
 def _audit_commands(world: World, eid: str, cli: Commands) -> int:
-
     ca_cert = str(world.ca_dir / "ca.crt")
     store = world.root / "witness"
-    # The throwaway world's keys share one passphrase: the witness's key opens without a
-    # terminal to prompt on (before, the step failed when the demo ran unattended).
-    os.environ.setdefault("CIPHERPOST_PASSPHRASE", PASSPHRASE.decode())
     creds = world.root / "broker-credentials" / f"{world.prefix}{WITNESS_LOGIN}.broker.json"
     _say("8. The cipher department's witness takes the gateway's signed checkpoints off the")
     _say("   broker and checks each extends the last (cipherpost audit witness):")
+    return _witness_verify_prove(cli, world, eid, ca_cert, store, creds)
+
+
+def _witness_verify_prove(
+    cli: Callable[[list[str]], int],
+    world: World,
+    eid: str,
+    ca_cert: str,
+    store: Path,
+    creds: Path,
+) -> int:
     failures = cli(
         [
             "audit",
@@ -316,7 +326,11 @@ def _audit_commands(world: World, eid: str, cli: Commands) -> int:
     failures += cli(
         ["audit", "verify", "--db", str(world.root / "audit.db"), "--checkpoints", str(store)]
     )
-    latest = sorted(store.rglob("*.checkpoint.json"))[-1]
+    checkpoints = sorted(store.rglob("*.checkpoint.json"))
+    if not checkpoints:
+        _say("   !! the witness kept no checkpoint: no inclusion proof to check")
+        return 1
+    latest = checkpoints[-1]
     proof = world.root / "proof.json"
     _say(f"9. An inclusion proof of envelope {eid[:12]}…, checked offline with only the")
     _say("   checkpoint file and the CA certificate (cipherpost audit prove / check-proof):")

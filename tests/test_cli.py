@@ -386,9 +386,19 @@ def test_enroll_never_overwrites_keys(setup):
 
 
 def test_help_documents_exit_codes():
-    for args in ([], ["seal"], ["verify"], ["open"]):
+    for args in ([], ["seal"], ["verify"], ["open"], ["send"], ["receive"]):
         out = cli(*args, "--help").stdout
         assert "exit codes" in out and "3  refused" in out
+        assert "broker unreachable" in out and "128+n  stopped by signal n" in out
+
+
+def test_send_help_explains_each_argument():
+    """Seen by a new user: --to and FILE had no help, and the levels listed only the ASCII
+    names although Mật and Tối mật are accepted."""
+    out = " ".join(cli("send", "--help").stdout.split())
+    assert "--to CODE[,CODE...] the recipients' agency codes, comma-separated" in out
+    assert "FILE one envelope each" in out
+    assert "(or as written: Mật, Tối mật, ...)" in out and "Hỏa tốc" in out
 
 
 @pytest.fixture(scope="module")
@@ -874,3 +884,68 @@ def test_quiet_keeps_the_result_and_drops_the_remarks(setup, tmp_path):
     quiet = cli(*base, "--level", "mat", "--out", tmp_path / "b.cpe", "--quiet", env=env)
     assert "sealed" in loud.stderr and quiet.stderr == ""
     assert len(quiet.stdout.strip()) == 32
+
+
+def test_commands_that_print_results_print_one_json_object_with_json(setup, tmp_path):
+    """Not only in --help: each of these prints exactly one JSON object on stdout and nothing
+    on stderr (remarks such as "next: ..." are for people)."""
+    root, env, *_ = setup
+    env = {**env, "CIPHERPOST_STATE_DIR": str(tmp_path / "state")}
+    ca_dir, certs, agency_dir = tmp_path / "ca", tmp_path / "certs", tmp_path / "ag"
+    csv = tmp_path / "one.csv"
+    csv.write_text("000.07.31.H41,Xã Bảy,mat\n", encoding="utf-8")
+    runs = {
+        "ca init": ["ca", "init", "--dir", ca_dir],
+        "keys enroll": ["keys", "enroll", "--code", "000.05.12.h41", "--name", "Xã Năm",
+                        "--dir", agency_dir],
+        "ca issue": ["ca", "issue", agency_dir / "enrollment.req", "--ca", ca_dir,
+                     "--clearance", "Mật", "--out", certs],
+        "directory build": ["directory", "build", "--ca", ca_dir, "--certs", certs,
+                            "--out", tmp_path / "dir.cpd"],
+        "agency import": ["agency", "import", csv, "--ca", ca_dir, "--kits", tmp_path / "kits"],
+        "agency join": ["agency", "join", tmp_path / "kits" / "000.07.31.H41",
+                        "--dir", tmp_path / "joined"],
+        "ca revoke": ["ca", "revoke", "000.05.12.H41", "--ca", ca_dir, "--reason", "test"],
+        "verify": ["verify", root / "doc.cpe", "--directory", root / "dir.cpd"],
+    }  # fmt: skip
+    results = {}
+    for name, args in runs.items():
+        r = cli(*args, "--json", env=env)
+        assert r.stderr == "", (name, r.stderr)
+        results[name] = json.loads(r.stdout)  # one object, nothing else on stdout
+        assert isinstance(results[name], dict), name
+    assert results["ca init"]["fingerprint"].startswith("SHA256:")
+    assert results["keys enroll"]["code"] == "000.05.12.H41"
+    assert results["ca issue"]["clearance"] == "mat"
+    assert results["directory build"]["agencies"] == 1
+    assert results["agency import"]["codes"] == ["000.07.31.H41"]
+    assert results["agency join"]["ca_fingerprint"] == results["ca init"]["fingerprint"]
+    assert results["ca revoke"]["revoked"] is True
+    assert results["verify"]["verified"] is True
+
+
+def test_seal_verify_and_open_show_progress_on_a_terminal_finished_once(setup, tmp_path):
+    """Large documents on a terminal: one progress line per command, redrawn in place and
+    finished exactly once (the "100.0%" line was printed twice); none with --quiet or off a
+    terminal (the other tests' captured stderr)."""
+    root, env, *_ = setup
+    env = {**env, "CIPHERPOST_STATE_DIR": str(tmp_path / "state")}  # verify's own trust
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(17 << 20))  # above progress.MIN_BYTES
+    cpe = tmp_path / "big.cpe"
+    seal = ["seal", big, "--as", root / A, "--directory", root / "dir.cpd", "--to", B,
+            "--level", "mat", "--out", cpe]  # fmt: skip
+    code, screen = on_terminal(seal, env, [])
+    assert code == 0, screen
+    assert screen.count("sealing: 100.0% of ") == 1 and "\r" in screen
+    code, screen = on_terminal(["verify", cpe, "--directory", root / "dir.cpd"], env, [])
+    assert code == 0, screen
+    assert screen.count("verifying: 100.0% of 17.") == 1
+    opened = ["open", cpe, "--as", root / B, "--directory", root / "dir.cpd"]
+    code, screen = on_terminal([*opened, "--out", tmp_path / "a.bin"], env, [])
+    assert code == 0, screen
+    assert screen.count("opening: 100.0% of ") == 1
+    code, screen = on_terminal([*opened, "--out", tmp_path / "b.bin", "--quiet"], env, [])
+    assert code == 0 and "opening:" not in screen, screen
+    quiet = cli(*opened, "--out", tmp_path / "c.bin", env=env)  # not a terminal
+    assert "opening:" not in quiet.stderr

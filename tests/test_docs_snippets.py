@@ -87,3 +87,21 @@ def test_a_snippet_runs_as_written(world, chairman, tmp_path, name, code):
     )  # fmt: skip
     assert done.returncode == 0, (name, done.stderr)
     assert "Traceback" not in done.stderr
+
+
+def test_the_sdk_table_names_every_parameter_as_the_code_does():
+    """Seen: `progress=` was undocumented; and `reply_status(envelope_id, code, ...)` was
+    documented while the parameter is `status` (a keyword call failed with TypeError)."""
+    import inspect
+
+    import agents
+    from agents.client import Client
+
+    rows = re.findall(r"^\| `(\w+)\((.*?)\)` \|", (ROOT / "docs" / "sdk.md").read_text(), re.M)
+    assert {name for name, _ in rows} >= {"open_agent", "send", "documents", "receive",
+                                          "reply_status", "status"}  # fmt: skip
+    for name, params in rows:
+        documented = [p.split("=")[0].strip() for p in params.split(",") if p.strip() != "*"]
+        function = agents.open_agent if name == "open_agent" else getattr(Client, name)
+        actual = [p for p in inspect.signature(function).parameters if p != "self"]
+        assert documented == actual, (name, documented, actual)

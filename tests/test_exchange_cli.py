@@ -21,7 +21,16 @@ from gateway.policy import sign_policy
 from keys import ca
 from keys.codes import AgencyCode
 from keys.levels import Level
-from tests.exchange import OPERATOR_URL, OTHER_PROVINCE, PROVINCE, A, B, make_world, wait_for
+from tests.exchange import (
+    MAT_ONLY,
+    OPERATOR_URL,
+    OTHER_PROVINCE,
+    PROVINCE,
+    A,
+    B,
+    make_world,
+    wait_for,
+)
 from tests.helpers import commune_code
 from tests.sync import DEADLINE_S, receive_until
 
@@ -142,6 +151,38 @@ def test_send_receive_reply_status_via_cli(world, tmp_path):
     assert "01 arrived" in human and "04 assigned" in human and "[verified]" in human
 
 
+def test_receive_reports_receipts_and_statuses_and_outbox_lists_each_recipients_state(
+    world, tmp_path
+):
+    """The sender sees, one line each, the receipt and the status it takes in, and the outbox
+    shows each recipient's latest state: a status for one, accepted by the gateway for the
+    other (which has not received yet)."""
+    doc = tmp_path / "cv.txt"
+    doc.write_text("công văn\n")
+    province = world.agent_config(PROVINCE)
+    eid = run("send", doc, "--to", f"{A},{MAT_ONLY}", "--level", "mat", "--subject",
+              "Công văn 7", "--config", province).stdout.strip()  # fmt: skip
+    until_printed(eid, "receive", "--once", "--idle", "0.3", "--config", world.agent_config(A))
+    run("reply-status", eid[:12], "--code", "05", "--note", "đang xử lý",
+        "--config", world.agent_config(A))  # fmt: skip
+    out = until_printed(f"{eid}  05 processing from {A}  đang xử lý", "receive", "--once",
+                        "--idle", "0.3", "--config", province)  # fmt: skip
+    assert f"{eid}  01 arrived from {A}" in out
+    deadline, rows = time.monotonic() + DEADLINE_S, []
+    while not rows or rows[0]["by_recipient"][MAT_ONLY] == "queued":
+        assert time.monotonic() < deadline, rows
+        listed = run("outbox", "--json", "--idle", "0.3", "--config", province).stdout
+        rows = [r for r in json.loads(listed)["outbox"] if r["envelope_id"] == eid]
+    assert rows[0]["by_recipient"] == {
+        A: "05 processing",
+        MAT_ONLY: "accepted by the gateway",
+    }
+    human = run("outbox", "--idle", "0", "--config", province).stdout
+    block = human[human.index(eid) :].split("\n")
+    assert "Công văn 7" in block[0]
+    assert f"{A}  05 processing" in block[1] and f"{MAT_ONLY}  accepted by" in block[2]
+
+
 def test_cli_bad_input_one_line(world, tmp_path):
     doc = tmp_path / "x.txt"
     doc.write_bytes(b"x")
@@ -175,6 +216,9 @@ def test_broker_down_is_one_clear_line(world, tmp_path):
     r = run("send", doc, "--to", PROVINCE, "--level", "mat", "--config", cfg, code=1)
     assert "broker not reachable" in one_line(r)
     assert password not in r.stderr
+    # what was recorded is named, and how much of it went (nothing): the outbox lists it
+    eid = re.search(r"envelope ([0-9a-f]{32}) \(x\.txt\) stopped after 0 of 1 part", r.stderr)
+    assert eid is not None and "send it again" in r.stderr, r.stderr
 
 
 def test_provision_cli_is_idempotent_and_revokes(world, tmp_path):
@@ -398,6 +442,19 @@ def broken_config(world, tmp_path, code: str) -> Path:
     return cfg
 
 
+def test_doctor_with_the_broker_down_says_so_in_one_line_or_one_json_object(world, tmp_path):
+    cfg = broken_config(world, tmp_path, B)
+    r = run("doctor", "--config", cfg, code=1)
+    assert "FAIL broker: broker not reachable" in r.stdout
+    assert re.fullmatch(r"cipherpost: \d+ check\(s\) failed; first: broker", one_line(r))
+    r = run("doctor", "--json", "--config", cfg, code=1)
+    report = json.loads(r.stdout)
+    assert report["ok"] is False
+    assert [c["status"] for c in report["checks"] if c["name"] == "broker"] == ["FAIL"]
+    error = json.loads(one_line(r))
+    assert error["exit_code"] == 1 and "first: broker" in error["error"]
+
+
 def test_receive_and_status_with_the_broker_down_fail_instead_of_saying_nothing(world, tmp_path):
     cfg = broken_config(world, tmp_path, B)
     r = run("receive", "--once", "--idle", "0.5", "--config", cfg, code=1)
@@ -413,9 +470,34 @@ def test_receive_and_status_with_the_broker_down_fail_instead_of_saying_nothing(
     eid = sent.stdout.strip()
     r = run("status", eid, "--idle", "0.5", "--config", cfg, code=1)
     assert "broker not reachable" in one_line(r) and r.stdout == ""
+    assert "--idle 0 shows what this agent knows without asking" in r.stderr
+    r = run("outbox", "--idle", "0.5", "--config", cfg, code=1)
+    assert "broker not reachable" in one_line(r) and r.stdout == ""
     # asked not to look (--idle 0), status shows what it knows and says so
     r = run("status", eid, "--idle", "0", "--config", cfg)
     assert f"envelope {eid}" in r.stdout and "not checked for new notices" in r.stderr
+
+
+def test_a_short_id_that_starts_two_envelopes_asks_for_more_digits(world, tmp_path):
+    """status takes any unique prefix; one that is not unique is a usage error naming the
+    candidates (here on a copy of an agency's state, offline: --idle 0)."""
+    import shutil
+
+    from agents.state import AgentState
+
+    cfg = broken_config(world, tmp_path, B)
+    keys = tmp_path / "keys"
+    shutil.copytree(world.agent_config(B).parent / "keys", keys, ignore=shutil.ignore_patterns(
+        "receive.lock", "spool"))  # fmt: skip
+    cfg.write_text(cfg.read_text().replace(str(world.agent_config(B).parent / "keys"), str(keys)))
+    first, second = "ab" + "0" * 30, "ab" + "1" * 30
+    state = AgentState(keys / "agent.db")
+    for eid in (first, second):
+        state.record_sent(eid, [PROVINCE], "mat", "thuong", "Tờ trình", "t.pdf", 1, parts=1)
+    r = run("status", "AB", "--idle", "0", "--config", cfg, code=2)
+    assert f"ab is the start of 2 envelopes ({first}, {second}): give more digits" in one_line(r)
+    r = run("status", "ab1", "--idle", "0", "--config", cfg)
+    assert f"envelope {second}" in r.stdout and "subject  Tờ trình" in r.stdout
 
 
 def test_ctrl_c_during_a_large_send_tells_the_truth_about_what_left(world, tmp_path):
@@ -447,6 +529,7 @@ def test_ctrl_c_during_a_large_send_tells_the_truth_about_what_left(world, tmp_p
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (proc.returncode, out, err)
     assert "Traceback" not in err and "nothing kept" not in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err  # one error line
     m = re.search(r"envelope ([0-9a-f]{32}) \(big\.bin\) stopped after (\d+) of (\d+) part", err)
     assert m, err
     eid, went, parts = m.group(1), int(m.group(2)), int(m.group(3))
@@ -457,6 +540,44 @@ def test_ctrl_c_during_a_large_send_tells_the_truth_about_what_left(world, tmp_p
     assert row["by_recipient"] == {B: f"interrupted ({went} of {parts} parts sent)"}
     human = run("status", eid[:8], "--idle", "0", "--config", cfg).stdout
     assert f"interrupted after {went} of {parts} part(s)" in human
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_during_receive_keeps_what_came_and_loses_nothing(world, tmp_path, signum):
+    """A stop while a document's parts are taken in is only noted (raised inside the HPKE
+    unwrap it could read as "does not open" and the document be acknowledged as refused): the
+    round ends after the message in hand, says what it kept and exits 128 + n; the document is
+    in the inbox or still queued, never lost."""
+    doc = tmp_path / "dai.bin"
+    doc.write_bytes(os.urandom(24 << 20))  # six parts
+    eid = run("send", doc, "--to", B, "--level", "mat",
+              "--config", world.agent_config(PROVINCE)).stdout.strip()  # fmt: skip
+    cfg = world.agent_config(B)  # A's login is revoked by the provisioning test
+    spool, inbox = cfg.parent / "keys" / "spool" / eid, cfg.parent / "inbox"
+    env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
+    proc = subprocess.Popen(
+        [EXE, "receive", "--once", "--idle", "60", "--config", cfg],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def taking_in() -> bool:
+        return spool.is_dir() or any(p.name.startswith(eid[:12]) for p in inbox.glob("*"))
+
+    assert wait_for(lambda: proc.poll() is not None or taking_in(), DEADLINE_S, every=0.01)
+    proc.send_signal(signum)  # --idle 60: the round is still running, whatever it is doing
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, (proc.returncode, out, err)
+    [line] = err.strip().splitlines()
+    name = signal.Signals(signum).name
+    assert re.fullmatch(
+        rf"cipherpost: interrupted by {name}: \d+ document\(s\) received, \d+ notice\(s\),"
+        r" kept; what was not taken stays queued",
+        line,
+    ), line
+    if eid not in out:
+        out += until_printed(eid, "receive", "--once", "--idle", "0.3", "--config", cfg)
+    [placed] = [p for p in inbox.glob(f"{eid[:12]}-dai*.bin")]
+    assert placed.read_bytes() == doc.read_bytes()
 
 
 def test_a_second_receiver_for_one_agency_is_refused_and_status_still_answers(world, tmp_path):
@@ -485,7 +606,7 @@ def test_a_second_receiver_for_one_agency_is_refused_and_status_still_answers(wo
 
 
 def test_an_interrupted_envelopes_parts_are_dropped_by_the_recipient_once_it_expires(
-    world, tmp_path
+    world, tmp_path, caplog
 ):
     """A sender stopped for good after its first part: the recipient keeps that part only
     until the envelope expires, then drops it (logged) and records it as incomplete."""
@@ -526,8 +647,12 @@ def test_an_interrupted_envelopes_parts_are_dropped_by_the_recipient_once_it_exp
     with Client(AgentConfig.load(cfg), PASSPHRASE) as agent:
         assert eid not in agent.expire_spool()  # not expired yet: kept
         assert spool.is_dir()
+        caplog.set_level("WARNING", logger="cipherpost.agent")
         gone = agent.expire_spool(now=header.expires + dt.timedelta(seconds=1))
         assert eid in gone and not spool.exists()
+        logged = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+        expected = {"event": "spool_expired", "envelope": eid}.items()
+        assert any(expected <= m.items() for m in logged), logged
         assert agent.state.received(eid)["outcome"] == "incomplete"
 
 
@@ -548,3 +673,62 @@ def test_audit_witness_follow_says_what_it_waits_for_and_stops_on_sigterm(world,
     assert "a log silent 30 s is an alarm" in first
     assert witness.returncode == 0, rest
     assert "checkpoint(s) checked" in rest and "Traceback" not in rest
+
+
+def test_send_and_receive_show_progress_on_a_terminal_finished_once(world, tmp_path):
+    """A large document on a terminal: send draws its sealing and submitting lines, receive
+    the parts of the envelope arriving; each line is finished exactly once."""
+    from tests.test_cli import on_terminal
+
+    env = dict(os.environ, CIPHERPOST_PASSPHRASE=PASSPHRASE.decode())
+    doc = tmp_path / "lon.bin"
+    doc.write_bytes(os.urandom(17 << 20))  # above both progress thresholds
+    code, screen = on_terminal(
+        ["send", doc, "--to", B, "--level", "mat", "--config", world.agent_config(PROVINCE)],
+        env, [],
+    )  # fmt: skip
+    assert code == 0, screen
+    assert screen.count("sealing lon.bin: 100.0% of 17.0 MiB") == 1, screen
+    assert screen.count("submitting: 100.0% of ") == 1, screen
+    eid = re.search(r"^([0-9a-f]{32})\r?$", screen, re.M).group(1)
+    seen = ""
+    deadline = time.monotonic() + DEADLINE_S
+    while eid not in seen:
+        assert time.monotonic() < deadline, seen
+        code, screen = on_terminal(
+            ["receive", "--once", "--idle", "0.5", "--config", world.agent_config(B)], env, []
+        )
+        assert code == 0, screen
+        seen += screen
+    assert len(re.findall(rf"receiving {eid[:12]}: 100\.0% of \d+ parts", seen)) == 1, seen
+
+
+def test_ctrl_c_at_receives_passphrase_prompt_stops_at_once(world, tmp_path):
+    """Stops during receive are only noted once the agent is open; at the prompt before it,
+    Ctrl-C still ends the command at once (130), not after a passphrase is typed."""
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if k != "CIPHERPOST_PASSPHRASE"}
+    pid, fd = pty.fork()
+    if pid == 0:
+        args = [EXE, "receive", "--once", "--config", str(world.agent_config(B))]
+        os.execve(EXE, args, env)  # noqa: S606 - the CLI itself, no shell
+    seen = b""
+    while b"Passphrase: " not in seen:
+        seen += os.read(fd, 4096)
+    os.kill(pid, signal.SIGINT)
+    ended: list[int] = []
+
+    def exited() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            ended.append(os.waitstatus_to_exitcode(status))
+        return bool(ended)
+
+    assert wait_for(exited, 30, every=0.05), seen
+    try:
+        seen += os.read(fd, 4096)
+    except OSError:
+        pass  # the terminal closed with the process
+    os.close(fd)
+    assert ended == [130], seen

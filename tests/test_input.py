@@ -97,3 +97,48 @@ def test_an_unknown_code_gets_did_you_mean_from_the_directory(tmp_path):
     with pytest.raises(Refused) as far:
         directory.get(AgencyCode.parse("123.45.67.G99"), "recipient")
     assert "did you mean" not in str(far.value)
+
+
+@pytest.mark.parametrize("given", [Level.MAT, "mat", "Mật", "MAT"])
+def test_the_api_takes_a_level_as_the_enum_or_as_written(given):
+    assert Level.parse(given) is Level.MAT
+
+
+@pytest.mark.parametrize("given", [Urgency.HOA_TOC, "hoa-toc", "Hỏa tốc", "HOA_TOC"])
+def test_the_api_takes_an_urgency_as_the_enum_or_as_written(given):
+    assert Urgency.parse(given) is Urgency.HOA_TOC
+
+
+@pytest.mark.parametrize("wrong", [42, None, b"mat", "secret"])
+def test_a_wrong_level_or_urgency_is_the_projects_usage_error_not_a_type_error(wrong):
+    """Seen: send(level="mat") raised TypeError; what an integrator gets is always ours."""
+    with pytest.raises(UsageError, match="unknown level"):
+        Level.parse(wrong)
+    with pytest.raises(UsageError, match="unknown urgency"):
+        Urgency.parse(wrong)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Tờ trình về việc sắp xếp đơn vị hành chính cấp xã " * 4 + ".pdf",  # 284 bytes, 208 chars
+     "ờ" * 80 + ".pdf",  # 244 bytes in 84 characters: what the character cut let through
+     "\U0001d518" * 200 + ".txt", "a" * 300, "ữ" * 85 + ".docx"],
+)  # fmt: skip
+def test_an_inbox_name_is_cut_by_bytes_with_room_for_every_suffix(tmp_path, name):
+    """Seen: a 242-byte name passed the 120-character cut, and its sidecar (".json") then failed
+    with ENAMETOOLONG. The cut is in bytes, whole characters, extension kept, and the longest
+    name the agent makes from it (id prefix, "-9999", ".json") still fits in 255 bytes."""
+    from agents.client import MAX_NAME_BYTES, _place, _safe_filename
+
+    safe = _safe_filename(name)
+    assert len(safe.encode()) <= MAX_NAME_BYTES and safe.encode().decode() == safe
+    if name.endswith((".pdf", ".txt", ".docx")):
+        assert safe.rsplit(".", 1)[1] == name.rsplit(".", 1)[1]
+    longest = f"{'0' * 12}-{safe}"
+    stem, dot, suffix = longest.rpartition(".") if "." in longest else (longest, "", "")
+    assert len(f"{stem}-9999{dot}{suffix}.json".encode()) <= 255
+    opened = tmp_path / ".opened"
+    opened.write_bytes(b"x")
+    for _ in range(2):  # the second one takes the "-1" name: both fit the file system
+        document, sidecar = _place(tmp_path, longest, opened, {})
+        assert document.exists() and sidecar.exists()

@@ -3,15 +3,18 @@ provisioned, finished and exchanging with the province on the real RabbitMQ."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from agents.client import Client
 from agents.config import AgentConfig
 from agents.world import PASSPHRASE
+from keys import ca
 from keys.codes import AgencyCode
 from keys.levels import Level
 from tests.exchange import OPERATOR_URL, PROVINCE, make_world, wait_for
@@ -97,6 +100,10 @@ def test_75_communes_onboard_and_exchange_with_the_province(env, tmp_path, capsy
     # 5. each agency
     for code in COMMUNES:
         assert cli("agency", "finish", kits / code, "--dir", tmp_path / "agencies" / code) == 0
+    # finish shows the CA fingerprint again, as `openssl x509 -outform DER | sha256sum` does
+    der = ca.load_ca_certificate(ca_dir / "ca.crt").public_bytes(Encoding.DER)
+    finished = capsys.readouterr().out
+    assert finished.count(f"CA fingerprint SHA256:{hashlib.sha256(der).hexdigest()}") == 75
 
     # The running gateway learnt the new version from the broker, without a restart.
     assert wait_for(lambda: len(gateway.directory.entries) == 77, 60)
