@@ -407,6 +407,8 @@ def test_a_status_from_a_recipient_to_the_sender_is_relayed_once(kit):
         (B, P, False, "status"),  # the envelope was refused
         (B, P, None, "status"),  # no such envelope
         (B, P, True, "recall"),  # only the sender recalls
+        (P, A, True, "recall"),  # the sender, but to someone who never received it
+        (B, B, True, "recall"),  # a recipient "recalling" to a recipient (itself)
         (B, P, True, "receipt"),  # (control: this one is fine)
     ],
 )
