@@ -7,9 +7,9 @@ if ! command -v rabbitmqctl >/dev/null 2>&1; then
   echo "ensure-rabbitmq: rabbitmqctl not found; install rabbitmq-server (apt-get install rabbitmq-server)" >&2
   exit 1
 fi
-if ! rabbitmqctl -q status >/dev/null 2>&1; then
+if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
   echo "ensure-rabbitmq: starting RabbitMQ (rabbitmq-server -detached)" >&2
-  rabbitmq-server -detached >/dev/null 2>&1 || true
+  (cd "${TMPDIR:-/tmp}" && rabbitmq-server -detached >/dev/null 2>&1) || true  # a failed start dumps erl_crash.dump in its folder
   sleep 3
   rabbitmqctl -q await_startup --timeout 120 >/dev/null
 fi
