@@ -318,8 +318,7 @@ class Consumer:
                 refreshed = time.monotonic()
                 consume_new()  # nothing while paused
         # No new deliveries from here; unacked ones are requeued when the connection closes.
-        for consumer_tag in by_tag:
-            channel.basic_cancel(consumer_tag)
+        _cancel_all(channel, by_tag)
         self._batch_end()
         if self._drain is not None:
             drain_done = threading.Event()
@@ -347,8 +346,7 @@ class Consumer:
         """Apply a pause (cancel every consumer) or its end (consume again); True if paused."""
         node = _node(channel.connection)
         if self._paused.is_set():
-            for consumer_tag in list(by_tag):
-                channel.basic_cancel(consumer_tag)  # what pika holds undispatched goes back
+            _cancel_all(channel, by_tag)  # what pika holds undispatched goes back
             log.info("consumer_paused", queues=len(by_tag), node=node)
             by_tag.clear()
             cancelled.clear()
@@ -363,6 +361,21 @@ class Consumer:
         # make a whole batch durable at once (one commit, one fsync round) and settle it.
         if self.on_batch_end is not None:
             self.on_batch_end()
+
+
+def _cancel_all(
+    channel: pika.adapters.blocking_connection.BlockingChannel, by_tag: dict[str, str]
+) -> None:
+    """Cancel every consumer of ``channel``. A channel the broker closed meanwhile (a cut
+    connection) has no consumer left to cancel: pika then asserts on its own bookkeeping,
+    and the link's loss is what the caller sees next."""
+    for consumer_tag in list(by_tag):
+        if not channel.is_open:
+            return
+        try:
+            channel.basic_cancel(consumer_tag)
+        except AssertionError:  # pika: the channel closed between the check and the cancel
+            return
 
 
 def _node(connection: pika.BlockingConnection) -> str:
