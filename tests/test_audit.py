@@ -520,3 +520,207 @@ def test_query_until_a_date_takes_that_whole_day_in(log, capsys) -> None:
     assert len(capsys.readouterr().out.splitlines()) == 10  # a time stays exclusive
     assert cli("audit", "query", "--db", db, "--since", "2026-11-29", "--json") == 0
     assert capsys.readouterr().out == ""
+
+
+# --- prove / check_proof, each refusal by its exact message ----------------------------------
+
+
+def _checkpoint(env: Env, witness: Path, n: int = -1):
+    from gateway.checkpoint import read_checkpoint_file
+
+    path = sorted(witness.rglob("*.checkpoint.json"), key=lambda p: p.stat().st_mtime_ns)[n]
+    return read_checkpoint_file(path.read_bytes(), ca.load_ca_certificate(env.ca_cert))
+
+
+def test_a_proof_from_the_stores_own_checkpoints_names_the_smallest_covering_one(log) -> None:
+    from gateway.auditlog import PROOF_MAGIC, prove
+
+    db, _ = log
+    store = AuditStore(db, readonly=True)
+    try:
+        proof = prove(store, f"{12:032x}", None)  # checkpoints at 10, 25, 40: 25 covers leaf 12
+        assert proof["format"] == PROOF_MAGIC and proof["envelope_id"] == f"{12:032x}"
+        assert (proof["log_id"], proof["leaf_index"], proof["tree_size"]) == ("gw1", 12, 25)
+        assert parse_checkpoint(proof["checkpoint"].encode()).size == 25
+        assert "audit_certificate" not in proof  # the store's notes carry no certificate
+        assert len(proof["proof"]) == len(store.inclusion_proof("gw1", 12, 25))
+        edge = prove(store, f"{9:032x}", None)  # leaf 9 is the last one the first covers
+        assert edge["tree_size"] == 10
+    finally:
+        store.close()
+
+
+def test_a_proof_against_a_checkpoint_file_carries_its_certificate(log, env) -> None:
+    from gateway.auditlog import check_proof, prove
+
+    db, witness = log
+    cp = _checkpoint(env, witness)
+    store = AuditStore(db, readonly=True)
+    try:
+        proof = prove(store, f"{39:032x}", cp)
+    finally:
+        store.close()
+    assert proof["audit_certificate"] == cp.certificate_pem.decode()
+    assert proof["checkpoint"] == cp.checkpoint.note.decode() and proof["tree_size"] == 40
+    fields = check_proof(proof, cp)
+    assert fields["envelope_id"] == f"{39:032x}" and fields["leaf_index"] == 39
+
+
+def test_prove_refuses_what_it_cannot_prove(env, tmp_path) -> None:
+    from gateway.auditlog import prove
+
+    db, witness, _ = build_log(env, tmp_path, sizes=(10,))
+    store = AuditStore(db, log_id="gw1")
+    store.commit(entries(range(10, 12)))  # leaves 10 and 11: in no checkpoint yet
+    cp = _checkpoint(env, witness)
+    try:
+        with pytest.raises(CipherpostError) as e:
+            prove(store, "f" * 32, None)
+        assert str(e.value) == f"no audit record of envelope {'f' * 32} in {db}"
+        with pytest.raises(CipherpostError) as e:
+            prove(store, f"{10:032x}", None)
+        assert str(e.value) == (
+            "leaf 10 of log 'gw1' is not in a signed checkpoint yet; try again later"
+        )
+        with pytest.raises(CipherpostError) as e:
+            prove(store, f"{10:032x}", cp)  # the checkpoint's size is 10: leaf 10 is beyond it
+        assert str(e.value) == f"checkpoint {cp.checkpoint.describe()} does not cover leaf 10 yet"
+    finally:
+        store.close()
+
+
+def test_prove_with_a_checkpoint_takes_the_record_in_that_checkpoints_log(env, tmp_path) -> None:
+    from gateway.auditlog import prove
+
+    earlier = AuditStore(tmp_path / "audit.db", log_id="gw0")  # an earlier log of this store
+    earlier.commit([Entry(record(3))])  # holds a record of the same envelope, first in order
+    earlier.close()
+    db, witness, _ = build_log(env, tmp_path, sizes=(10,))
+    store = AuditStore(db, readonly=True)
+    try:
+        assert store.find(f"{3:032x}") == [("gw0", 0), ("gw1", 3)]
+        proof = prove(store, f"{3:032x}", _checkpoint(env, witness))
+        assert (proof["log_id"], proof["leaf_index"]) == ("gw1", 3)
+    finally:
+        store.close()
+
+
+def test_check_proof_refuses_each_mismatch_by_name(log, env) -> None:
+    from gateway.auditlog import check_proof, prove
+
+    db, witness = log
+    cp = _checkpoint(env, witness)
+    store = AuditStore(db, readonly=True)
+    try:
+        good = prove(store, f"{21:032x}", cp)
+    finally:
+        store.close()
+    described = cp.checkpoint.describe()
+
+    def refused(**changes: object) -> str:
+        doc = {**good, **changes}
+        with pytest.raises(Refused) as e:
+            check_proof({k: v for k, v in doc.items() if v is not None}, cp)
+        return str(e.value)
+
+    assert refused(format="x") == "malformed proof: not a cipherpost inclusion proof"
+    # Standard base64 only: characters outside its alphabet are refused, not skipped.
+    assert refused(leaf="!" + good["leaf"]).startswith("malformed proof: ")
+    assert refused(proof=["!" + good["proof"][0], *good["proof"][1:]]).startswith(
+        "malformed proof: "
+    )
+    assert refused(log_id="gw9") == "proof is for log 'gw9', checkpoint for 'gw1'"
+    assert refused(tree_size=25) == f"proof is for tree size 25, checkpoint is {described}"
+    assert refused(envelope_id="e" * 32) == "proof names another envelope than its leaf"
+    assert refused(leaf_index=20).startswith(
+        f"inclusion proof does not verify against {described}: "
+    )
+    # A leaf that is in the tree but is not an audit record, and one that claims another index:
+    # both need a tree the proof verifies against, so they are built below.
+    assert check_proof({**good, "envelope_id": None} | {"envelope_id": f"{21:032x}"}, cp)
+
+
+def test_check_proof_refuses_a_proven_leaf_that_is_not_a_record_or_sits_elsewhere(env) -> None:
+    """A gateway's key signs what its store holds: a forged store's leaves are proven, then read."""
+    import base64
+
+    from gateway.auditlog import PROOF_MAGIC, check_proof
+    from gateway.checkpoint import VerifiedFile, sign_checkpoint
+
+    folder = env.audit_dirs[GATEWAY]
+    cert = load_audit_certificate(folder / "audit.crt", ca.load_ca_certificate(env.ca_cert))
+    r = record(0)
+    leaves = [r.leaf_from(r.values(), 5), b"\x93\x01\x02\x03"]  # claims index 5 at 0; not a record
+    hashes = [merkle.leaf_hash(x) for x in leaves]
+    note = sign_checkpoint(
+        load_audit_key(folder, PASSPHRASE),
+        AgencyCode.parse(GATEWAY),
+        "gw1",
+        2,
+        merkle.root_from_leaf_hashes(hashes),
+        NOW,
+    )
+    cp = VerifiedFile(verify_checkpoint(note, cert), cert, b"")
+
+    def proof(index: int) -> dict[str, object]:
+        return {
+            "format": PROOF_MAGIC,
+            "log_id": "gw1",
+            "leaf_index": index,
+            "tree_size": 2,
+            "leaf": base64.b64encode(leaves[index]).decode(),
+            "proof": [base64.b64encode(hashes[1 - index]).decode()],
+        }
+
+    with pytest.raises(Refused) as e:
+        check_proof(proof(0), cp)
+    assert str(e.value) == "leaf claims sequence 5 but sits at 0"
+    with pytest.raises(Refused) as e:
+        check_proof(proof(1), cp)
+    assert str(e.value) == ("proven leaf is not an audit record: leaf is not a v1 or v2 audit leaf")
+
+
+def test_the_state_note_is_the_last_checkpoint_signed_for_that_log(env, tmp_path) -> None:
+    store = AuditStore(tmp_path / "a.db", log_id="gw1")
+    state = tmp_path / "state"
+    cp = checkpointer(env, store, state=state)
+    assert Checkpointer.read_state_note(state, "gw1") is None  # nothing signed yet
+    store.commit(entries(range(3)))
+    assert cp.sign(NOW) is not None
+    note = Checkpointer.read_state_note(state, "gw1")
+    store.close()
+    assert note == (state / "checkpoint-gw1.txt").read_bytes()
+    assert note is not None and parse_checkpoint(note).size == 3
+    assert Checkpointer.read_state_note(state, "gw2") is None
+
+
+def test_verify_json_says_complete_only_when_every_leaf_is_witnessed(log, env, capsys) -> None:
+    db, witness = log  # checkpoints at 10, 25, 40, all cosigned by the witness: complete
+    args = ("audit", "verify", "--db", db, "--checkpoints", witness, "--json")
+    assert cli(*args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {
+        "ok": True,
+        "complete": True,
+        "logs": {"gw1": 40},
+        "witnessed": {"gw1": 40},
+        "unwitnessed": [],
+        "ended": {},
+        "checkpoints_checked": 3,
+        "problems": [],
+    }
+    store = AuditStore(db, log_id="gw1")
+    store.commit(entries(range(40, 42)))  # two leaves beyond the last witnessed checkpoint
+    store.close()
+    assert cli(*args) == 4
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["ok"], doc["complete"], doc["logs"], doc["witnessed"]) == (
+        True, False, {"gw1": 42}, {"gw1": 40}
+    )  # fmt: skip
+    assert doc["unwitnessed"] == [
+        "log 'gw1': leaves 40..41 are not covered by any witnessed checkpoint"
+    ]
+    tamper(db, "UPDATE records SET sender='000.00.00.H42' WHERE leaf_index=3")
+    assert cli(*args) == 3
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["ok"], doc["complete"]) == (False, False) and len(doc["problems"]) >= 1

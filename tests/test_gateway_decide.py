@@ -476,3 +476,145 @@ def test_a_rejection_through_a_submit_lane_is_refused_even_from_the_gateway_key(
     raw = raw_notice(kit, GATEWAY, kind="rejection", status="refused", addressee=B)
     v = verdict_of(kit, raw, publisher=GATEWAY, kind="notice")
     assert isinstance(v, Refuse) and v.record.rule_id == "invariant:notice-kind"
+
+
+# --- later parts under the directory in force: who still takes part, and what is recorded ---
+
+
+def directory_where(kit: Kit, *, unknown=(), revoked=(), expired=(), retired=()) -> Directory:
+    """The kit's directory as a later version would have it (the decision reads only this)."""
+    d = kit.directory
+    entries = {c: e for c, e in d.entries.items() if c not in unknown}
+    past = kit.now - dt.timedelta(seconds=1)
+    for c in revoked:
+        entries[c] = dataclasses.replace(entries[c], revoked=True)
+    for c in expired:
+        enc = dataclasses.replace(entries[c].enc, not_after=past)
+        entries[c] = dataclasses.replace(entries[c], enc=enc)
+    gone = {c: P for c in retired}
+    since = {c: kit.now - dt.timedelta(hours=1) for c in retired}
+    return dataclasses.replace(d, entries=entries, retired={**d.retired, **gone},
+                               retired_from={**d.retired_from, **since})  # fmt: skip
+
+
+def accepted_two_parts(kit: Kit, to: list[str]):
+    cpe = kit.seal(A, to, b"y" * 1500)
+    state = FakeState()
+    return cpe, state, state.accept(cpe)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "text"),
+    [
+        ("unknown", Reason.RECIPIENT_UNKNOWN, f"{B} unknown"),
+        ("revoked", Reason.RECIPIENT_REVOKED, f"{B} revoked"),
+        ("expired", Reason.RECIPIENT_CERTIFICATE, f"{B} has no valid certificate"),
+        ("retired", Reason.RETIRED, f"{B} retired"),
+    ],
+)
+def test_a_later_part_no_recipient_may_take_is_refused_and_told_to_its_sender(
+    kit, change, reason, text
+):
+    cpe, state, h = accepted_two_parts(kit, [B])
+    v = verdict_of(kit, parts(cpe)[1], state=state, directory=directory_where(kit, **{change: [B]}))
+    assert isinstance(v, Refuse), v
+    assert (v.record.event, v.record.decision, v.record.rule_id) == (
+        "part-refused",
+        REFUSED,
+        reason.rule_id,
+    )
+    assert v.record.reason == f"no recipient may take part now: {text}"
+    assert (v.record.part, v.record.sender, v.record.digest) == (1, A, h.hash.hex())
+    assert v.notify == AgencyCode.parse(A) and v.header == h
+
+
+def test_a_later_part_goes_only_to_those_still_taking_part_and_says_who_not(kit):
+    to = [B, X, P, OTHER, GATEWAY]
+    cpe, state, h = accepted_two_parts(kit, to)
+    directory = directory_where(kit, unknown=[B], revoked=[X], expired=[P], retired=[OTHER])
+    v = verdict_of(kit, parts(cpe)[1], state=state, directory=directory)
+    assert isinstance(v, Forward), v
+    assert v.to == (GATEWAY,) and v.header == h and v.part.segment.index == 1
+    assert v.record is not None
+    assert (v.record.event, v.record.decision, v.record.rule_id, v.record.recipients) == (
+        "part", ACCEPTED, "part", (GATEWAY,)
+    )  # fmt: skip
+    assert v.record.reason == (
+        f"withheld from {B} (unknown-recipient), {X} (revoked-recipient), "
+        f"{P} (recipient-certificate), {OTHER} (retired)"
+    )
+    everyone = verdict_of(kit, parts(cpe)[1], state=state)
+    assert isinstance(everyone, Forward) and everyone.to == tuple(to)
+    assert everyone.record is not None and everyone.record.reason == ""
+
+
+def test_a_later_part_is_refused_after_its_expiry_not_at_it(kit):
+    cpe = kit.seal(A, [B], b"y" * 1500, lifetime=dt.timedelta(hours=1))
+    state = FakeState()
+    h = state.accept(cpe)
+    at = verdict_of(kit, parts(cpe)[1], state=state, now=h.expires)
+    assert isinstance(at, Forward)
+    after = verdict_of(kit, parts(cpe)[1], state=state, now=h.expires + dt.timedelta(seconds=1))
+    assert isinstance(after, Refuse) and after.record.event == "part-refused"
+    assert after.record.reason == f"envelope expired at {h.expires:%Y-%m-%d %H:%M}Z"
+    assert after.notify == AgencyCode.parse(A) and after.header == h and after.record.part == 1
+
+
+def test_a_later_part_with_a_bad_segment_is_refused_with_the_checks_words(kit):
+    cpe, state, h = accepted_two_parts(kit, [B])
+    (h_raw, h_sig), segs = _frames(cpe)
+    from envelopes.frames import encode_header_frame, encode_segment_frame
+
+    s = segs[1]
+    bad = encode_header_frame(h_raw, h_sig) + encode_segment_frame(
+        s.index, s.final, s.ciphertext, bytes([s.signature[0] ^ 1]) + s.signature[1:]
+    )
+    v = verdict_of(kit, bad, state=state)
+    assert isinstance(v, Refuse) and v.record.rule_id == "invariant:segment-signature"
+    assert v.record.reason == "bad signature on segment 1"
+    assert (v.record.event, v.record.part) == ("part-refused", 1)
+    assert v.notify == AgencyCode.parse(A) and v.header == h
+
+
+def test_a_contradicting_later_part_is_refused_to_its_publisher(kit):
+    cpe, state, h = accepted_two_parts(kit, [B])
+    state.forwards[(h.envelope_id.hex(), h.hash.hex(), 1)] = "0" * 64  # another part 1 stands
+    v = verdict_of(kit, parts(cpe)[1], state=state)
+    assert isinstance(v, Refuse)
+    assert (v.record.event, v.record.rule_id, v.record.part) == (
+        "part-refused", "invariant:part-conflict", 1
+    )  # fmt: skip
+    assert v.notify == AgencyCode.parse(A) and v.header == h
+
+
+def test_a_copy_of_a_forwarded_part_is_named_a_duplicate(kit):
+    cpe, state, h = accepted_two_parts(kit, [B])
+    key = (h.envelope_id.hex(), h.hash.hex(), 1)
+    state.forwards[key] = hashlib.sha256(parts(cpe)[1]).hexdigest()
+    state.confirmed_parts.add(key)
+    v = verdict_of(kit, parts(cpe)[1], state=state)
+    assert v == Duplicate("a byte-identical copy of a forwarded part")
+
+
+def test_a_part_decided_in_the_deciding_batch_is_recorded_as_a_part_of_that_decision(kit):
+    from gateway.audit import Outcome
+    from gateway.decide import RESOLVE
+
+    v = verdict_of(kit, parts(kit.seal(A, [B], b"y" * 1500))[1])
+    assert isinstance(v, Decide)
+    r = RESOLVE.later_part(
+        dataclasses.replace(v.record, reason="x"), Outcome(0, ACCEPTED, "h41-internal", False)
+    )
+    assert (r.event, r.rule_id, r.reason, r.decision) == ("part", "h41-internal", "", ACCEPTED)
+    assert (r.sender, r.part, r.digest) == (A, 1, v.record.digest)
+
+
+def test_junk_without_a_login_names_only_a_lane_that_is_an_agencys(kit):
+    body = b"\x93junk"
+    v = decide(Incoming(body, "part", None, "cp.submit.not-a-code"), FakeState(), kit.context())
+    assert v == Junk("", None, Reason.FORMAT)
+    stranger = "000.09.09.H49"  # a well-formed code the directory does not hold
+    v = decide(Incoming(body, "part", None, "cp.submit." + stranger), FakeState(), kit.context())
+    assert v == Junk(f"lane:{stranger}", None, Reason.FORMAT)
+    v = decide(Incoming(body, "part", PREFIX + stranger, ""), FakeState(), kit.context())
+    assert v == Junk(PREFIX + stranger, None, Reason.FORMAT)
