@@ -720,6 +720,13 @@ def test_verify_json_says_complete_only_when_every_leaf_is_witnessed(log, env, c
     assert doc["unwitnessed"] == [
         "log 'gw1': leaves 40..41 are not covered by any witnessed checkpoint"
     ]
+    bare = AuditStore(db.parent / "bare.db", log_id="gw1")  # leaves and no checkpoint at all
+    bare.commit(entries(range(3)))
+    assert verify_store(bare, []).tails() == [
+        "log 'gw1': leaves 0..2 are not covered by any witnessed checkpoint"
+        " (the log has no witnessed checkpoint at all)"
+    ]
+    bare.close()
     tamper(db, "UPDATE records SET sender='000.00.00.H42' WHERE leaf_index=3")
     assert cli(*args) == 3
     doc = json.loads(capsys.readouterr().out)

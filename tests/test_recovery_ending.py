@@ -124,3 +124,23 @@ def test_a_checkpoint_cosignature_is_checked(kit, tmp_path):
     doc["cosignatures"][0]["witness_certificate"] = json.loads(cps[0])["audit_certificate"]
     with pytest.raises(Refused, match="not a witness one"):
         read_checkpoint_file(json.dumps(doc).encode(), ca_cert)
+
+
+def test_load_endings_takes_every_signed_ending_and_names_each_bad_file(kit, tmp_path):
+    from gateway.auditlog import load_endings
+    from gateway.ending import FILE_NAME
+
+    cps, _ = run(kit, tmp_path / "gw", 2)
+    last = parse_checkpoint(json.loads(cps[-1])["checkpoint"].encode())
+    data = sign_ending(kit.world.authority, last, "gw2", "disk lost", kit.now)
+    folder = tmp_path / "witness"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / FILE_NAME).write_bytes(data)
+    (folder / "b").mkdir()
+    (folder / "b" / FILE_NAME).write_bytes(b"{}")
+    good, problems = load_endings(folder, kit.world.authority.certificate)
+    assert good == [read_ending(data, kit.world.authority.certificate)]
+    assert good[0].size == last.size
+    with pytest.raises(Refused) as e:
+        read_ending(b"{}", kit.world.authority.certificate)
+    assert problems == [f"{folder / 'b' / FILE_NAME}: {e.value}"]
