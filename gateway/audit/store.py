@@ -454,7 +454,8 @@ class AuditStore:
         ``since``/``until``: ISO times in UTC, ``until`` exclusive; ``agency``: a
         shell pattern (``*.H41``) on the sender or any recipient.
         """
-        where, args = [], []
+        where: list[str] = []
+        args: list[str] = []
         for clause, value in (
             ("time >= ?", since),
             ("time < ?", until),
@@ -470,27 +471,21 @@ class AuditStore:
                 " WHERE json_each.value GLOB ?))"
             )
             args += [agency, agency]
-        sql = "SELECT " + ", ".join(RECORD_COLUMNS) + " FROM records"  # noqa: S608 - fixed names
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
-        out = []
-        for row in rows:
-            d = dict(zip(RECORD_COLUMNS, row, strict=True))
-            d["recipients"] = json.loads(str(d["recipients"]))
-            out.append(d)
-        return out
+        return self._select(" AND ".join(where), tuple(args))
 
     def records(self, envelope_id: str | None = None) -> list[dict[str, object]]:
         """Records as dicts, oldest first (all, or one envelope's)."""
-        query = "SELECT " + ", ".join(RECORD_COLUMNS) + " FROM records"  # noqa: S608 - fixed names
-        args: tuple[str, ...] = ()
-        if envelope_id is not None:
-            query += " WHERE envelope_id=?"
-            args = (envelope_id,)
+        if envelope_id is None:
+            return self._select("", ())
+        return self._select("envelope_id=?", (envelope_id,))
+
+    def _select(self, where: str, args: tuple[str, ...]) -> list[dict[str, object]]:
+        """The records matching ``where`` (SQL over fixed column names), oldest first."""
+        sql = "SELECT " + ", ".join(RECORD_COLUMNS) + " FROM records"  # noqa: S608 - fixed names
+        if where:
+            sql += " WHERE " + where
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
+            rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
         out = []
         for row in rows:
             d = dict(zip(RECORD_COLUMNS, row, strict=True))
