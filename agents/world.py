@@ -225,6 +225,27 @@ def build_world(
     if site is not None:
         for login in provisioned.new_credentials:
             site.issue_client(login, creds, now)
+    _audit_keys(world, authority, now, gateways, checkpoint_every, checkpoint_seconds)
+    for code in agencies:
+        base = root / "agents" / code
+        (base / "agent.toml").write_text(
+            f'agency_dir = "keys"\ndirectory = "../../directory.cpd"\nca_cert = "../../ca/ca.crt"\n'
+            f'inbox = "inbox"\n\n[broker]\n'
+            f'credentials = "../../broker-credentials/{world.prefix}{code}.broker.json"\n'
+        )
+    return world
+
+
+def _audit_keys(
+    world: World,
+    authority: ca.CertificateAuthority,
+    now: dt.datetime,
+    gateways: tuple[str, ...],
+    checkpoint_every: int,
+    checkpoint_seconds: float,
+) -> None:
+    """The witness's audit key, and each gateway instance's audit key and configuration."""
+    root, certs = world.root, world.root / "certs"
     # The cipher department's witness cosigns the checkpoints it checked: its own key.
     witness_req = make_audit_key(world.witness_key, AgencyCode.parse(GATEWAY_CODE), PASSPHRASE, now)
     ca.issue_audit(
@@ -246,11 +267,3 @@ def build_world(
             f'credentials = "broker-credentials/{world.prefix}{GATEWAY_LOGIN}.broker.json"\n'
             f'login_prefix = "{world.prefix}"\n'
         )
-    for code in agencies:
-        base = root / "agents" / code
-        (base / "agent.toml").write_text(
-            f'agency_dir = "keys"\ndirectory = "../../directory.cpd"\nca_cert = "../../ca/ca.crt"\n'
-            f'inbox = "inbox"\n\n[broker]\n'
-            f'credentials = "../../broker-credentials/{world.prefix}{code}.broker.json"\n'
-        )
-    return world

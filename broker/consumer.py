@@ -304,14 +304,7 @@ class Consumer:
             if self._paused.is_set() != paused_here:
                 paused_here = self._pause_or_resume(channel, by_tag, cancelled, consume_new)
             if cancelled and not paused_here:
-                # A 404 here (home node down) closes the channel: the caller reconnects.
-                consume_new()
-                log.info(
-                    "consumer_resumed",
-                    queues=",".join(shown(c) for c in cancelled),
-                    node=_node(connection),
-                )
-                cancelled.clear()
+                _resume_cancelled(connection, cancelled, consume_new)
             if until_idle is not None and time.monotonic() - self._last > until_idle:
                 self._stop.set()
             if not isinstance(self._queues, str) and time.monotonic() - refreshed > REFRESH_S:
@@ -321,18 +314,7 @@ class Consumer:
         _cancel_all(channel, by_tag)
         self._batch_end()
         if self._drain is not None:
-            drain_done = threading.Event()
-
-            def run_drain() -> None:
-                try:
-                    self._drain()  # type: ignore[misc]
-                finally:
-                    drain_done.set()
-
-            threading.Thread(target=run_drain, daemon=True).start()
-            while not drain_done.is_set():
-                # Keep serving the connection: acks queued by the drained work go out.
-                connection.process_data_events(time_limit=POLL_S)
+            _serve_while(connection, self._drain)
         connection.process_data_events(time_limit=0)
         return True
 
@@ -361,6 +343,35 @@ class Consumer:
         # make a whole batch durable at once (one commit, one fsync round) and settle it.
         if self.on_batch_end is not None:
             self.on_batch_end()
+
+
+def _resume_cancelled(
+    connection: pika.BlockingConnection, cancelled: list[str], consume_new: Callable[[], None]
+) -> None:
+    """Consume again the queues whose consumers the broker cancelled."""
+    # A 404 here (home node down) closes the channel: the caller reconnects.
+    consume_new()
+    log.info(
+        "consumer_resumed",
+        queues=",".join(shown(c) for c in cancelled),
+        node=_node(connection),
+    )
+    cancelled.clear()
+
+
+def _serve_while(connection: pika.BlockingConnection, work: Callable[[], None]) -> None:
+    """Run ``work`` in a thread while serving the connection (its queued acks go out)."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    while not done.is_set():
+        connection.process_data_events(time_limit=POLL_S)
 
 
 def _cancel_all(

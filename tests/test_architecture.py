@@ -32,9 +32,6 @@ OVERSIZED: dict[str, str] = {
     "bench/onboarding.py": "a benchmark's main(): phases read top to bottom",
     "agents/demo.py": "_story(): the demo's story, one step after another",
     "agents/tour.py": "_steps(): the tour's script, one command after another",
-    "agents/world.py": "build_world(): the operator's set-up in order; to split per role",
-    "broker/consumer.py": "_consume(): the poll loop with cancel, pause and drain; to split",
-    "envelopes/sealing.py": "seal(): the sealing pipeline in one pass; to split into stages",
     "keys/directory.py": "Directory.load(): every check of a directory in order; to split",
 }
 
