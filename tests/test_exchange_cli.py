@@ -619,7 +619,7 @@ def test_an_interrupted_envelopes_parts_are_dropped_by_the_recipient_once_it_exp
     from agents.config import AgentConfig
     from broker.topology import SUBMIT_EXCHANGE
     from envelopes.parts import iter_parts
-    from gateway.service import MESSAGE_PART
+    from gateway.decide import MESSAGE_PART
 
     data = os.urandom(3 << 20)
     with Client(AgentConfig.load(world.agent_config(PROVINCE)), PASSPHRASE) as sender:

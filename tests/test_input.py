@@ -128,9 +128,9 @@ def test_an_inbox_name_is_cut_by_bytes_with_room_for_every_suffix(tmp_path, name
     """Seen: a 242-byte name passed the 120-character cut, and its sidecar (".json") then failed
     with ENAMETOOLONG. The cut is in bytes, whole characters, extension kept, and the longest
     name the agent makes from it (id prefix, "-9999", ".json") still fits in 255 bytes."""
-    from agents.client import MAX_NAME_BYTES, _place, _safe_filename
+    from agents.durable import MAX_NAME_BYTES, place, safe_filename
 
-    safe = _safe_filename(name)
+    safe = safe_filename(name)
     assert len(safe.encode()) <= MAX_NAME_BYTES and safe.encode().decode() == safe
     if name.endswith((".pdf", ".txt", ".docx")):
         assert safe.rsplit(".", 1)[1] == name.rsplit(".", 1)[1]
@@ -140,5 +140,5 @@ def test_an_inbox_name_is_cut_by_bytes_with_room_for_every_suffix(tmp_path, name
     opened = tmp_path / ".opened"
     opened.write_bytes(b"x")
     for _ in range(2):  # the second one takes the "-1" name: both fit the file system
-        document, sidecar = _place(tmp_path, longest, opened, {})
+        document, sidecar = place(tmp_path, longest, opened, {})
         assert document.exists() and sidecar.exists()

@@ -16,8 +16,8 @@ import os
 
 import pytest
 
-import gateway.service as service
 from broker.topology import submit_queue
+from gateway import clock
 from gateway.decide import Incoming, Junk, decide
 from keys.codes import AgencyCode
 from tests.gateway_kit import (
@@ -62,15 +62,15 @@ def junk_of_every_reason(kit) -> list[tuple[bytes, str]]:
 
 def flood(gw, monkeypatch, bodies: list[tuple[bytes, str]], total: int = 1024) -> float:
     """``total`` junk messages from A's lane, one prefetch window per second; bytes per 1,000."""
-    clock = [dt.datetime.now(dt.UTC)]
-    monkeypatch.setattr(service, "_now", lambda: clock[0])
+    now = [dt.datetime.now(dt.UTC)]
+    monkeypatch.setattr(clock, "now", lambda: now[0])
     for n in range(total):
         body, kind = bodies[n % len(bodies)]
         gw.handle(delivery(body, A, kind=kind))
         if n % WINDOW == WINDOW - 1:  # the window is full: its tallies come due a second later
-            clock[0] += dt.timedelta(seconds=1.01)
+            now[0] += dt.timedelta(seconds=1.01)
             gw.commit_batch()
-    clock[0] += dt.timedelta(seconds=1.01)
+    now[0] += dt.timedelta(seconds=1.01)
     gw.commit_batch()
     junk = [r for r in records(gw) if r["event"] == "unverified" and r["publisher"] == PREFIX + A]
     assert sum(int(r["count"]) for r in junk) == total

@@ -13,7 +13,7 @@ import datetime as dt
 
 import pytest
 
-import gateway.service as service
+from gateway import clock
 from tests.gateway_kit import A, B, P, delivery, make_gateway, make_kit, parts
 from tests.redteam_helpers import badly_signed_part, raw_notice, records, resigned_part
 
@@ -90,8 +90,8 @@ def test_a_forwarded_part_republished_after_expiry_is_a_duplicate(gw, kit, monke
     gw.handle(delivery(body, A))
     gw.commit_batch()
     assert len(gw._transport.to(B, "part")) == 1
-    real = service._now
-    monkeypatch.setattr(service, "_now", lambda: real() + dt.timedelta(minutes=5))
+    real = clock.now
+    monkeypatch.setattr(clock, "now", lambda: real() + dt.timedelta(minutes=5))
     again = delivery(body, A)
     gw.handle(again)
     gw.commit_batch()
