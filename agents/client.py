@@ -42,11 +42,13 @@ import envelopes
 from agents.config import AgentConfig
 from agents.progress import Progress, ProgressReader
 from agents.state import INTERRUPTED, SENDING, SENT, AgentState
+from broker import wire
 from broker.connection import BrokerConfig, BrokerError, connect_blocking
 from broker.consumer import Consumer, Delivery
 from broker.directory_feed import DirectoryFeed
 from broker.publisher import ConfirmingPublisher
 from broker.topology import SUBMIT_EXCHANGE, submit_queue
+from broker.wire import MESSAGE_AUDIT_PROOF, MESSAGE_NOTICE
 from envelopes.checking import check_header, check_segment, open_part
 from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import FrameReader, decode_frame, parse_header_frame
@@ -68,7 +70,6 @@ from envelopes.signatures import OfficialSignature, document_digest, verify_sign
 from gateway import merkle
 from gateway.auditlog import PROOF_MAGIC, check_proof
 from gateway.checkpoint import parse_checkpoint, read_checkpoint_file
-from gateway.service import MESSAGE_AUDIT_PROOF, MESSAGE_NOTICE, MESSAGE_PART
 from keys.agency import TRUST_FILE, load_agency
 from keys.ca import load_ca_certificate
 from keys.codes import AgencyCode
@@ -414,12 +415,7 @@ class Client:
         futures: list[Future[None]] = []
         reader = ProgressReader(env_file, total, "submitting", enabled=progress)
         for index, count, body in iter_parts(reader):  # type: ignore[arg-type]
-            props = pika.BasicProperties(
-                type=MESSAGE_PART,
-                user_id=self.broker.login,
-                content_type="application/x-cipherpost-part",
-                headers={"x-cp-envelope-id": envelope_id, "x-cp-part": index, "x-cp-parts": count},
-            )
+            props = wire.submitted_part(self.broker.login, envelope_id, index, count)
             future = self.publisher.publish(SUBMIT_EXCHANGE, self.keys.code.text, body, props)
             future.add_done_callback(sending.confirm)
             futures.append(future)
@@ -1041,11 +1037,7 @@ class Client:
         return notice
 
     def _publish_notice(self, notice: Notice) -> Future[None]:
-        props = pika.BasicProperties(
-            type=MESSAGE_NOTICE,
-            user_id=self.broker.login,
-            content_type="application/x-cipherpost-notice",
-        )
+        props = wire.notice(self.broker.login)
         return self.publisher.publish(SUBMIT_EXCHANGE, self.keys.code.text, notice.raw, props)
 
     def _send_notice(

@@ -30,6 +30,7 @@ import pika.adapters.blocking_connection
 import pika.frame
 import pika.spec
 
+from broker import wire
 from broker.connection import Backoff, BrokerConfig, BrokerError, connect_blocking
 from broker.topology import shown
 from keys.logsetup import get_logger
@@ -57,18 +58,16 @@ class Delivery:
     @property
     def user_id(self) -> str | None:
         """The broker-validated publisher login, if the publisher set it."""
-        user_id: str | None = self.properties.user_id
-        return user_id
+        return wire.user_id_of(self.properties)
 
     @property
     def kind(self) -> str | None:
         """The AMQP ``type`` property."""
-        kind: str | None = self.properties.type
-        return kind
+        return wire.kind_of(self.properties)
 
     def header(self, name: str) -> object:
         """One application header."""
-        return (self.properties.headers or {}).get(name)
+        return wire.header_of(self.properties, name)
 
     def _settle(self, action: Callable[[], None]) -> None:
         if self._settled:

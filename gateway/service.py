@@ -32,11 +32,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import pika
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker import wire
 from broker.connection import BrokerConfig
 from broker.consumer import Consumer
 from broker.directory_feed import DirectoryFeed
@@ -55,9 +55,6 @@ from gateway.audit import ACCEPTED, AuditStore, Decided, Entry, Outcome, Record
 from gateway.auditlog import Checkpointer
 from gateway.config import GatewayConfig
 from gateway.decide import (
-    MESSAGE_AUDIT_PROOF,
-    MESSAGE_NOTICE,
-    MESSAGE_PART,
     RESOLVE,
     Context,
     Decide,
@@ -83,7 +80,7 @@ from keys.directory import Directory, TrustState
 from keys.errors import CipherpostError, clip
 from keys.logsetup import get_logger
 
-__all__ = ["MESSAGE_AUDIT_PROOF", "MESSAGE_NOTICE", "MESSAGE_PART", "Gateway", "Loaded", "load"]
+__all__ = ["Gateway", "Loaded", "load"]
 
 log = get_logger("cipherpost.gateway")
 
@@ -672,17 +669,7 @@ class Gateway:
 
     def _forward(self, d: Settleable, h: Header, part: Part, to: tuple[str, ...]) -> None:
         eid, hh, index = h.envelope_id.hex(), h.hash.hex(), part.segment.index
-        props = pika.BasicProperties(
-            type=MESSAGE_PART,
-            content_type="application/x-cipherpost-part",
-            headers={
-                "CC": list(to[1:]),
-                "x-cp-envelope-id": eid,
-                "x-cp-part": index,
-                "x-cp-parts": h.segment_count,
-                "x-cp-sender": h.sender.text,
-            },
-        )
+        props = wire.forwarded_part(list(to[1:]), eid, index, h.segment_count, h.sender.text)
         assert self._transport is not None
         future = self._transport.publish(DELIVER_EXCHANGE, to[0], d.body, props)
 
@@ -765,9 +752,7 @@ class Gateway:
             DELIVER_EXCHANGE,
             addressee.text,
             notice.raw,
-            pika.BasicProperties(
-                type=MESSAGE_NOTICE, content_type="application/x-cipherpost-notice"
-            ),
+            wire.notice(),
         )
 
         def done(f: Future[None]) -> None:
@@ -804,7 +789,7 @@ class Gateway:
             CHECKPOINT_EXCHANGE,
             self.config.gateway_id,
             message,
-            pika.BasicProperties(type="checkpoint", content_type="application/json"),
+            wire.checkpoint(),
         )
         size = self.checkpointer.last.size if self.checkpointer.last else 0
         future.add_done_callback(
@@ -828,7 +813,7 @@ class Gateway:
             CHECKPOINT_EXCHANGE,
             self.config.gateway_id,
             self.checkpointer.message(last.note, None),
-            pika.BasicProperties(type="checkpoint", content_type="application/json"),
+            wire.checkpoint(),
         )
 
     def _send_proofs(self, start: int, end: int, message: bytes) -> None:
@@ -854,7 +839,7 @@ class Gateway:
                     DELIVER_EXCHANGE,
                     sender,
                     body,
-                    pika.BasicProperties(type=MESSAGE_AUDIT_PROOF, content_type="application/json"),
+                    wire.audit_proof(),
                 )
         except Exception as e:  # proofs can be made again any time: `cipherpost audit prove`
             log.error("audit_proofs_failed", error=type(e).__name__, detail=clip(str(e)))

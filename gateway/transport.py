@@ -16,6 +16,7 @@ from typing import Protocol
 
 import pika
 
+from broker import wire
 from broker.publisher import Unroutable
 
 
@@ -98,7 +99,8 @@ class MemoryTransport:
             return [
                 p
                 for p in self.published
-                if p.routing_key == routing_key and (kind is None or p.properties.type == kind)
+                if p.routing_key == routing_key
+                and (kind is None or wire.kind_of(p.properties) == kind)
             ]
 
 
@@ -113,13 +115,11 @@ class MemoryDelivery:
 
     @property
     def user_id(self) -> str | None:
-        user_id: str | None = self.properties.user_id
-        return user_id
+        return wire.user_id_of(self.properties)
 
     @property
     def kind(self) -> str | None:
-        kind: str | None = self.properties.type
-        return kind
+        return wire.kind_of(self.properties)
 
     def ack(self) -> None:
         self.settled = self.settled or "ack"
