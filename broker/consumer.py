@@ -42,7 +42,7 @@ Queues = str | Sequence[str] | Callable[[], Sequence[str]]
 
 
 @dataclass
-class Delivery:
+class Delivery(wire.Received):
     """One message as received, with ack/reject usable from any thread."""
 
     body: bytes
@@ -54,20 +54,6 @@ class Delivery:
     _thread: int = 0
     _settled: bool = False
     queue: str = ""
-
-    @property
-    def user_id(self) -> str | None:
-        """The broker-validated publisher login, if the publisher set it."""
-        return wire.user_id_of(self.properties)
-
-    @property
-    def kind(self) -> str | None:
-        """The AMQP ``type`` property."""
-        return wire.kind_of(self.properties)
-
-    def header(self, name: str) -> object:
-        """One application header."""
-        return wire.header_of(self.properties, name)
 
     def _settle(self, action: Callable[[], None]) -> None:
         if self._settled:

@@ -99,6 +99,26 @@ def directory() -> pika.BasicProperties:
     return _properties(MESSAGE_DIRECTORY, CONTENT_DIRECTORY)
 
 
+class Received:
+    """What a received message's properties say; mixed into every delivery class."""
+
+    properties: pika.BasicProperties
+
+    @property
+    def user_id(self) -> str | None:
+        """The broker-validated publisher login, if the publisher set it."""
+        return user_id_of(self.properties)
+
+    @property
+    def kind(self) -> str | None:
+        """The AMQP ``type`` property."""
+        return kind_of(self.properties)
+
+    def header(self, name: str) -> object:
+        """One application header."""
+        return header_of(self.properties, name)
+
+
 def kind_of(properties: pika.BasicProperties) -> str | None:
     """The message kind (AMQP ``type``) as the publisher claimed it."""
     kind: str | None = properties.type

@@ -105,21 +105,13 @@ class MemoryTransport:
 
 
 @dataclass
-class MemoryDelivery:
+class MemoryDelivery(wire.Received):
     """A delivery that remembers how it was settled."""
 
     body: bytes
     properties: pika.BasicProperties
     queue: str = ""
     settled: str | None = None  # "ack", "requeue" or "reject"
-
-    @property
-    def user_id(self) -> str | None:
-        return wire.user_id_of(self.properties)
-
-    @property
-    def kind(self) -> str | None:
-        return wire.kind_of(self.properties)
 
     def ack(self) -> None:
         self.settled = self.settled or "ack"
