@@ -5,8 +5,9 @@ describes each one; the body bytes are ``docs/envelope-v1.md``'s and
 :mod:`keys.container`'s). The AMQP ``type`` property names the kind; it only chooses
 which parser a consumer tries, never what is trusted: the body proves itself by its
 signatures. ``user_id`` is the one property RabbitMQ vouches for (it refuses a message
-whose ``user_id`` is not the connection's login); the ``x-cp-*`` headers are the
-publisher's claims, for people and tools looking at a queue, and no decision reads them.
+whose ``user_id`` is not the connection's login); the ``x-cp-*`` headers of a part are
+the publisher's claims, for people and tools looking at a queue, and no decision reads
+them (``x-cp-seq`` is the confirming publisher's own bookkeeping).
 """
 
 from __future__ import annotations
