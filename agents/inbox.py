@@ -23,14 +23,12 @@ from agents.durable import fsync_path, write_durably, write_new
 from agents.opening import Opening, ReceivedDocument
 from agents.progress import Progress
 from broker.consumer import Consumer, Delivery
+from broker.wire import MESSAGE_AUDIT_PROOF, MESSAGE_NOTICE
 from envelopes.checking import check_header, check_segment, open_part
 from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import decode_frame, parse_header_frame
 from envelopes.header import Header
 from envelopes.parts import parse_part
-
-# The AMQP message kinds: to move into broker/wire.py (the one joint for AMQP kinds/headers).
-from gateway.decide import MESSAGE_AUDIT_PROOF, MESSAGE_NOTICE
 from keys.errors import CipherpostError
 from keys.logsetup import get_logger
 

@@ -21,6 +21,7 @@ import envelopes
 from agents.base import AgentBase, utc_now
 from agents.progress import ProgressReader
 from agents.state import INTERRUPTED, SENDING, SENT
+from broker import wire
 from broker.connection import BrokerError, connect_blocking
 from broker.publisher import ConfirmingPublisher
 from broker.topology import SUBMIT_EXCHANGE, submit_queue
@@ -30,9 +31,6 @@ from envelopes.header import Header
 from envelopes.notices import Notice
 from envelopes.parts import iter_parts
 from envelopes.signatures import document_digest, verify_signature
-
-# The AMQP message kinds: to move into broker/wire.py (the one joint for AMQP kinds/headers).
-from gateway.decide import MESSAGE_NOTICE, MESSAGE_PART
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError, UsageError
 from keys.levels import Level, Urgency
@@ -294,12 +292,7 @@ class Outbox(AgentBase):
         futures: list[Future[None]] = []
         reader = ProgressReader(env_file, total, "submitting", enabled=progress)
         for index, count, body in iter_parts(reader):  # type: ignore[arg-type]
-            props = pika.BasicProperties(
-                type=MESSAGE_PART,
-                user_id=self.broker.login,
-                content_type="application/x-cipherpost-part",
-                headers={"x-cp-envelope-id": envelope_id, "x-cp-part": index, "x-cp-parts": count},
-            )
+            props = wire.submitted_part(self.broker.login, envelope_id, index, count)
             future = self.publisher.publish(SUBMIT_EXCHANGE, self.keys.code.text, body, props)
             future.add_done_callback(sending.confirm)
             futures.append(future)
@@ -365,9 +358,5 @@ class Outbox(AgentBase):
                 self.interrupted.append(s)
 
     def _publish_notice(self, notice: Notice) -> Future[None]:
-        props = pika.BasicProperties(
-            type=MESSAGE_NOTICE,
-            user_id=self.broker.login,
-            content_type="application/x-cipherpost-notice",
-        )
+        props = wire.notice(self.broker.login)
         return self.publisher.publish(SUBMIT_EXCHANGE, self.keys.code.text, notice.raw, props)

@@ -30,6 +30,7 @@ import pika.adapters.blocking_connection
 import pika.frame
 import pika.spec
 
+from broker import wire
 from broker.connection import Backoff, BrokerConfig, BrokerError, connect_blocking
 from broker.topology import shown
 from keys.logsetup import get_logger
@@ -41,7 +42,7 @@ Queues = str | Sequence[str] | Callable[[], Sequence[str]]
 
 
 @dataclass
-class Delivery:
+class Delivery(wire.Received):
     """One message as received, with ack/reject usable from any thread."""
 
     body: bytes
@@ -53,22 +54,6 @@ class Delivery:
     _thread: int = 0
     _settled: bool = False
     queue: str = ""
-
-    @property
-    def user_id(self) -> str | None:
-        """The broker-validated publisher login, if the publisher set it."""
-        user_id: str | None = self.properties.user_id
-        return user_id
-
-    @property
-    def kind(self) -> str | None:
-        """The AMQP ``type`` property."""
-        kind: str | None = self.properties.type
-        return kind
-
-    def header(self, name: str) -> object:
-        """One application header."""
-        return (self.properties.headers or {}).get(name)
 
     def _settle(self, action: Callable[[], None]) -> None:
         if self._settled:

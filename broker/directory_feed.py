@@ -17,6 +17,7 @@ from pathlib import Path
 import pika
 from cryptography import x509
 
+from broker import wire
 from broker.connection import BrokerConfig, BrokerError, connect_blocking
 from broker.consumer import Consumer, Delivery
 from broker.publisher import ConfirmingPublisher
@@ -165,9 +166,7 @@ def _publish_once(broker: BrokerConfig, data: bytes) -> None:
             DIRECTORY_EXCHANGE,
             "",
             data,
-            pika.BasicProperties(
-                type="directory", content_type="application/x-cipherpost-directory"
-            ),
+            wire.directory(),
         )
         error = future.exception(timeout=60)
     if error is not None:

@@ -30,6 +30,7 @@ import pika.channel
 import pika.frame
 import pika.spec
 
+from broker import wire
 from broker.connection import Backoff, BrokerConfig, BrokerError
 from keys.logsetup import get_logger
 
@@ -41,7 +42,6 @@ NACK_RETRY_S = 0.2  # first pause before a nacked message goes out again (doubli
 # majority), and the caller hears so. Time, not a count: a leader election on a loaded
 # machine took ~30 s, and ten quick retries had all been spent inside it.
 NACK_GIVE_UP_S = 120.0
-SEQ_HEADER = "x-cp-seq"
 TICK_S = 0.5
 
 log = get_logger("cipherpost.broker")
@@ -126,9 +126,9 @@ class ConfirmingPublisher:
                 self._bytes_cv.wait()
             self._bytes += len(body)
         props = properties or pika.BasicProperties()
-        props.delivery_mode = pika.DeliveryMode.Persistent.value
+        props.delivery_mode = wire.PERSISTENT
         seq = next(self._seq)
-        props.headers = dict(props.headers or {}, **{SEQ_HEADER: seq})
+        props.headers = dict(props.headers or {}, **{wire.HEADER_SEQ: seq})
         pending = _Pending(seq, exchange, routing_key, body, props)
         size = len(body)
         pending.future.add_done_callback(lambda _f: self._release(size))
@@ -335,7 +335,7 @@ class ConfirmingPublisher:
         properties: pika.BasicProperties,
         body: bytes,
     ) -> None:
-        seq = (properties.headers or {}).get(SEQ_HEADER)
+        seq = wire.header_of(properties, wire.HEADER_SEQ)
         with self._lock:
             pending = self._pending.get(seq) if isinstance(seq, int) else None
             if pending is not None:

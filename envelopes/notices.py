@@ -132,8 +132,7 @@ def sign_notice(
             use_bin_type=True,
         )
     )
-    sig = _crypto.sign(key, CONTEXT, body)
-    raw = bytes(msgpack.packb([MAGIC, body, sig], use_bin_type=True))
+    raw, _ = container.pack(MAGIC, CONTEXT, body, key)
     return _parse_body(raw, body)
 
 

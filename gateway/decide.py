@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from broker.topology import lane_code
+from broker.wire import MESSAGE_NOTICE
 from envelopes.checking import (
     CheckedHeader,
     check_header_rest,
@@ -68,9 +69,6 @@ from keys.codes import AgencyCode
 from keys.directory import Directory
 from keys.errors import UsageError
 
-MESSAGE_PART = "part"
-MESSAGE_NOTICE = "notice"
-MESSAGE_AUDIT_PROOF = "audit-proof"
 PART_REFUSED = "part-refused"
 NOTICE_REFUSED = "notice-refused"
 

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from envelopes.checking import CheckedHeader
 from envelopes.signatures import SIGNED_CAVEAT
+from keys import container
 from keys.ca import CertificateAuthority
 from keys.errors import CipherpostError, Refused, UsageError
 from keys.keystore import write_private_file
@@ -149,9 +150,7 @@ class Policy:
         if len(data) > MAX_POLICY_BYTES:
             raise Refused("policy file is too large")
         try:
-            magic, body, sig = msgpack.unpackb(data, raw=False, use_list=False)
-            if magic != MAGIC or not isinstance(body, bytes) or not isinstance(sig, bytes):
-                raise ValueError("not a signed policy")
+            body, sig = container.unpack(data, MAGIC)
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as e:
             raise Refused("policy file is not a signed cipherpost policy") from e
         try:
@@ -223,8 +222,7 @@ def sign_policy(text: str, ca: CertificateAuthority, now: dt.datetime, valid_day
         [int(now.timestamp()), int((now + dt.timedelta(days=valid_days)).timestamp()), text],
         use_bin_type=True,
     )
-    sig = ca.private_key.sign(CONTEXT + body)
-    return bytes(msgpack.packb([MAGIC, body, sig], use_bin_type=True))
+    return container.pack(MAGIC, CONTEXT, body, ca.private_key)[0]
 
 
 def _rule(raw: object, n: int) -> Rule:

@@ -10,15 +10,11 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pika
-
+from broker import wire
 from broker.topology import CHECKPOINT_EXCHANGE, DELIVER_EXCHANGE
 from gateway import clock
 from gateway.auditlog import Checkpointer
 from gateway.base import GatewayBase
-
-# The AMQP message kinds: to move into broker/wire.py (the one joint for AMQP kinds/headers).
-from gateway.decide import MESSAGE_AUDIT_PROOF
 from keys.errors import clip
 from keys.logsetup import get_logger
 
@@ -54,7 +50,7 @@ class Proofs(GatewayBase):
             CHECKPOINT_EXCHANGE,
             self.config.gateway_id,
             message,
-            pika.BasicProperties(type="checkpoint", content_type="application/json"),
+            wire.checkpoint(),
         )
         size = self.checkpointer.last.size if self.checkpointer.last else 0
         future.add_done_callback(
@@ -78,7 +74,7 @@ class Proofs(GatewayBase):
             CHECKPOINT_EXCHANGE,
             self.config.gateway_id,
             self.checkpointer.message(last.note, None),
-            pika.BasicProperties(type="checkpoint", content_type="application/json"),
+            wire.checkpoint(),
         )
 
     def _send_proofs(self, start: int, end: int, message: bytes) -> None:
@@ -104,7 +100,7 @@ class Proofs(GatewayBase):
                     DELIVER_EXCHANGE,
                     sender,
                     body,
-                    pika.BasicProperties(type=MESSAGE_AUDIT_PROOF, content_type="application/json"),
+                    wire.audit_proof(),
                 )
         except Exception as e:  # proofs can be made again any time: `cipherpost audit prove`
             log.error("audit_proofs_failed", error=type(e).__name__, detail=clip(str(e)))

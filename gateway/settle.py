@@ -20,8 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-import pika
-
+from broker import wire
 from broker.publisher import Unroutable
 from broker.topology import DELIVER_EXCHANGE
 from envelopes.errors import Reason
@@ -30,11 +29,7 @@ from envelopes.notices import GATEWAY_REFUSED, KIND_REJECTION, Notice, sign_noti
 from envelopes.parts import Part
 from gateway import clock
 from gateway.audit import ACCEPTED, AuditStore, Decided, Entry, Outcome, Record
-
-# The AMQP message kinds: to move into broker/wire.py (the one joint for AMQP kinds/headers).
 from gateway.decide import (
-    MESSAGE_NOTICE,
-    MESSAGE_PART,
     RESOLVE,
     Decide,
     Duplicate,
@@ -282,17 +277,7 @@ class Settle(Pause, Proofs):
 
     def _forward(self, d: Settleable, h: Header, part: Part, to: tuple[str, ...]) -> None:
         eid, hh, index = h.envelope_id.hex(), h.hash.hex(), part.segment.index
-        props = pika.BasicProperties(
-            type=MESSAGE_PART,
-            content_type="application/x-cipherpost-part",
-            headers={
-                "CC": list(to[1:]),
-                "x-cp-envelope-id": eid,
-                "x-cp-part": index,
-                "x-cp-parts": h.segment_count,
-                "x-cp-sender": h.sender.text,
-            },
-        )
+        props = wire.forwarded_part(list(to[1:]), eid, index, h.segment_count, h.sender.text)
         assert self._transport is not None
         future = self._transport.publish(DELIVER_EXCHANGE, to[0], d.body, props)
 
@@ -375,9 +360,7 @@ class Settle(Pause, Proofs):
             DELIVER_EXCHANGE,
             addressee.text,
             notice.raw,
-            pika.BasicProperties(
-                type=MESSAGE_NOTICE, content_type="application/x-cipherpost-notice"
-            ),
+            wire.notice(),
         )
 
         def done(f: Future[None]) -> None:

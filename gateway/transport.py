@@ -16,6 +16,7 @@ from typing import Protocol
 
 import pika
 
+from broker import wire
 from broker.publisher import Unroutable
 
 
@@ -98,28 +99,19 @@ class MemoryTransport:
             return [
                 p
                 for p in self.published
-                if p.routing_key == routing_key and (kind is None or p.properties.type == kind)
+                if p.routing_key == routing_key
+                and (kind is None or wire.kind_of(p.properties) == kind)
             ]
 
 
 @dataclass
-class MemoryDelivery:
+class MemoryDelivery(wire.Received):
     """A delivery that remembers how it was settled."""
 
     body: bytes
     properties: pika.BasicProperties
     queue: str = ""
     settled: str | None = None  # "ack", "requeue" or "reject"
-
-    @property
-    def user_id(self) -> str | None:
-        user_id: str | None = self.properties.user_id
-        return user_id
-
-    @property
-    def kind(self) -> str | None:
-        kind: str | None = self.properties.type
-        return kind
 
     def ack(self) -> None:
         self.settled = self.settled or "ack"

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from keys import container
 from keys.certs import key_id
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError, KeyStoreError, Refused, UsageError
@@ -102,9 +103,7 @@ class EnrollmentRequest:
         if len(data) > MAX_REQUEST_BYTES:
             raise Refused("enrollment request too large")
         try:
-            magic, body, sig = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
-            if magic != REQUEST_MAGIC or not isinstance(body, bytes) or not isinstance(sig, bytes):
-                raise ValueError("not an enrollment request")
+            body, sig = container.unpack(data, REQUEST_MAGIC)
             code_s, name, sign_pk, enc_pk, created = msgpack.unpackb(
                 body, raw=False, use_list=False
             )
@@ -139,8 +138,7 @@ def build_request(keys: AgencyKeys, now: dt.datetime) -> bytes:
         [keys.code.text, keys.name, keys.sign_public, keys.enc_public, int(now.timestamp())],
         use_bin_type=True,
     )
-    sig = keys.signing_key.sign(REQUEST_CONTEXT + body)
-    return bytes(msgpack.packb([REQUEST_MAGIC, body, sig], use_bin_type=True))
+    return container.pack(REQUEST_MAGIC, REQUEST_CONTEXT, bytes(body), keys.signing_key)[0]
 
 
 def enroll(

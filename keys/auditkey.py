@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from keys import container
 from keys.agency import raw_private
 from keys.certs import ROLE_AUDIT, AgencyCertificate
 from keys.codes import AgencyCode
@@ -47,9 +48,7 @@ class AuditKeyRequest:
         if len(data) > MAX_REQUEST_BYTES:
             raise Refused("audit key request too large")
         try:
-            magic, body, sig = msgpack.unpackb(data, raw=False, use_list=False)
-            if magic != REQUEST_MAGIC or not isinstance(body, bytes) or not isinstance(sig, bytes):
-                raise ValueError("not an audit key request")
+            body, sig = container.unpack(data, REQUEST_MAGIC)
             code_s, public, created = msgpack.unpackb(body, raw=False, use_list=False)
             if not (isinstance(public, bytes) and len(public) == 32) or not isinstance(
                 created, int
@@ -76,9 +75,7 @@ def make_audit_key(directory: Path, code: AgencyCode, passphrase: bytes, now: dt
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
     body = msgpack.packb([code.text, public, int(now.timestamp())], use_bin_type=True)
-    request = msgpack.packb(
-        [REQUEST_MAGIC, body, key.sign(REQUEST_CONTEXT + body)], use_bin_type=True
-    )
+    request = container.pack(REQUEST_MAGIC, REQUEST_CONTEXT, bytes(body), key)[0]
     path = directory / AUDIT_REQUEST_FILE
     path.write_bytes(request)
     return path

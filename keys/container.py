@@ -2,8 +2,23 @@
 
 ``signature = Ed25519(key, CONTEXT ‖ body)``, where ``body`` is itself msgpack
 bytes, kept exactly as received: the signature is checked over those bytes,
-never over a re-encoding. Notices, officials' requests and officials'
-signatures are read and written through here.
+never over a re-encoding. :func:`unpack` only splits the container and checks
+its magic; the caller checks the size cap first, verifies the signature with
+the key it trusts, and turns the ``ValueError`` into its own refusal.
+
+Every signed container is read and written here, and nowhere else:
+
+=====================================  ===========================================
+magic                                  module
+=====================================  ===========================================
+``cipherpost.enrollment/1``            :mod:`keys.agency` (enrollment request)
+``cipherpost-audit-key-request-v1``    :mod:`keys.auditkey` (audit key request)
+``cipherpost.official-request/1``      :mod:`keys.officials` (official's request)
+``cipherpost.directory/1``             :mod:`keys.directory` (signed directory)
+``cipherpost.policy/1``                :mod:`gateway.policy` (signed policy)
+``cipherpost.notice/1``                :mod:`envelopes.notices` (notices)
+``cipherpost.official-signature/1``    :mod:`envelopes.signatures` (officials' signatures)
+=====================================  ===========================================
 """
 
 from __future__ import annotations

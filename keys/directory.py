@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from keys import container
 from keys.ca import CRL_FILE, CertificateAuthority
 from keys.certs import ROLE_ENCRYPT, ROLE_SIGN, AgencyCertificate
 from keys.codes import AgencyCode
@@ -129,9 +130,7 @@ class Directory:
         if len(data) > MAX_DIRECTORY_BYTES:
             raise Refused("directory file too large")
         try:
-            magic, body, sig = msgpack.unpackb(data, raw=False, use_list=False)
-            if magic != MAGIC or not isinstance(body, bytes) or not isinstance(sig, bytes):
-                raise ValueError("not a directory")
+            body, sig = container.unpack(data, MAGIC)
             fields = msgpack.unpackb(body, raw=False, use_list=False)
             if not isinstance(fields, tuple) or len(fields) not in (6, 7):
                 raise ValueError("bad field count")
@@ -274,8 +273,7 @@ def build_directory(
         ],
         use_bin_type=True,
     )
-    sig = ca.private_key.sign(CONTEXT + body)
-    return bytes(msgpack.packb([MAGIC, body, sig], use_bin_type=True))
+    return container.pack(MAGIC, CONTEXT, body, ca.private_key)[0]
 
 
 class TrustState:

@@ -612,14 +612,12 @@ def test_an_interrupted_envelopes_parts_are_dropped_by_the_recipient_once_it_exp
     until the envelope expires, then drops it (logged) and records it as incomplete."""
     import io
 
-    import pika
-
     import envelopes
     from agents.client import Client
     from agents.config import AgentConfig
+    from broker import wire
     from broker.topology import SUBMIT_EXCHANGE
     from envelopes.parts import iter_parts
-    from gateway.decide import MESSAGE_PART
 
     data = os.urandom(3 << 20)
     with Client(AgentConfig.load(world.agent_config(PROVINCE)), PASSPHRASE) as sender:
@@ -632,10 +630,7 @@ def test_an_interrupted_envelopes_parts_are_dropped_by_the_recipient_once_it_exp
         sealed.seek(0)
         index, count, body = next(iter(iter_parts(sealed)))
         eid = header.envelope_id.hex()
-        props = pika.BasicProperties(
-            type=MESSAGE_PART, user_id=sender.broker.login,
-            headers={"x-cp-envelope-id": eid, "x-cp-part": index, "x-cp-parts": count},
-        )  # fmt: skip
+        props = wire.submitted_part(sender.broker.login, eid, index, count)
         sender.publisher.publish(SUBMIT_EXCHANGE, PROVINCE, body, props).result(60)
     assert count > 1
     cfg = world.agent_config(B)
