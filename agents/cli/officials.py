@@ -9,11 +9,9 @@ to a recall is ``reply-status ID --code 15|16``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from agents.cli.common import Subcommands, add, config_arg, group, now, open_client
 from agents.output import emit, say
 from envelopes.signatures import sign_document
 from keys import ca, officials
@@ -21,18 +19,11 @@ from keys.codes import AgencyCode
 from keys.errors import CipherpostError
 from keys.keystore import read_passphrase, unlock
 
-Add = Callable[..., argparse.ArgumentParser]
-Group = Callable[[str, str], Any]
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     code = AgencyCode.from_user(args.agency)
     request = officials.enroll_official(
-        args.dir, code, args.name, args.title, args.position, read_passphrase(confirm=True), _now()
+        args.dir, code, args.name, args.title, args.position, read_passphrase(confirm=True), now()
     )
     emit(
         args,
@@ -56,7 +47,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
         raise CipherpostError(f"cannot read {args.request}: {e.strerror}") from e
     request = officials.OfficialRequest.parse(data)
     authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
-    path = ca.issue_official(authority, request, args.out, _now(), args.valid_days)
+    path = ca.issue_official(authority, request, args.out, now(), args.valid_days)
     emit(
         args,
         {"certificate": str(path), "key_id": request.key_id.hex(), "agency": request.code.text,
@@ -69,7 +60,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
 def cmd_revoke(args: argparse.Namespace) -> int:
     authority = unlock(lambda passphrase: ca.open_ca(args.ca, passphrase))
     kid = ca.find_official(authority, args.key_id)
-    revoked = ca.revoke_official(authority, kid, args.reason, _now())
+    revoked = ca.revoke_official(authority, kid, args.reason, now())
     emit(
         args,
         {"key_id": kid, "revoked": True, "already": not revoked},
@@ -106,8 +97,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recall(args: argparse.Namespace, client_of: Callable[[argparse.Namespace], Any]) -> int:
-    with client_of(args) as client:
+def cmd_recall(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
         envelope_id = client.resolve(args.envelope_id)
         asked = client.recall(envelope_id, args.reason)
     emit(
@@ -119,12 +110,9 @@ def cmd_recall(args: argparse.Namespace, client_of: Callable[[argparse.Namespace
     return 0
 
 
-def register(
-    group: Group, add: Add, sub: Any, config_arg: Callable[[argparse.ArgumentParser], None],
-    client_of: Callable[[argparse.Namespace], Any],
-) -> None:  # fmt: skip
+def register(sub: Subcommands) -> None:
     """The official group, ``sign`` and ``recall``."""
-    o_sub = group("official", "officials' personal signing keys (chairman, head, ...)")
+    o_sub = group(sub, "official", "officials' personal signing keys (chairman, head, ...)")
     sp = add(
         o_sub,
         "enroll",
@@ -176,7 +164,7 @@ def register(
     sp = add(
         sub,
         "recall",
-        lambda a: cmd_recall(a, client_of),
+        cmd_recall,
         "ask every recipient of a document this agency sent to recall it (status 13); each"
         " answers 15 (agreed: moved to its recalled folder) or 16 (refused)",
     )

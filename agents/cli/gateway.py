@@ -11,7 +11,6 @@ the copy against the last checkpoint the gateway signed.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -19,24 +18,18 @@ import os
 import shutil
 import signal
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agents.cli.common import Subcommands, add, group, now
 from keys import agency
 from keys.auditkey import make_audit_key
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError, UsageError
 from keys.keystore import read_passphrase, unlock
 
-Add = Callable[..., argparse.ArgumentParser]
-Group = Callable[[str, str], Any]
 CONFIG_FILE = "GATEWAY.toml"
 BACKUP_MANIFEST = "backup.json"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -48,8 +41,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     if config.exists():
         raise CipherpostError(f"{config} exists; refusing to overwrite a gateway's set-up")
     passphrase = read_passphrase(confirm=True)
-    agency.enroll(folder / "keys", code, args.name, passphrase, _now())
-    audit_request = make_audit_key(folder / "audit", code, passphrase, _now())
+    agency.enroll(folder / "keys", code, args.name, passphrase, now())
+    audit_request = make_audit_key(folder / "audit", code, passphrase, now())
     config.write_text(example(args.id, code.text), encoding="utf-8")
     steps = [
         f"cipherpost ca issue {folder / 'keys' / agency.REQUEST_FILE} --ca CA_DIR"
@@ -165,7 +158,7 @@ def backup(config_path: Path, out: Path) -> dict[str, Any]:
     store.close()
     manifest = {
         "gateway_id": config.gateway_id,
-        "time": _now().isoformat(),
+        "time": now().isoformat(),
         "leaves": leaves,
         "checkpoint_size": parse_checkpoint(last).size if last else 0,
         "files": {
@@ -178,8 +171,9 @@ def backup(config_path: Path, out: Path) -> dict[str, Any]:
     return manifest
 
 
-def register(group: Group, add: Add) -> None:
-    gw_sub = group("gateway", "the gateway service: set it up, run it, back it up")
+def register(sub: Subcommands) -> None:
+    """``cipherpost gateway init|run|backup``."""
+    gw_sub = group(sub, "gateway", "the gateway service: set it up, run it, back it up")
     sp = add(
         gw_sub,
         "init",

@@ -15,19 +15,15 @@ import datetime as dt
 import json
 import sqlite3
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from agents.cli.common import Subcommands, add, group, now
+from agents.cli.witness import register as register_witness
 from agents.output import emit, say
-from broker.connection import BrokerConfig
-from broker.consumer import Consumer, Delivery
-from broker.topology import WITNESS_QUEUE
 from gateway.audit import RECORD_COLUMNS, AuditStore
 from gateway.auditlog import (
     Unwitnessed,
@@ -41,10 +37,9 @@ from gateway.auditlog import (
 from gateway.checkpoint import VerifiedFile, origin_for, read_checkpoint_file
 from gateway.ending import FILE_NAME as ENDING_FILE
 from gateway.ending import read_ending
-from gateway.witness import CA_FILE, Witness, WitnessAlarm
-from keys.auditkey import AUDIT_CERT_FILE, load_audit_certificate, load_audit_key, make_audit_key
+from gateway.witness import CA_FILE, Witness
+from keys.auditkey import make_audit_key
 from keys.ca import load_ca_certificate
-from keys.certs import ROLE_WITNESS
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError, Refused, UsageError
 from keys.keystore import read_passphrase, unlock
@@ -52,13 +47,6 @@ from keys.levels import Level
 from keys.logsetup import get_logger
 
 log = get_logger("cipherpost.audit")
-
-Add = Callable[..., argparse.ArgumentParser]
-Group = Callable[[str, str], Any]
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _open_store(path: Path) -> AuditStore:
@@ -81,7 +69,7 @@ def _checkpoint_file(path: Path, ca_cert: Path) -> VerifiedFile:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     code = AgencyCode.from_user(args.code)
-    request = make_audit_key(args.dir, code, read_passphrase(confirm=True), _now())
+    request = make_audit_key(args.dir, code, read_passphrase(confirm=True), now())
     emit(
         args,
         {"code": code.text, "key_dir": str(args.dir), "request": str(request)},
@@ -92,97 +80,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         f"next, at the cipher department: cipherpost ca issue-audit {request} --ca CA_DIR"
         f" --out DIR; then copy DIR/{code}.audit.crt to {args.dir}/audit.crt",
     )
-    return 0
-
-
-def cmd_witness(args: argparse.Namespace) -> int:
-    signer = None
-    if args.key is not None:
-        ca_cert = load_ca_certificate(args.ca or args.store / CA_FILE)
-        cert_path = args.key / AUDIT_CERT_FILE
-        load_audit_certificate(cert_path, ca_cert, ROLE_WITNESS)  # refuses another role
-        signer = (
-            unlock(lambda passphrase: load_audit_key(args.key, passphrase)),
-            cert_path.read_bytes(),
-        )
-    else:
-        log.warning(
-            "witness_without_key",
-            detail="checkpoints are kept but not cosigned: audit verify will not count them as"
-            " witnessed (give --key WITNESS_KEY_DIR)",
-        )
-    witness = Witness(args.store, args.ca, signer)
-    broker = BrokerConfig.load(args.broker)
-    alarm: list[str] = []
-    seen = [0, 0]
-    last_new = [time.monotonic()]
-    stop = threading.Event()
-
-    def handle(d: Delivery) -> None:
-        if alarm:
-            return  # stopping: leave the rest queued
-        try:
-            cp, new = witness.observe(d.body)
-        except WitnessAlarm as e:
-            alarm.append(str(e))
-            log.error("witness_alarm", alarm=str(e))
-            d.reject(requeue=False)  # kept in the dead-letter queue as evidence
-            consumer.stop()
-            return
-        seen[0] += 1
-        seen[1] += int(new)
-        if new:
-            last_new[0] = time.monotonic()
-        log.info("checkpoint_witnessed", checkpoint=cp.describe(), new=new)
-        if args.verbose:
-            print(f"witnessed {cp.describe()}", flush=True)
-        d.ack()
-
-    consumer = Consumer(broker, WITNESS_QUEUE, handle, prefetch=16)
-    if args.follow:
-        import signal
-
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-
-        def watch() -> None:
-            stop.wait()
-            consumer.stop()
-
-        def staleness() -> None:
-            # A gateway republishes its checkpoint every interval even when idle; silence
-            # longer than --stale-after means it stopped signing, or we stopped hearing it.
-            told: set[str] = set()
-            while not stop.wait(min(5.0, args.stale_after / 3)):
-                stale = set(witness.stale(args.stale_after))
-                for origin in sorted(stale - told):
-                    log.error("witness_stale", log=origin, silent_for_s=args.stale_after)
-                for origin in sorted(told - stale):
-                    log.info("witness_heard_again", log=origin)
-                told = stale
-
-        threading.Thread(target=watch, daemon=True).start()
-        threading.Thread(target=staleness, daemon=True).start()
-        say(
-            args,
-            f"witnessing: waiting for the gateways' checkpoints on {WITNESS_QUEUE} at"
-            f" {broker.where()} ({len(witness.last_seen)} log(s) held in"
-            f" {args.store}); a log silent {args.stale_after:g} s is an alarm; Ctrl-C stops",
-        )
-    else:
-        # Idle gateways republish their last checkpoint: "idle" is no NEW checkpoint.
-        def idle() -> None:
-            while not stop.wait(0.2):
-                if time.monotonic() - last_new[0] > args.idle:
-                    consumer.stop()
-                    return
-
-        threading.Thread(target=idle, daemon=True).start()
-    consumer.run()
-    stop.set()
-    emit(args, {"checked": seen[0], "new": seen[1], "alarm": alarm[0] if alarm else None})
-    if alarm:
-        raise Refused(f"ALARM: {alarm[0]}")
-    say(args, f"{seen[0]} checkpoint(s) checked, {seen[1]} new, all consistent")
     return 0
 
 
@@ -199,7 +96,7 @@ def cmd_end_log(args: argparse.Namespace) -> int:
     authority = unlock(lambda passphrase: ca_module.open_ca(args.ca, passphrase))
     if authority.certificate != witness.certificate:
         raise CipherpostError("this CA is not the one the witness store pins")
-    data = sign_ending(authority, held[-1], args.successor, args.reason, _now())
+    data = sign_ending(authority, held[-1], args.successor, args.reason, now())
     ending = witness.end(data)
     if args.out is not None:
         args.out.write_bytes(data)
@@ -431,56 +328,15 @@ def _open_export(path: Path) -> tuple[AuditStore, list[tuple[str, bytes]], x509.
 # --- parser ------------------------------------------------------------------------------------
 
 
-def register(group: Group, add: Add) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``cipherpost audit ...`` to the CLI."""
-    audit = group("audit", "the gateways' audit logs: witness, verify, prove, query, export")
+    audit = group(sub, "audit", "the gateways' audit logs: witness, verify, prove, query, export")
 
     sp = add(audit, "keygen", cmd_keygen, "make a gateway's audit key and its request for the CA")
     sp.add_argument("--dir", required=True, type=Path, metavar="AUDIT_DIR")
     sp.add_argument("--code", required=True, metavar="CODE", help="the gateway's agency code")
 
-    sp = add(
-        audit,
-        "witness",
-        cmd_witness,
-        "check every published checkpoint against the last one held; exit 3 on any alarm",
-    )
-    sp.add_argument("--store", required=True, type=Path, metavar="DIR")
-    sp.add_argument(
-        "--ca", type=Path, metavar="CA_CERT", help="pin this CA (needed the first time)"
-    )
-    sp.add_argument(
-        "--broker",
-        required=True,
-        type=Path,
-        metavar="CREDENTIALS.json",
-        help="the witness's broker credentials (from broker provision)",
-    )
-    sp.add_argument(
-        "--key",
-        type=Path,
-        metavar="WITNESS_KEY_DIR",
-        help="the witness's key (audit keygen) and its CA certificate of role witness"
-        " (ca issue-audit --role witness): each accepted checkpoint is stored cosigned",
-    )
-    mode = sp.add_mutually_exclusive_group()
-    mode.add_argument("--follow", action="store_true", help="until interrupted (SIGTERM/Ctrl-C)")
-    sp.add_argument(
-        "--idle",
-        type=float,
-        default=3.0,
-        metavar="SECONDS",
-        help="without --follow: stop after this long without a new checkpoint (default 3)",
-    )
-    sp.add_argument("-v", "--verbose", action="store_true", help="print each checkpoint")
-    sp.add_argument(
-        "--stale-after",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="with --follow: alarm (witness_stale) when a log is silent this long;"
-        " 3 x the gateways' checkpoint_seconds (default 30)",
-    )
+    register_witness(audit)
 
     sp = add(
         audit,
