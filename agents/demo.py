@@ -14,6 +14,7 @@ department's witness checks the gateway's signed checkpoints, the whole log is
 verified and one inclusion proof is checked offline. The vhost and its users
 are removed at the end.
 """
+# Oversized: _story() is the demo's story, one step after another, read top to bottom
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ recipient, and shows the refusals that matter: a level above a clearance, a
 non-recipient, a flipped byte, a revoked agency. It exits 0 only if every step
 ended the way it should.
 """
+# Oversized: _steps() is the tour's script, one command after another, read top to bottom
 
 from __future__ import annotations
 

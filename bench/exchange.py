@@ -37,6 +37,7 @@ The publishers of both sides are ``broker.publisher.ConfirmingPublisher``
 (pika's SelectConnection with a confirm window), because pika's
 BlockingChannel cannot pipeline confirms.
 """
+# Oversized: a benchmark: every party (sender, gateway, receiver, raw baseline) in one file
 
 from __future__ import annotations
 

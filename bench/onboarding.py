@@ -17,6 +17,7 @@ Baseline, same run, same broker: the bare minimum any provisioning must do
 for N agencies (management API: create the user, set its permissions,
 declare its quorum inbox and bind it), no keys, no certificates, no checks.
 """
+# Oversized: main() runs the benchmark's phases top to bottom, each printed as it ends
 
 from __future__ import annotations
 

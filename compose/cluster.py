@@ -12,6 +12,7 @@ the compose stack ships, so the tests check what is deployed. The machine's own 
 
 Exit codes: 0 done, 1 a node did not start or stop (the message says which), 2 usage.
 """
+# Oversized: the test cluster's whole lifecycle (config, processes, faults, CLI) in one tool
 
 from __future__ import annotations
 

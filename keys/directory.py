@@ -12,6 +12,7 @@ came; nothing is re-encoded before checking.
 A holder remembers, per trusted CA, the highest version it accepted
 (:class:`TrustState`) and refuses anything older (rollback).
 """
+# Oversized: Directory.load() makes every check of a directory in order, in one place to audit
 
 from __future__ import annotations
 
