@@ -289,6 +289,8 @@ def test_another_header_under_a_decided_id_is_id_reuse(kit):
     assert (v.record.decision, v.record.rule_id) == (REFUSED, "invariant:id-reuse")
     assert v.record.digest == header(second).hash.hex()
     assert v.record.sender == A and v.record.recipients == (OTHER,)  # A signed it: verified
+    # It decides its own exact header (so a copy of it is that refusal again, not a new one).
+    assert v.key == (eid.hex(), header(second).hash.hex()) and v.part.segment.index == 0
 
 
 def test_id_reuse_keeps_the_verified_facts_and_changes_only_the_decision(kit):
@@ -449,6 +451,8 @@ def test_an_agency_cannot_sign_a_rejection(kit):
     raw = raw_notice(kit, A, kind="rejection", status="refused", addressee=B)
     v = verdict_of(kit, raw, publisher=A, kind="notice")
     assert isinstance(v, Refuse) and v.record.rule_id == "invariant:notice-kind"
+    assert v.record.reason == Reason.NOTICE_KIND.text and v.notify == AgencyCode.parse(A)
+    assert (v.record.event, v.record.decision) == ("notice-refused", REFUSED)
 
 
 def test_bad_notices_are_junk(kit):
@@ -618,3 +622,93 @@ def test_junk_without_a_login_names_only_a_lane_that_is_an_agencys(kit):
     assert v == Junk(f"lane:{stranger}", None, Reason.FORMAT)
     v = decide(Incoming(body, "part", PREFIX + stranger, ""), FakeState(), kit.context())
     assert v == Junk(PREFIX + stranger, None, Reason.FORMAT)
+
+
+# --- notices: what is recorded, and what is refused before any edge is looked at -----------
+
+
+def test_a_relayed_notice_records_verified_facts_and_the_versions_that_decided(kit):
+    cpe = kit.seal(P, [B])
+    state = FakeState()
+    h = state.accept(cpe)
+    raw = kit.notice(B, P, cpe)
+    v = verdict_of(kit, raw, publisher=B, kind="notice", state=state)
+    assert isinstance(v, Relay)
+    digest = hashlib.sha256(raw).hexdigest()
+    r = v.record
+    assert (r.event, r.envelope_id, r.sender, r.recipients) == (
+        "status",
+        h.envelope_id.hex(),
+        B,
+        (P,),
+    )
+    assert (r.level, r.urgency, r.size, r.digest, r.message_digest) == (
+        "",
+        "",
+        len(raw),
+        digest,
+        digest,
+    )
+    assert (r.decision, r.rule_id, r.reason) == (ACCEPTED, "notice", "status 03")
+    assert (r.gateway_id, r.publisher) == ("gw1", PREFIX + B)
+    assert (r.policy_version, r.directory_version) == (kit.policy.version, kit.directory.version)
+    assert (v.notice.signer, v.notice.addressee, v.notice.raw) == (
+        AgencyCode.parse(B), AgencyCode.parse(P), raw
+    )  # fmt: skip
+
+
+def test_a_notice_without_a_header_hash_is_off_every_edge(kit):
+    # A header hash may be empty in the format; it then binds to no decided header at all.
+    cpe = kit.seal(P, [B])
+    state = FakeState()
+    h = state.accept(cpe)
+    raw = raw_notice(kit, B, envelope_id=h.envelope_id, header_hash=b"", addressee=P)
+    v = verdict_of(kit, raw, publisher=B, kind="notice", state=state)
+    assert isinstance(v, Refuse) and v.record.rule_id == "invariant:notice-edge"
+    assert v.record.reason == Reason.NOTICE_EDGE.text and v.notify == AgencyCode.parse(B)
+
+
+def test_a_refused_message_again_is_a_duplicate_not_a_second_record(kit):
+    state = FakeState()
+    raw = raw_notice(kit, A)  # off every edge: refused once
+    state.refusals.add(hashlib.sha256(raw).hexdigest())
+    v = verdict_of(kit, raw, publisher=A, kind="notice", state=state)
+    assert v == Duplicate("a refused notice again")
+    cpe = kit.seal(A, [B], b"y" * 1500)
+    state.accept(cpe)
+    second = parts(cpe)[1]
+    state.refusals.add(hashlib.sha256(second).hexdigest())
+    assert verdict_of(kit, second, state=state) == Duplicate("a refused part again")
+
+
+def test_a_notice_relayed_already_along_its_edge_is_named_a_duplicate(kit):
+    cpe = kit.seal(P, [B])
+    state = FakeState()
+    state.accept(cpe)
+    v = verdict_of(kit, kit.notice(B, P, cpe), publisher=B, kind="notice", state=state)
+    assert isinstance(v, Relay)
+    state.relays.add(v.key)
+    again = verdict_of(kit, kit.notice(B, P, cpe), publisher=B, kind="notice", state=state)
+    assert again == Duplicate("this status along this edge was relayed already")
+
+
+def test_a_retired_signer_is_told_who_it_is_now_and_a_retirement_to_come_is_not_yet(kit):
+    cpe = kit.seal(P, [B])
+    state = FakeState()
+    state.accept(cpe)
+    raw = kit.notice(B, P, cpe)
+    retired = directory_where(kit, retired=[B])  # B merged into P an hour ago
+    v = verdict_of(kit, raw, publisher=B, kind="notice", state=state, directory=retired)
+    assert isinstance(v, Refuse) and v.record.rule_id == Reason.RETIRED.rule_id
+    assert v.record.reason == f"signer {B} is retired (merged into {P}): it is {P} now"
+    assert v.record.event == "notice-refused" and v.notify == AgencyCode.parse(B)
+    later = dataclasses.replace(retired, retired_from={B: kit.now + dt.timedelta(days=1)})
+    v = verdict_of(kit, raw, publisher=B, kind="notice", state=state, directory=later)
+    assert isinstance(v, Relay)
+
+
+def test_a_message_whose_queue_is_not_known_is_judged_by_its_login_alone(kit):
+    v = decide(
+        Incoming(parts(kit.seal(A, [B]))[0], "part", PREFIX + A, ""), FakeState(), kit.context()
+    )
+    assert isinstance(v, Decide) and v.record.decision == ACCEPTED
