@@ -731,3 +731,176 @@ def test_verify_json_says_complete_only_when_every_leaf_is_witnessed(log, env, c
     assert cli(*args) == 3
     doc = json.loads(capsys.readouterr().out)
     assert (doc["ok"], doc["complete"]) == (False, False) and len(doc["problems"]) >= 1
+
+
+# --- verify_store directly: the exact problems, the witnessed sizes, filters and endings --------
+
+
+def gateway_cert(env: Env, code: str = GATEWAY):
+    return load_audit_certificate(
+        env.audit_dirs[code] / "audit.crt", ca.load_ca_certificate(env.ca_cert)
+    )
+
+
+def store_report(db: Path, env: Env, **kw):
+    cert = gateway_cert(env)
+    store = AuditStore(db, readonly=True)
+    try:
+        cps = kw.pop("checkpoints", None)
+        if cps is None:
+            cps = [(verify_checkpoint(n, cert), cert) for n in store.checkpoints()]
+        return verify_store(store, cps, **kw), cps
+    finally:
+        store.close()
+
+
+def test_verify_store_lists_exactly_the_first_bad_leaf_and_every_root_it_breaks(log, env) -> None:
+    db, _ = log
+    for i in (5, 7):  # each leaf rewritten as a well-formed record; its stored hash kept
+        forged = record(i, decision=REFUSED).leaf(i)
+        tamper(db, "UPDATE records SET leaf=? WHERE leaf_index=?", params=(forged, i))
+    report, cps = store_report(db, env)
+    described = {cp.size: cp.describe() for cp, _ in cps}
+    assert report.problems == [
+        "log 'gw1': leaf 5: its bytes do not match its stored hash (modified)",
+        *(
+            f"log 'gw1': root at size {size} differs from checkpoint {described[size]}: a leaf"
+            f" between 0 and {size - 1} was modified, inserted, deleted or reordered"
+            for size in (10, 25, 40)
+        ),
+    ]
+    assert report.witnessed == {} and report.logs == {"gw1": 40}
+
+
+def test_verify_store_names_a_deleted_leaf_and_a_tampered_time(log, env) -> None:
+    db, _ = log
+    tamper(db, "DELETE FROM records WHERE leaf_index=12")
+    report, _ = store_report(db, env)
+    assert report.problems[0] == "log 'gw1': leaf 12 is missing (next stored is 13): deleted"
+    fresh, _, _ = build_log(env, db.parent / "fresh")
+    tamper(fresh, "UPDATE records SET time='2026-11-28T09:00:00+00:00' WHERE leaf_index=3")
+    report, _ = store_report(fresh, env)
+    assert report.problems == [
+        "log 'gw1': leaf 3: stored time_ms differs from the signed-over leaf bytes"
+    ]
+
+
+def test_verify_store_counts_as_witnessed_only_what_the_witness_cosigned(log, env) -> None:
+    db, _ = log
+    report, _ = store_report(db, env, cosigned=[])
+    assert report.ok and report.witnessed == {} and report.checkpoints == 3
+    report, _ = store_report(db, env, cosigned=[("gw1", 10), ("gw2", 40)])
+    assert report.witnessed == {"gw1": 10}
+    report, _ = store_report(db, env)  # no witness information: every good checkpoint counts
+    assert report.witnessed == {"gw1": 40}
+
+
+def test_verify_store_names_a_checkpoint_under_another_gateways_certificate_and_goes_on(
+    log, env
+) -> None:
+    db, _ = log
+    _, cps = store_report(db, env)
+    other = gateway_cert(env, OTHER_GATEWAY)
+    wrong = [(cps[0][0], other), *cps[1:]]
+    report, _ = store_report(db, env, checkpoints=wrong)
+    assert report.problems == [
+        f"checkpoint {cps[0][0].describe()} with another gateway's certificate"
+    ]
+    assert report.checkpoints == 2 and report.witnessed == {"gw1": 40}
+
+
+def test_verify_store_names_the_largest_checkpoint_of_a_log_it_does_not_hold(env, tmp_path) -> None:
+    other = AuditStore(tmp_path / "other.db", log_id="gw9")
+    cp = checkpointer(env, other)
+    other.commit(entries(range(2)))
+    cp.sign(NOW)
+    other.commit(entries(range(2, 5)))
+    cp.sign(NOW + dt.timedelta(minutes=1))
+    cert = gateway_cert(env)
+    gw9 = [(verify_checkpoint(n, cert), cert) for n in other.checkpoints()]
+    other.close()
+    db, _, _ = build_log(env, tmp_path, sizes=(10,))
+    largest = max(gw9, key=lambda c: c[0].size)[0]
+    report, _ = store_report(db, env, checkpoints=gw9)
+    assert report.problems == [
+        f"checkpoint {largest.describe()} is of log 'gw9', which this store does not hold "
+        "(a checkpoint from another log, or the whole log was deleted)"
+    ]
+    report, _ = store_report(db, env, checkpoints=gw9, logs=["gw1"])
+    assert report.problems == [] and report.logs == {"gw1": 10}
+
+
+def test_verify_store_checks_only_the_logs_asked_for(env, tmp_path) -> None:
+    db, _, _ = build_log(env, tmp_path, sizes=(10,))
+    store = AuditStore(db, log_id="gw2")
+    store.commit(entries(range(100, 103)))
+    store.close()
+    tamper(db, "UPDATE records SET reason='x' WHERE log_id='gw1' AND leaf_index=4")
+    report, _ = store_report(db, env)
+    assert report.problems == [
+        "log 'gw1': leaf 4: stored reason differs from the signed-over leaf bytes"
+    ]
+    report, _ = store_report(db, env, logs=["gw2"])
+    assert report.problems == [] and report.logs == {"gw2": 3}
+
+
+def test_checkpoints_signed_at_the_same_time_are_in_order_and_an_older_larger_one_is_not(
+    env, tmp_path
+) -> None:
+    store = AuditStore(tmp_path / "a.db", log_id="gw1")
+    cp = checkpointer(env, store)
+    store.commit(entries(range(3)))
+    cp.sign(NOW)
+    store.commit(entries(range(3, 6)))
+    cp.sign(NOW)  # the same millisecond: not out of order
+    store.commit(entries(range(6, 9)))
+    cp.sign(NOW - dt.timedelta(minutes=1))  # larger, yet older than the one before
+    store.close()
+    report, cps = store_report(tmp_path / "a.db", env)
+    by_size = {c.size: c for c, _ in cps}
+    assert report.problems == [
+        f"log 'gw1': checkpoint {by_size[9].describe()} is older than the smaller "
+        f"{by_size[6].describe()}"
+    ]
+
+
+def test_an_ended_log_counts_as_witnessed_to_its_end_and_no_further(log, env) -> None:
+    from gateway.ending import read_ending, sign_ending
+
+    db, _ = log
+    authority = ca.open_ca(env.root / "ca", PASSPHRASE)
+    report, cps = store_report(db, env)
+    last = max((c for c, _ in cps), key=lambda c: c.size)  # size 40: the whole log
+    end = read_ending(sign_ending(authority, last, "gw2", "disk lost", NOW), authority.certificate)
+    report, _ = store_report(db, env, endings=[end], cosigned=[])
+    assert report.ok and report.witnessed == {"gw1": 40} and report.ended == {"gw1": end.describe()}
+    store = AuditStore(db, log_id="gw1")
+    store.commit(entries(range(40, 41)))  # a leaf written after the log's documented end
+    store.close()
+    report, _ = store_report(db, env, endings=[end], cosigned=[])
+    assert report.problems == [
+        f"log 'gw1': 41 leaves, but it {end.describe()}: leaves were written after its end"
+    ]
+    assert report.witnessed == {"gw1": 40}
+    empty = AuditStore(db.parent / "empty.db", log_id="gw2")
+    try:
+        report = verify_store(empty, cps, endings=[end])  # the ended log is not held at all
+    finally:
+        empty.close()
+    assert report.ok and report.ended == {"gw1": end.describe()} and report.logs == {}
+
+
+def test_a_checkpoint_is_due_after_enough_leaves_or_enough_time(env, tmp_path) -> None:
+    store = AuditStore(tmp_path / "a.db", log_id="gw1")
+    cp = checkpointer(env, store)  # every 10 leaves or 3600 s
+    assert not cp.due(NOW)  # nothing to sign
+    store.commit(entries(range(1)))
+    assert cp.due(NOW)  # no checkpoint yet: the first leaf is overdue
+    cp.sign(NOW)
+    assert not cp.due(NOW + dt.timedelta(hours=2))  # nothing new since
+    store.commit(entries(range(1, 10)))
+    assert not cp.due(NOW + dt.timedelta(seconds=3599))  # 9 new leaves, 3599 s
+    assert cp.due(NOW + dt.timedelta(seconds=3600))
+    store.commit(entries(range(10, 11)))
+    assert cp.due(NOW)  # 10 new leaves
+    store.close()
