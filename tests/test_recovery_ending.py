@@ -144,3 +144,92 @@ def test_load_endings_takes_every_signed_ending_and_names_each_bad_file(kit, tmp
     with pytest.raises(Refused) as e:
         read_ending(b"{}", kit.world.authority.certificate)
     assert problems == [f"{folder / 'b' / FILE_NAME}: {e.value}"]
+
+
+# --- every refusal of an ending, by its exact words ------------------------------------------
+
+
+def _signed(kit, text: str) -> bytes:
+    """An ending file the CA signed over ``text`` (what only the CA can make)."""
+    from gateway.ending import CONTEXT
+
+    sig = kit.world.authority.private_key.sign(CONTEXT + text.encode())
+    return json.dumps({"ending": text, "signature": base64.b64encode(sig).decode()}).encode()
+
+
+def _refusal(data: bytes, ca_cert) -> str:
+    with pytest.raises(Refused) as e:
+        read_ending(data, ca_cert)
+    return str(e.value)
+
+
+def test_read_ending_refuses_each_bad_file_by_name(kit, tmp_path):
+    from gateway.ending import FORMAT, MAX_BYTES
+
+    cert = kit.world.authority.certificate
+    cps, _ = run(kit, tmp_path, 1)
+    last = parse_checkpoint(json.loads(cps[-1])["checkpoint"].encode())
+    data = sign_ending(kit.world.authority, last, "gw2", "disk lost", kit.now)
+    assert read_ending(data, cert).raw == data
+    assert _refusal(b" " * (MAX_BYTES + 1), cert) == "log ending file too large"
+    assert _refusal(b" " * MAX_BYTES, cert).startswith("not a log ending file: Expecting value")
+    doc = json.loads(data)
+    junk_sig = json.dumps({**doc, "signature": "!" + doc["signature"]}).encode()
+    assert _refusal(junk_sig, cert).startswith("not a log ending file: ")  # base64 checked
+    not_text = json.dumps({**doc, "ending": 7}).encode()
+    assert _refusal(not_text, cert) == "not a log ending file: ending is not a string"
+    tampered = json.dumps({**doc, "ending": doc["ending"].replace("disk", "disc")}).encode()
+    assert _refusal(tampered, cert) == "log ending: bad signature (not signed by this CA)"
+    body = json.loads(doc["ending"])
+    wrong = _signed(kit, json.dumps({**body, "format": FORMAT + "x"}))
+    assert _refusal(wrong, cert) == "log ending is malformed: unknown format"
+    bad_root = _signed(kit, json.dumps({**body, "root": "!" + body["root"]}))
+    assert _refusal(bad_root, cert).startswith("log ending is malformed: ")
+
+
+def test_read_ending_needs_an_ed25519_ca(kit, tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not an Ed25519 CA")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(kit.now - dt.timedelta(days=1))
+        .not_valid_after(kit.now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cps, _ = run(kit, tmp_path, 1)
+    last = parse_checkpoint(json.loads(cps[-1])["checkpoint"].encode())
+    data = sign_ending(kit.world.authority, last, "gw2", "disk lost", kit.now)
+    assert _refusal(data, cert) == "the CA key is not Ed25519"
+
+
+@pytest.mark.parametrize("successor", ["", "gw 2", "gw/2", "gw\t2"])
+def test_sign_ending_refuses_a_successor_that_is_no_log_id(kit, tmp_path, successor):
+    cps, _ = run(kit, tmp_path, 1)
+    last = parse_checkpoint(json.loads(cps[-1])["checkpoint"].encode())
+    with pytest.raises(UsageError) as e:
+        sign_ending(kit.world.authority, last, successor, "x", kit.now)
+    assert str(e.value) == "the successor log id must be non-empty, without spaces or '/'"
+
+
+def test_sign_ending_refuses_the_ended_log_as_its_successor_and_bounds_the_reason(kit, tmp_path):
+    from keys.errors import clip
+
+    cps, _ = run(kit, tmp_path, 1)
+    last = parse_checkpoint(json.loads(cps[-1])["checkpoint"].encode())
+    with pytest.raises(UsageError) as e:
+        sign_ending(kit.world.authority, last, last.log_id, "x", kit.now)
+    assert str(e.value) == "the successor must be a new log id: an ended log is never reused"
+    long = "ổ đĩa hỏng " * 40
+    ending = read_ending(
+        sign_ending(kit.world.authority, last, "gw2", long, kit.now),
+        kit.world.authority.certificate,
+    )
+    assert ending.reason == clip(long, 280) and len(ending.reason) <= 280 < len(long)
