@@ -756,7 +756,7 @@ def store_report(db: Path, env: Env, **kw):
 
 def test_verify_store_lists_exactly_the_first_bad_leaf_and_every_root_it_breaks(log, env) -> None:
     db, _ = log
-    for i in (5, 7):  # each leaf rewritten as a well-formed record; its stored hash kept
+    for i in (5, 8):  # each leaf rewritten as a well-formed record; its stored hash kept
         forged = record(i, decision=REFUSED).leaf(i)
         tamper(db, "UPDATE records SET leaf=? WHERE leaf_index=?", params=(forged, i))
     report, cps = store_report(db, env)
@@ -904,3 +904,55 @@ def test_a_checkpoint_is_due_after_enough_leaves_or_enough_time(env, tmp_path) -
     store.commit(entries(range(10, 11)))
     assert cp.due(NOW)  # 10 new leaves
     store.close()
+
+
+def test_verify_store_names_a_truncated_log_by_the_checkpoint_it_contradicts(log, env) -> None:
+    db, _ = log
+    tamper(db, "DELETE FROM records WHERE leaf_index>=30")
+    report, cps = store_report(db, env)
+    forty = next(cp for cp, _ in cps if cp.size == 40)
+    assert (
+        f"log 'gw1': the store holds 30 leaves but checkpoint {forty.describe()} was signed:"
+        " truncated or rolled back"
+    ) in report.problems
+
+
+def test_an_ended_log_does_not_hide_a_deleted_one(env, tmp_path) -> None:
+    from gateway.ending import read_ending, sign_ending
+
+    authority = ca.open_ca(env.root / "ca", PASSPHRASE)
+    cert = gateway_cert(env)
+    gone: list = []
+    for log_id in ("gw0", "gw9"):  # two logs this store will not hold
+        other = AuditStore(tmp_path / f"{log_id}.db", log_id=log_id)
+        other.commit(entries(range(3)))
+        checkpointer(env, other).sign(NOW)
+        gone += [(verify_checkpoint(n, cert), cert) for n in other.checkpoints()]
+        other.close()
+    end = read_ending(
+        sign_ending(authority, gone[0][0], "gw1", "disk lost", NOW), authority.certificate
+    )
+    db, _, _ = build_log(env, tmp_path, sizes=(10,))
+    report, _ = store_report(db, env, checkpoints=gone, endings=[end])
+    assert report.ended == {"gw0": end.describe()}
+    assert report.problems == [
+        f"checkpoint {gone[1][0].describe()} is of log 'gw9', which this store does not hold "
+        "(a checkpoint from another log, or the whole log was deleted)"
+    ]
+
+
+def test_prove_uses_only_the_checkpoints_of_the_records_own_log(env, tmp_path) -> None:
+    from gateway.auditlog import prove
+
+    earlier = AuditStore(tmp_path / "audit.db", log_id="gw0")
+    earlier.commit(entries(range(100, 110)))
+    checkpointer(env, earlier).sign(NOW)  # gw0 has a checkpoint of size 10
+    earlier.close()
+    store = AuditStore(tmp_path / "audit.db", log_id="gw1")
+    store.commit(entries(range(3)))  # gw1 has none yet
+    try:
+        with pytest.raises(CipherpostError) as e:
+            prove(store, f"{2:032x}", None)
+    finally:
+        store.close()
+    assert str(e.value) == "leaf 2 of log 'gw1' is not in a signed checkpoint yet; try again later"

@@ -252,9 +252,14 @@ def test_a_retired_recipient_is_refused_naming_its_successor(kit):
         retired={B: X},
         retired_from={B: kit.now - dt.timedelta(days=1)},
     )
-    v = verdict_of(kit, parts(kit.seal(A, [B]))[0], directory=retired)
+    cpe = kit.seal(A, [B])
+    v = verdict_of(kit, parts(cpe)[0], directory=retired)
     assert isinstance(v, Decide) and v.record.rule_id == Reason.RETIRED.rule_id
-    assert f"send to {X}" in v.record.reason
+    assert v.record.reason == f"recipient {B} is retired (merged into {X}): send to {X}"
+    # It decides its exact header, with its part, and is told to the verified publisher.
+    assert v.key == (header(cpe).envelope_id.hex(), header(cpe).hash.hex())
+    assert v.part.segment.index == 0 and v.digest == hashlib.sha256(parts(cpe)[0]).hexdigest()
+    assert v.notify == AgencyCode.parse(A)
 
 
 def test_a_bad_segment_refuses_the_part_and_decides_nothing(kit):
@@ -269,6 +274,8 @@ def test_a_bad_segment_refuses_the_part_and_decides_nothing(kit):
     v = verdict_of(kit, body)
     assert isinstance(v, Refuse)
     assert (v.record.event, v.record.rule_id) == ("part-refused", "invariant:segment-signature")
+    assert v.record.reason == "bad signature on segment 0"
+    assert v.notify == AgencyCode.parse(A) and v.header == Header.parse(h_raw)
     short = encode_header_frame(h_raw, h_sig) + encode_segment_frame(
         s.index, s.final, s.ciphertext[:-1], s.signature
     )
@@ -291,6 +298,8 @@ def test_another_header_under_a_decided_id_is_id_reuse(kit):
     assert v.record.sender == A and v.record.recipients == (OTHER,)  # A signed it: verified
     # It decides its own exact header (so a copy of it is that refusal again, not a new one).
     assert v.key == (eid.hex(), header(second).hash.hex()) and v.part.segment.index == 0
+    assert v.digest == hashlib.sha256(parts(second)[0]).hexdigest()
+    assert v.notify == AgencyCode.parse(A)  # told to the agency that published it
 
 
 def test_id_reuse_keeps_the_verified_facts_and_changes_only_the_decision(kit):
@@ -313,7 +322,7 @@ def test_parts_of_a_refused_header_are_acked_without_a_second_record(kit):
     cpe = kit.seal(A, [B], b"y" * 1500)
     state = FakeState()
     state.accept(cpe, REFUSED)
-    assert isinstance(verdict_of(kit, parts(cpe)[1], state=state), Duplicate)
+    assert verdict_of(kit, parts(cpe)[1], state=state) == Duplicate("part of a refused envelope")
 
 
 def test_later_parts_of_an_accepted_header_are_forwarded_once(kit):
@@ -712,3 +721,39 @@ def test_a_message_whose_queue_is_not_known_is_judged_by_its_login_alone(kit):
         Incoming(parts(kit.seal(A, [B]))[0], "part", PREFIX + A, ""), FakeState(), kit.context()
     )
     assert isinstance(v, Decide) and v.record.decision == ACCEPTED
+
+
+def test_an_accepted_decision_records_the_rules_own_reason(kit):
+    v = verdict_of(kit, parts(kit.seal(A, [B]))[0])
+    assert isinstance(v, Decide) and v.record.decision == ACCEPTED
+    assert (v.record.rule_id, v.record.reason) == ("h41-internal", "exchanges inside province H41")
+
+
+def test_a_retired_sender_is_told_who_it_is_now_by_a_decided_refusal(kit):
+    cpe = kit.seal(B, [P])
+    retired = directory_where(kit, retired=[B])
+    v = verdict_of(kit, parts(cpe)[0], publisher=B, directory=retired)
+    assert isinstance(v, Decide) and v.record.rule_id == Reason.RETIRED.rule_id
+    assert v.record.reason == f"sender {B} is retired (merged into {P}): it is {P} now"
+    assert v.key == (header(cpe).envelope_id.hex(), header(cpe).hash.hex())
+    assert v.digest == hashlib.sha256(parts(cpe)[0]).hexdigest()
+    assert v.notify == AgencyCode.parse(B) and v.part.segment.index == 0
+
+
+def test_a_later_part_still_goes_to_a_recipient_whose_retirement_is_still_to_come(kit):
+    cpe, state, _ = accepted_two_parts(kit, [B, X])
+    soon = directory_where(kit, retired=[B])
+    soon = dataclasses.replace(soon, retired_from={B: kit.now + dt.timedelta(days=1)})
+    v = verdict_of(kit, parts(cpe)[1], state=state, directory=soon)
+    assert isinstance(v, Forward) and v.to == (B, X)
+
+
+def test_a_part_decided_in_the_same_batch_takes_the_standing_rule(kit):
+    from gateway.audit import Outcome
+    from gateway.decide import RESOLVE
+
+    v = verdict_of(kit, parts(kit.seal(A, [B], b"y" * 1500))[1])
+    assert isinstance(v, Decide)
+    mine = dataclasses.replace(v.record, rule_id="another-rule")
+    r = RESOLVE.later_part(mine, Outcome(0, ACCEPTED, "h41-internal", False))
+    assert r.rule_id == "h41-internal"
