@@ -956,3 +956,60 @@ def test_prove_uses_only_the_checkpoints_of_the_records_own_log(env, tmp_path) -
     finally:
         store.close()
     assert str(e.value) == "leaf 2 of log 'gw1' is not in a signed checkpoint yet; try again later"
+
+
+# --- the gateway's rollback guard (Checkpointer) --------------------------------------------
+
+
+def test_a_checkpointer_signs_nothing_for_an_empty_log_and_makes_its_state_folder(
+    env, tmp_path
+) -> None:
+    store = AuditStore(tmp_path / "a.db", log_id="gw1")
+    state = tmp_path / "deep" / "er" / "state"  # none of it exists yet
+    cp = checkpointer(env, store, state=state)
+    assert cp.sign(NOW) is None and store.checkpoints() == []
+    store.commit(entries(range(2)))
+    assert cp.sign(NOW) is not None
+    assert (state / "checkpoint-gw1.txt").is_file()
+    store.close()
+
+
+def test_on_start_the_last_checkpoint_is_remembered_and_other_logs_are_not_its_business(
+    env, tmp_path
+) -> None:
+    db = tmp_path / "audit.db"
+    other = AuditStore(db, log_id="gw0")  # an earlier log, signed under another gateway's key
+    other.commit(entries(range(100, 103)))
+    checkpointer(env, other, OTHER_GATEWAY, state=tmp_path / "other-state").sign(NOW)
+    other.close()
+    tamper(db, "UPDATE records SET reason='x' WHERE log_id='gw0' AND leaf_index=1")
+    store = AuditStore(db, log_id="gw1")
+    store.commit(entries(range(5)))
+    checkpointer(env, store, state=tmp_path / "state").sign(NOW)
+    again = checkpointer(env, store, state=tmp_path / "state")  # a restart
+    last = again.check_on_start()
+    assert last is not None and last.size == 5 and again.last == last
+    assert not again.due(NOW + dt.timedelta(hours=2))  # nothing new since the last one
+    store.close()
+
+
+def test_on_start_a_truncated_store_is_refused_by_name(env, tmp_path) -> None:
+    db = tmp_path / "audit.db"
+    store = AuditStore(db, log_id="gw1")
+    store.commit(entries(range(5)))
+    signed = checkpointer(env, store, state=tmp_path / "state")
+    signed.sign(NOW)
+    last = signed.last
+    store.close()
+    tamper(db, "DELETE FROM records WHERE leaf_index>=3")
+    store = AuditStore(db, log_id="gw1")
+    try:
+        with pytest.raises(CipherpostError) as e:
+            checkpointer(env, store, state=tmp_path / "state").check_on_start()
+    finally:
+        store.close()
+    assert last is not None
+    assert str(e.value) == (
+        f"audit store {db} holds 3 leaves of log gw1 but checkpoint {last.describe()} was "
+        "signed: the store was truncated or rolled back; refusing to run"
+    )
