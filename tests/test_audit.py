@@ -1013,3 +1013,31 @@ def test_on_start_a_truncated_store_is_refused_by_name(env, tmp_path) -> None:
         f"audit store {db} holds 3 leaves of log gw1 but checkpoint {last.describe()} was "
         "signed: the store was truncated or rolled back; refusing to run"
     )
+
+
+def test_a_published_checkpoint_carries_consistency_proofs_from_its_own_logs_earlier_sizes(
+    env, tmp_path
+) -> None:
+    import base64
+    import stat
+
+    db = tmp_path / "audit.db"
+    other = AuditStore(db, log_id="gw0")  # another log of this store, checkpointed at size 3
+    other.commit(entries(range(100, 103)))
+    checkpointer(env, other, state=tmp_path / "state0").sign(NOW)
+    other.close()
+    store = AuditStore(db, log_id="gw1")
+    state = tmp_path / "gw1-state"
+    cp = checkpointer(env, store, state=state)
+    messages = []
+    for n, size in enumerate((10, 25, 40)):
+        store.commit(entries(range(store.size(), size)))
+        messages.append(cp.sign(NOW + dt.timedelta(minutes=n)))
+    roots = {size: store.root(size=size)[1] for size in (10, 25, 40)}
+    store.close()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700  # the rollback guard's folder is private
+    docs = [json.loads(m) for m in messages]  # type: ignore[arg-type]
+    assert [[c["old_size"] for c in d["consistency"]] for d in docs] == [[], [10], [10, 25]]
+    for c in docs[2]["consistency"]:
+        proof = [base64.b64decode(h) for h in c["proof"]]
+        merkle.verify_consistency(c["old_size"], 40, proof, roots[c["old_size"]], roots[40])
