@@ -468,3 +468,49 @@ def test_policy_size_limit_is_inclusive(signed):
     exactly = sign_policy(text, authority, NOW, 30)
     assert len(exactly) == MAX_POLICY_BYTES
     assert Policy.load_signed(exactly, key, NOW).version == 3
+
+
+# --- the highest policy version accepted (rollback refused) and expiry ---------------------
+
+
+def test_policy_trust_refuses_an_older_version_and_other_rules_under_one_version(tmp_path):
+    import json
+    import stat
+
+    from gateway.policy import PolicyTrust
+    from keys.errors import CipherpostError
+
+    path = tmp_path / "state" / "policy-trust.json"  # its folder does not exist yet
+    trust = PolicyTrust(path)
+    assert (trust.version, trust.digest) == (0, "")
+    v2 = Policy("p", 2, (), None, "d2")
+    trust.accept(v2)
+    assert json.loads(path.read_text()) == {"version": 2, "digest": "d2"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = PolicyTrust(path)  # a restart reads what was accepted
+    assert (again.version, again.digest) == (2, "d2")
+    again.check(v2)  # the same version and text: fine (a renewal re-signs the same text)
+    with pytest.raises(Refused) as e:
+        again.accept(Policy("p", 1, (), None, "d1"))
+    assert (
+        str(e.value)
+        == "policy version 1 is older than version 2 already accepted (rollback refused)"
+    )
+    with pytest.raises(Refused) as e:
+        again.check(Policy("p", 2, (), None, "other"))
+    assert str(e.value) == (
+        "policy version 2 has other rules than the version 2 already accepted:"
+        " sign changed rules under a new version"
+    )
+    again.accept(Policy("p", 3, (), None, "d3"))
+    assert (PolicyTrust(path).version, PolicyTrust(path).digest) == (3, "d3")
+    path.write_text("{not json")
+    with pytest.raises(CipherpostError) as e:
+        PolicyTrust(path)
+    assert str(e.value) == f"{path}: damaged policy trust state"
+
+
+def test_a_policy_is_expired_only_after_its_expiry():
+    p = Policy("p", 1, (), NOW)
+    assert not p.expired(NOW) and p.expired(NOW + dt.timedelta(seconds=1))
+    assert not Policy("p", 1, ()).expired(NOW + dt.timedelta(days=9999))
