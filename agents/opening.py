@@ -149,12 +149,13 @@ class Opening(Statuses):
         if self.on_event is not None:
             self.on_event(event)
         if sender is not None and e.reason in _SENDER_CONTENT:
-            self._send_notice(
+            notice = self._sign_notice(
                 KIND_STATUS, bytes.fromhex(eid), header_hash, sender, "02",
                 # The fixed text only: a notice crosses the gateway unencrypted, and the
                 # message names the official (payload metadata).
                 f"refused: {e.reason.rule_id}: {e.reason.text}",
             )  # fmt: skip
+            self._publish_notice(notice)
 
     def _check_replacement(self, envelope_id: str, replaces: str, sender: str) -> None:
         """A document may replace only one its own sender sent: another agency's claim to

@@ -103,26 +103,9 @@ class Statuses(Outbox, Proofs):
         self.state.record_status(notice, True)
         return notice
 
-    def _send_notice(
-        self,
-        kind: str,
-        envelope_id: bytes,
-        header_hash: bytes,
-        addressee: AgencyCode,
-        status: str,
-        note: str = "",
-        *,
-        reason: str = "",
-    ) -> Future[None]:
-        """Sign, record and publish a notice now (outside a receive batch)."""
-        notice = self._sign_notice(
-            kind, envelope_id, header_hash, addressee, status, note, reason=reason
-        )
-        return self._publish_notice(notice)
-
     def _reply(self, envelope_id: str, got: dict[str, Any], status: str, note: str) -> Future[None]:
         """A signed status about a received envelope, to its sender."""
-        return self._send_notice(
+        notice = self._sign_notice(
             KIND_STATUS,
             bytes.fromhex(envelope_id),
             bytes.fromhex(got["header_hash"]),
@@ -130,6 +113,7 @@ class Statuses(Outbox, Proofs):
             status,
             note,
         )
+        return self._publish_notice(notice)
 
     def reply_status(self, envelope_id: str, status: str, note: str = "") -> None:
         """Send a signed status about a received envelope back to its sender: 02..06, or the
@@ -284,14 +268,16 @@ class Statuses(Outbox, Proofs):
                 f"{envelope_id} was not sent by this agency: only its sender may recall it"
             )
         futures = [
-            self._send_notice(
-                KIND_RECALL,
-                bytes.fromhex(envelope_id),
-                bytes.fromhex(header_hash),
-                AgencyCode.parse(code),
-                "13",
-                "",
-                reason=reason,
+            self._publish_notice(
+                self._sign_notice(
+                    KIND_RECALL,
+                    bytes.fromhex(envelope_id),
+                    bytes.fromhex(header_hash),
+                    AgencyCode.parse(code),
+                    "13",
+                    "",
+                    reason=reason,
+                )
             )
             for code in sent["recipients"]
         ]
