@@ -22,13 +22,14 @@ from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.frames import SegmentFrame
 from envelopes.header import Header
 from envelopes.parts import iter_parts, parse_part
+from envelopes.signatures import sign_document
 from keys import ca
 from keys.agency import AgencyKeys
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError
 from keys.levels import Level
 from tests.forge import Forgery, edit_header, frames, join, resign
-from tests.helpers import World, make_world
+from tests.helpers import World, make_world, seal_bytes
 
 S = "000.00.00.H41"  # the sender, toi-mat
 R1 = "000.01.12.H41"  # toi-mat
@@ -576,4 +577,65 @@ def test_a_part_of_a_longer_envelope_is_not_opened_in_memory(world, directory, f
             now=world.now,
         )
     )
-    assert e.reason is Reason.SEGMENT
+    assert (e.reason, str(e)) == (Reason.SEGMENT, "envelope has more segments than this part")
+
+
+def test_open_part_checks_officials_signatures_as_open_does(world, directory):
+    """A signed document opened in memory: each official's signature verified against the
+    directory at the given time, over the document and a notation that is absent here."""
+    from tests.test_officials import DOC, official
+
+    chairman = official(world, S)
+    signature = sign_document(
+        chairman, io.BytesIO(DOC), subject="Sáp nhập", notation="", now=world.now
+    )
+    out = io.BytesIO()
+    envelopes.seal(
+        io.BytesIO(DOC),
+        out,
+        keys=world.keys[S],
+        directory=directory,
+        to=[AgencyCode.parse(R1)],
+        level=Level.MAT,
+        size=len(DOC),
+        metadata=envelopes.Metadata(subject="Sáp nhập", filename="qd.txt", signatures=(signature,)),
+        now=world.now,
+        segment_size=1 << 20,
+    )
+    data = out.getvalue()
+    part = parse_part(data)
+    opened, document = open_part(
+        part, size=len(data), keys=world.keys[R1], directory=directory, now=world.now
+    )
+    want = envelopes.open(
+        io.BytesIO(data), io.BytesIO(), keys=world.keys[R1], directory=directory, now=world.now
+    )
+    assert document == DOC and "notation" not in opened.metadata.fields
+    assert (
+        [s.signer for s in opened.signatures]
+        == [s.signer for s in want.signatures]
+        == ["Nguyễn Văn A, Chủ tịch UBND xã An Bình"]
+    )
+
+
+def test_without_a_time_the_checks_run_now_and_a_given_time_is_the_one_used(tmp_path):
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    w = make_world(tmp_path, {S: Level.TOI_MAT, R1: Level.TOI_MAT}, now=now)
+    directory = w.directory()
+    data = seal_bytes(w, directory, S, [R1], b"today")
+    part = parse_part(data)
+    _, document = open_part(part, size=len(data), keys=w.keys[R1], directory=directory)
+    assert document == b"today"
+    out = io.BytesIO()
+    envelopes.open(io.BytesIO(data), out, keys=w.keys[R1], directory=directory)
+    assert out.getvalue() == b"today"
+    # Checked at a time a year on (the given one, not the clock's), the sender's
+    # certificate has expired.
+    later = now + dt.timedelta(days=366)
+    e = refusal(
+        lambda: open_part(part, size=len(data), keys=w.keys[R1], directory=directory, now=later)
+    )
+    assert (e.reason, str(e)) == (
+        Reason.SENDER_CERTIFICATE,
+        f"sender {S} has no currently valid certificate",
+    )

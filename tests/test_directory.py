@@ -24,8 +24,16 @@ def test_load_and_lookup(small):
     d = small.directory()
     assert set(d.entries) == {A, B, C}
     assert d.get(AgencyCode.parse(C)).clearance is Level.MAT
-    with pytest.raises(Refused, match="not in the directory"):
+    with pytest.raises(Refused) as e:
         d.get(AgencyCode.parse("000.00.09.H41"))
+    # The two closest codes, closest first, each with its name: a mistyped code is named.
+    assert str(e.value) == (
+        "agency 000.00.09.H41 is not in the directory (did you mean"
+        f" {C} (Agency {C}) or {B} (Agency {B})?)"
+    )
+    with pytest.raises(Refused) as e:
+        d.get(AgencyCode.parse("111.22.33.K99"), "recipient")
+    assert str(e.value) == "recipient 111.22.33.K99 is not in the directory"  # nothing close
 
 
 def test_rollback_refused_and_state_persisted(small, tmp_path):

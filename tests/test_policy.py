@@ -5,6 +5,8 @@ expired, too large)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
 import secrets
 
 import msgpack
@@ -215,7 +217,14 @@ def test_toi_mat_needs_an_officials_signature():
 
 
 def test_the_old_max_bytes_key_is_refused_with_what_to_write():
-    with pytest.raises(PolicyError, match="max_bytes is gone .* size_at_most = N .* size_above"):
+    with pytest.raises(
+        PolicyError,
+        match=re.escape(
+            "max_bytes is gone (it read as a limit but was a condition); write"
+            " size_at_most = N (the rule applies up to N bytes) or size_above = N"
+        )
+        + "$",
+    ):
         Policy.parse(GOOD_RULE + "max_bytes = 1000\n")
 
 
@@ -380,6 +389,9 @@ def test_signed_policy_loads_until_it_expires(signed):
         expires,
         2,
     )
+    # The digest names the exact text (the rollback guard tells two texts of one version
+    # apart by it).
+    assert policy.digest == hashlib.sha256(DOCS_POLICY.encode()).hexdigest()
     with pytest.raises(Refused, match="^policy expired at 2026-12-01 12:00Z$"):
         Policy.load_signed(data, key, expires + dt.timedelta(seconds=1))
 
@@ -480,13 +492,14 @@ def test_policy_trust_refuses_an_older_version_and_other_rules_under_one_version
     from gateway.policy import PolicyTrust
     from keys.errors import CipherpostError
 
-    path = tmp_path / "state" / "policy-trust.json"  # its folder does not exist yet
+    path = tmp_path / "gw" / "state" / "policy-trust.json"  # nor do its folders
     trust = PolicyTrust(path)
     assert (trust.version, trust.digest) == (0, "")
     v2 = Policy("p", 2, (), None, "d2")
     trust.accept(v2)
     assert json.loads(path.read_text()) == {"version": 2, "digest": "d2"}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     again = PolicyTrust(path)  # a restart reads what was accepted
     assert (again.version, again.digest) == (2, "d2")
     again.check(v2)  # the same version and text: fine (a renewal re-signs the same text)

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
+import re
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit import AuditStore
 from gateway.auditlog import verify_store
-from gateway.checkpoint import parse_checkpoint, verify_checkpoint
+from gateway.checkpoint import (
+    COSIGN_CONTEXT,
+    cosign,
+    parse_checkpoint,
+    read_checkpoint_file,
+    verify_checkpoint,
+)
 from gateway.ending import read_ending, sign_ending
 from gateway.witness import Witness, WitnessAlarm
 from keys import ca
+from keys.auditkey import parse_audit_certificate
+from keys.certs import ROLE_WITNESS
 from keys.errors import CipherpostError, Refused, UsageError
 from tests.gateway_kit import A, B, delivery, make_gateway, make_kit, parts, witness_signer
 
@@ -107,8 +118,6 @@ def test_verify_reports_an_ended_log_and_refuses_leaves_after_its_end(kit, tmp_p
 
 
 def test_a_checkpoint_cosignature_is_checked(kit, tmp_path):
-    from gateway.checkpoint import read_checkpoint_file
-
     cps, _ = run(kit, tmp_path, 1)
     w = Witness(tmp_path / "w", kit.world.root / "ca" / "ca.crt", witness_signer(kit, tmp_path))
     w.observe(cps[0])
@@ -118,7 +127,7 @@ def test_a_checkpoint_cosignature_is_checked(kit, tmp_path):
     assert not read_checkpoint_file(cps[0], ca_cert).cosigned  # as the gateway published it
     doc = json.loads(stored.read_bytes())
     doc["cosignatures"][0]["time"] += 1
-    with pytest.raises(Refused, match="bad witness cosignature"):
+    with pytest.raises(Refused, match="checkpoint file: bad witness cosignature"):
         read_checkpoint_file(json.dumps(doc).encode(), ca_cert)
     doc = json.loads(stored.read_bytes())
     doc["cosignatures"][0]["witness_certificate"] = json.loads(cps[0])["audit_certificate"]
@@ -233,3 +242,117 @@ def test_sign_ending_refuses_the_ended_log_as_its_successor_and_bounds_the_reaso
         kit.world.authority.certificate,
     )
     assert ending.reason == clip(long, 280) and len(ending.reason) <= 280 < len(long)
+
+
+def _cosigned_file(kit, tmp_path):
+    """A gateway checkpoint file, a function cosigning it at a chosen time, the witness
+    certificate and the CA."""
+    cps, _ = run(kit, tmp_path, 1)
+    key, pem = witness_signer(kit, tmp_path)
+    ca_cert = kit.world.authority.certificate
+    cert = parse_audit_certificate(pem, ca_cert, ROLE_WITNESS)
+    doc = json.loads(cps[0])
+
+    def signed(when, base=doc):
+        return cosign(base, key, pem, when)
+
+    return doc, signed, cert, ca_cert
+
+
+def test_a_cosignature_counts_only_inside_the_witness_certificate_validity(kit, tmp_path):
+    doc, signed, cert, ca_cert = _cosigned_file(kit, tmp_path)
+
+    def cosigned(d) -> bool:
+        return read_checkpoint_file(json.dumps(d).encode(), ca_cert).cosigned
+
+    second = dt.timedelta(seconds=1)
+    assert cosigned(signed(cert.not_before))  # both edges belong to the validity
+    assert cosigned(signed(cert.not_after))
+    assert not cosigned(signed(cert.not_before - second))  # a well-made signature, but
+    assert not cosigned(signed(cert.not_after + second))  # made when the key was not valid
+    # One valid cosignature among others is enough; the order does not matter.
+    assert cosigned(signed(cert.not_after, signed(cert.not_before - second)))
+
+
+def test_a_second_cosignature_is_added_beside_the_first(kit, tmp_path):
+    doc, signed, cert, _ = _cosigned_file(kit, tmp_path)
+    once = signed(cert.not_before)
+    twice = signed(cert.not_after, once)
+    assert twice["cosignatures"][0] == once["cosignatures"][0]
+    assert [c["time"] for c in twice["cosignatures"]] == [
+        int(cert.not_before.timestamp()),
+        int(cert.not_after.timestamp()),
+    ]
+    assert twice["checkpoint"] == doc["checkpoint"] and "cosignatures" not in doc
+
+
+def _first(doc) -> dict:
+    return doc["cosignatures"][0]
+
+
+MALFORMED = "checkpoint file: malformed cosignature"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(cosignatures={}), "checkpoint file: cosignatures must be a list"),
+        (lambda d: _first(d).pop("signature"), MALFORMED),
+        (lambda d: _first(d).update(time="soon"), MALFORMED),
+        (lambda d: _first(d).update(time=-1), MALFORMED),
+        (lambda d: _first(d).update(time=2**64), MALFORMED),
+        (lambda d: _first(d).update(witness_certificate="x"), "witness certificate is not a PEM"),
+        # Strict base64: characters outside the alphabet are refused, not skipped.
+        (lambda d: _first(d).update(signature="*" + _first(d)["signature"]), MALFORMED),
+        (lambda d: _first(d).update(signature="AAAA"), "checkpoint file: bad witness cosignature"),
+    ],
+)
+def test_a_bad_cosignature_refuses_the_file_by_name(kit, tmp_path, edit, message):
+    _, signed, cert, ca_cert = _cosigned_file(kit, tmp_path)
+    doc = signed(cert.not_before)
+    read_checkpoint_file(json.dumps(doc).encode(), ca_cert)  # as signed: fine
+    edit(doc)
+    with pytest.raises(Refused, match=f"^{re.escape(message)}"):
+        read_checkpoint_file(json.dumps(doc).encode(), ca_cert)
+
+
+def test_the_cosigned_bytes_are_context_time_big_endian_and_the_note(kit, tmp_path):
+    doc, signed, cert, _ = _cosigned_file(kit, tmp_path)
+    entry = signed(cert.not_before)["cosignatures"][0]
+    t = int(cert.not_before.timestamp())
+    Ed25519PublicKey.from_public_bytes(cert.public_key).verify(
+        base64.b64decode(entry["signature"]),
+        COSIGN_CONTEXT + t.to_bytes(8, "big") + doc["checkpoint"].encode(),
+    )
+
+
+def test_the_witness_ends_a_log_only_at_the_largest_of_three_held(kit, tmp_path):
+    cps, _ = run(kit, tmp_path, 4)
+    w = Witness(tmp_path / "w", kit.world.root / "ca" / "ca.crt")
+    for m in cps[:3]:
+        w.observe(m)
+    middle, last = (parse_checkpoint(json.loads(m)["checkpoint"].encode()) for m in cps[1:3])
+    with pytest.raises(CipherpostError, match="is not at the last checkpoint held"):
+        w.end(sign_ending(kit.world.authority, middle, "gw2", "x", kit.now))
+    assert w.end(sign_ending(kit.world.authority, last, "gw2", "x", kit.now)).size == last.size
+    with pytest.raises(WitnessAlarm, match=r"an ended log is being written again \(a restored"):
+        w.observe(cps[3])
+
+
+def test_the_witness_names_a_log_it_does_not_hold_when_asked_to_end_it(kit, tmp_path):
+    cps, _ = run(kit, tmp_path, 1)
+    w = Witness(tmp_path / "w", kit.world.root / "ca" / "ca.crt")
+    first = parse_checkpoint(json.loads(cps[0])["checkpoint"].encode())
+    message = f"^this witness holds no checkpoint of {first.origin}$"
+    with pytest.raises(CipherpostError, match=message):
+        w.end(sign_ending(kit.world.authority, first, "gw2", "x", kit.now))
+
+
+def test_staleness_counts_from_the_last_checkpoint_and_from_a_restart(kit, tmp_path):
+    cps, _ = run(kit, tmp_path, 1)
+    w = Witness(tmp_path / "w", kit.world.root / "ca" / "ca.crt")
+    origin = w.observe(cps[0])[0].origin
+    assert w.stale(60) == []  # heard just now
+    assert w.stale(-1) == [origin]
+    again = Witness(tmp_path / "w")  # a restart: held logs count from now, not as silent
+    assert again.stale(60) == [] and again.stale(-1) == [origin]
