@@ -336,3 +336,56 @@ def test_ca_certificate_in_der_and_a_folder_that_is_not_a_ca(tmp_path, authority
     assert ca.load_ca_certificate(der) == authority.certificate
     with pytest.raises(CipherpostError, match=r"is not a CA folder \(run: cipherpost ca init\)$"):
         ca.load_ca_state(tmp_path / "nothing")
+
+
+def test_fingerprint_is_the_sha256_of_the_der_bytes(tmp_path, authority):
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    der = authority.certificate.public_bytes(serialization.Encoding.DER)
+    assert ca.fingerprint(authority.certificate) == "SHA256:" + hashlib.sha256(der).hexdigest()
+    _, (sign_path, _) = _issue(authority, tmp_path)
+    sign = x509.load_pem_x509_certificate(sign_path.read_bytes())
+    expected = hashlib.sha256(sign.public_bytes(serialization.Encoding.DER)).hexdigest()
+    assert ca.fingerprint(sign) == f"SHA256:{expected}"
+
+
+def test_issue_audit_names_the_role_in_the_subject(tmp_path, authority):
+    from keys.auditkey import AuditKeyRequest
+    from keys.certs import ROLE_AUDIT, ROLE_WITNESS
+
+    request, _ = _issue(authority, tmp_path)
+    public = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    mine = AuditKeyRequest(request.code, public, NOW)
+    for role, text in ((ROLE_AUDIT, "Xã Test (audit log)"), (ROLE_WITNESS, "Xã Test (witness)")):
+        path = ca.issue_audit(authority, mine, tmp_path / "out", NOW, 30, role)
+        assert path == tmp_path / "out" / f"{request.code}.{role}.crt"
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        (cn,) = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        assert cn.value == text
+        assert decode_agency_extension(
+            cert.extensions.get_extension_for_oid(AGENCY_EXTENSION_OID).value.value
+        ) == (request.code, Level.THUONG, role)
+    for role in ("sign", "official", ""):
+        with pytest.raises(UsageError, match="^--role must be audit or witness$"):
+            ca.issue_audit(authority, mine, tmp_path / "refused", NOW, 30, role)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_new_ca_starts_its_bookkeeping_empty_and_its_directories_at_version_1(
+    tmp_path, authority
+):
+    from keys.directory import Directory, TrustState, build_directory
+
+    assert authority.load_state() == {
+        "issued": {},
+        "revoked": [],
+        "crl_number": 1,  # the first CRL, written by init
+        "directory_version": 0,
+    }
+    _issue(authority, tmp_path)
+    d = Directory.load(
+        build_directory(authority, tmp_path / "certs", NOW), TrustState(None), now=NOW
+    )
+    assert d.version == 1

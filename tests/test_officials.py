@@ -24,7 +24,7 @@ from envelopes.errors import EnvelopeRefused, Reason
 from envelopes.signatures import CONTEXT, MAGIC, SIGNED_CAVEAT, sign_document
 from keys import ca
 from keys.codes import AgencyCode
-from keys.errors import CipherpostError, Refused
+from keys.errors import CipherpostError, Refused, UsageError
 from keys.levels import Level
 from keys.officials import (
     OfficialKeys,
@@ -314,3 +314,187 @@ def test_dataclass_is_frozen(w: World) -> None:
     chairman = official(w, SENDER)
     with pytest.raises(dataclasses.FrozenInstanceError):
         chairman.name = "x"  # type: ignore[misc]
+
+
+# The CA's bookkeeping of officials (keys/ca.py), called in-process: every outcome exact.
+
+
+def _request(
+    w: World,
+    code: str = SENDER,
+    name: str = "Phạm Văn D",
+    title: str = "Chủ tịch",
+    position: str = "",
+) -> OfficialRequest:
+    key = Ed25519PrivateKey.generate()
+    return OfficialRequest.parse(
+        build_request(key, AgencyCode.parse(code), name, title, position, w.now)
+    )
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _validity(path: Path) -> dt.timedelta:
+    cert = _cert(path)
+    return cert.not_valid_after_utc - cert.not_valid_before_utc
+
+
+def test_issue_officials_records_each_and_writes_into_a_new_nested_folder(w: World) -> None:
+    a = _request(w, name="Nguyễn Văn A", title="Chủ tịch UBND xã", position="CT")
+    b = _request(w, OTHER, name="Trần Thị B", title="Phó Chủ tịch")
+    out_a, out_b = w.root / "new" / "deep" / "a", w.root / "other" / "deep" / "b"
+    paths = ca.issue_officials(w.authority, [(a, out_a), (b, out_b)], w.now)
+    ka, kb = a.key_id.hex(), b.key_id.hex()
+    assert paths == [
+        out_a / f"{SENDER}.{ka[:16]}.official.crt",
+        out_b / f"{OTHER}.{kb[:16]}.official.crt",
+    ]
+    officials = w.authority.load_state()["officials"]
+    assert set(officials) == {ka, kb}
+    for request, kid, path in ((a, ka, paths[0]), (b, kb, paths[1])):
+        cert = _cert(path)
+        assert officials[kid] == {
+            "code": request.code.text,
+            "name": request.name,
+            "title": request.title,
+            "position": request.position,
+            "serial": str(cert.serial_number),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "revoked": False,
+        }
+        assert cert.not_valid_after_utc == w.now + dt.timedelta(days=365)  # the default
+        assert _validity(path) == dt.timedelta(days=365) + ca.CLOCK_SKEW
+    subject = _cert(paths[0]).subject
+    assert subject.get_attributes_for_oid(x509.NameOID.TITLE)[0].value == "Chủ tịch UBND xã"
+    assert _cert(paths[1]).subject.get_attributes_for_oid(ca.POSITION_OID) == []
+
+
+def test_issue_official_defaults_to_365_days_and_passes_valid_days_on(w: World) -> None:
+    path = ca.issue_official(w.authority, _request(w), w.root / "n" / "o", w.now)
+    assert _validity(path) == dt.timedelta(days=365) + ca.CLOCK_SKEW
+    path = ca.issue_official(w.authority, _request(w), w.root / "o", w.now, 30)
+    assert _validity(path) == dt.timedelta(days=30) + ca.CLOCK_SKEW
+
+
+@pytest.mark.parametrize("days", [1, ca.MAX_VALID_DAYS])
+def test_official_validity_bounds_are_accepted(w: World, days: int) -> None:
+    path = ca.issue_official(w.authority, _request(w), w.root / "o", w.now, days)
+    assert _cert(path).not_valid_after_utc == w.now + dt.timedelta(days=days)
+    (path,) = ca.issue_officials(w.authority, [(_request(w), w.root / "o")], w.now, days)
+    assert _cert(path).not_valid_after_utc == w.now + dt.timedelta(days=days)
+
+
+@pytest.mark.parametrize("days", [0, ca.MAX_VALID_DAYS + 1])
+def test_official_validity_out_of_range_is_refused(w: World, days: int) -> None:
+    for issue in (
+        lambda: ca.issue_official(w.authority, _request(w), w.root / "o", w.now, days),
+        lambda: ca.issue_officials(w.authority, [(_request(w), w.root / "o")], w.now, days),
+    ):
+        with pytest.raises(UsageError, match=r"^--valid-days must be 1\.\.3650$"):
+            issue()
+    assert "officials" not in w.authority.load_state()
+    assert not (w.root / "o").exists()
+
+
+def test_no_official_is_certified_under_a_revoked_agency(w: World) -> None:
+    assert ca.revoke(w.authority, AgencyCode.parse(OTHER), "merged", w.now)
+    with pytest.raises(
+        CipherpostError,
+        match=f"^{OTHER} holds no valid certificates from this CA: certify the agency first$",
+    ):
+        ca.issue_official(w.authority, _request(w, OTHER), w.root / "o", w.now)
+    assert "officials" not in w.authority.load_state()
+
+
+def test_a_key_certified_twice_is_refused_naming_it_and_a_refused_batch_records_nothing(
+    w: World,
+) -> None:
+    first = _request(w)
+    kid = first.key_id.hex()
+    ca.issue_official(w.authority, first, w.root / "o", w.now)
+    before = w.authority.load_state()
+    fresh = _request(w)
+    with pytest.raises(
+        CipherpostError, match=rf"^this key is already certified \(official {kid[:12]}\)$"
+    ):
+        ca.issue_officials(w.authority, [(fresh, w.root / "p"), (first, w.root / "p")], w.now)
+    assert w.authority.load_state() == before  # the fresh one is not recorded either
+    assert not (w.root / "p").exists()
+
+
+def test_revoke_official_records_the_revocation_once(w: World) -> None:
+    request = _request(w)
+    kid = request.key_id.hex()
+    # A CA that never certified an official (no "officials" in its bookkeeping yet).
+    with pytest.raises(
+        CipherpostError, match=f"^no official's key {kid} was certified by this CA$"
+    ):
+        ca.revoke_official(w.authority, kid, "left office", w.now)
+    path = ca.issue_official(w.authority, request, w.root / "o", w.now)
+    serial = _cert(path).serial_number
+    with pytest.raises(CipherpostError, match="^no official's key 00 was certified by this CA$"):
+        ca.revoke_official(w.authority, "00", "left office", w.now)
+    later = w.now + dt.timedelta(hours=1)
+    assert ca.revoke_official(w.authority, kid, "left office", later) is True
+    state = w.authority.load_state()
+    assert state["revoked"][-1] == {
+        "serial": str(serial),
+        "code": SENDER,
+        "reason": "left office",
+        "time": later.isoformat(),
+        "official": kid,
+    }
+    assert state["officials"][kid]["revoked"] is True
+    assert ca.revoke_official(w.authority, kid, "again", later) is False
+    assert w.authority.load_state()["revoked"] == state["revoked"]
+    crl = x509.load_der_x509_crl((w.authority.directory / ca.CRL_FILE).read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+def _first_letter_prefix(kid: str) -> str:
+    """The shortest prefix (at least 2 characters) that holds a hex letter a-f."""
+    i = next(i for i, c in enumerate(kid) if c in "abcdef")
+    return kid[: max(i + 1, 2)]
+
+
+def test_find_official_by_a_prefix(w: World) -> None:
+    with pytest.raises(CipherpostError, match="^no official's key 'ab' was certified by this CA$"):
+        ca.find_official(w.authority, "ab")  # no official at all yet
+    request = _request(w)
+    kid = request.key_id.hex()
+    ca.issue_official(w.authority, request, w.root / "o", w.now)
+    prefix = _first_letter_prefix(kid)
+    assert ca.find_official(w.authority, f"  {prefix.upper()}\t") == kid
+    assert ca.find_official(w.authority, kid) == kid
+    for blank in ("", "   "):
+        with pytest.raises(
+            CipherpostError, match=f"^no official's key {blank!r} was certified by this CA$"
+        ):
+            ca.find_official(w.authority, blank)
+    unknown = "0" * 32 if not kid.startswith("0") else "f" * 32
+    with pytest.raises(
+        CipherpostError, match=f"^no official's key '{unknown}' was certified by this CA$"
+    ):
+        ca.find_official(w.authority, unknown)
+
+
+def test_find_official_refuses_an_ambiguous_prefix(w: World) -> None:
+    # Two officials whose key ids start alike (among 17 keys, two share the first digit).
+    seen: dict[str, OfficialRequest] = {}
+    while True:
+        request = _request(w)
+        kid = request.key_id.hex()
+        if kid[0] in seen:
+            break
+        seen[kid[0]] = request
+    pair = [seen[kid[0]], request]
+    ca.issue_officials(w.authority, [(r, w.root / "o") for r in pair], w.now)
+    ids = [r.key_id.hex() for r in pair]
+    common = ids[0][: next(i for i, (x, y) in enumerate(zip(*ids, strict=True)) if x != y)]
+    assert common
+    with pytest.raises(UsageError, match=f"^'{common}' is the start of 2 officials' keys$"):
+        ca.find_official(w.authority, common)
+    for kid in ids:  # one more character tells them apart
+        assert ca.find_official(w.authority, kid[: len(common) + 1]) == kid
