@@ -1,4 +1,6 @@
 import datetime as dt
+import os
+import stat
 
 import msgpack
 import pytest
@@ -24,6 +26,18 @@ def _keys(code="000.00.12.H41"):
     return agency.AgencyKeys(
         AgencyCode.parse(code), "Xã Test", Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
     )
+
+
+def test_ca_folder_is_made_private_with_its_parents(tmp_path):
+    """The CA's folder holds its (encrypted) key and its bookkeeping: only its owner may
+    list it, even where the umask would allow more."""
+    folder = tmp_path / "offline" / "ca"
+    old = os.umask(0o022)
+    try:
+        ca.init_ca(folder, PASSPHRASE, NOW, "Test CA")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
 def test_ca_init_refuses_to_overwrite(tmp_path, authority):
