@@ -316,7 +316,10 @@ class Cluster:
             left = deadline - time.monotonic()
             if left <= 0:
                 log = node.folder / "log" / f"{node.name}.log"
-                raise ClusterError(f"{node.name} did not start within {timeout:.0f} s (see {log})")
+                raise ClusterError(
+                    f"{node.name} did not start within {timeout:.0f} s (see {log});"
+                    f" its log ends: {_log_tail(log)}"
+                )
             out = subprocess.run(
                 [
                     str(RABBITMQ_SBIN / "rabbitmqctl"), "-q", "-n", node.name, "await_startup",
@@ -443,6 +446,16 @@ class Cluster:
                 if len(parts) == 2 and parts[0] == queue:
                     return self.node(parts[1])
         raise ClusterError(f"no leader found for {queue} in {vhost}")
+
+
+def _log_tail(log: Path, lines: int = 6, chars: int = 1200) -> str:
+    """The last lines of a node's log, on one line: why it did not start, kept in the error
+    (a test's temporary folder, and the log in it, may be gone when someone reads it)."""
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as e:
+        return f"(unreadable: {e.strerror})"
+    return " | ".join(line.strip() for line in tail)[-chars:] or "(empty)"
 
 
 def _wait_gone(pid: int, timeout: float) -> None:
