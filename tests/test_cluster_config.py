@@ -57,3 +57,16 @@ def test_the_cluster_renderer_fills_every_placeholder_and_refuses_a_missing_one(
     assert not any("${" in ln for ln in rendered.splitlines() if not ln.startswith("#"))
     with pytest.raises(ClusterError, match="no value"):
         render_config(text, {name: "x" for name in names - {"TLS_KEY"}})
+
+
+def test_a_node_that_did_not_start_is_explained_by_the_end_of_its_log(tmp_path):
+    from compose.cluster import _log_tail
+
+    log = tmp_path / "node.log"
+    assert _log_tail(log) == "(unreadable: No such file or directory)"
+    log.write_text("")
+    assert _log_tail(log) == "(empty)"
+    log.write_text("\n".join(f"line {i}" for i in range(20)) + "\n")
+    assert _log_tail(log, lines=3) == "line 17 | line 18 | line 19"
+    log.write_text("x" * 5000)
+    assert _log_tail(log, chars=100) == "x" * 100
