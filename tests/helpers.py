@@ -87,6 +87,7 @@ def seal_bytes(
     segment_size: int = 1024,
     subject: str = "s",
     now: dt.datetime | None = None,
+    metadata: envelopes.Metadata | None = None,
 ) -> bytes:
     out = io.BytesIO()
     envelopes.seal(
@@ -98,7 +99,7 @@ def seal_bytes(
         level=level,
         size=len(doc),
         urgency=Urgency.KHAN,
-        metadata=envelopes.Metadata(subject=subject, filename="doc.bin"),
+        metadata=metadata or envelopes.Metadata(subject=subject, filename="doc.bin"),
         now=now or world.now,
         segment_size=segment_size,
     )

@@ -589,20 +589,8 @@ def test_open_part_checks_officials_signatures_as_open_does(world, directory):
     signature = sign_document(
         chairman, io.BytesIO(DOC), subject="Sáp nhập", notation="", now=world.now
     )
-    out = io.BytesIO()
-    envelopes.seal(
-        io.BytesIO(DOC),
-        out,
-        keys=world.keys[S],
-        directory=directory,
-        to=[AgencyCode.parse(R1)],
-        level=Level.MAT,
-        size=len(DOC),
-        metadata=envelopes.Metadata(subject="Sáp nhập", filename="qd.txt", signatures=(signature,)),
-        now=world.now,
-        segment_size=1 << 20,
-    )
-    data = out.getvalue()
+    metadata = envelopes.Metadata(subject="Sáp nhập", filename="qd.txt", signatures=(signature,))
+    data = seal_bytes(world, directory, S, [R1], DOC, segment_size=1 << 20, metadata=metadata)
     part = parse_part(data)
     opened, document = open_part(
         part, size=len(data), keys=world.keys[R1], directory=directory, now=world.now
