@@ -9,7 +9,11 @@ not confirmed within the timeout on a live, unblocked connection makes the
 publisher reconnect (to another node of a cluster) and republish there; never a
 second copy on the same live or blocked connection: during a broker stall (a
 memory alarm blocks publishers) both copies would wait and both arrive, and the
-second would look like a replay (issue 10). The gateway still takes a
+second would look like a replay (issue 10). A message nacked again and again on
+one connection for ``nack_reconnect`` seconds also makes it reconnect: RabbitMQ 3.10 keeps,
+per channel, whether a quorum queue takes publishes, and a channel that asked while the
+queue's leader was being killed can go on refusing for minutes while a fresh channel is
+taken at once (seen in the cluster tests). The gateway still takes a
 byte-identical copy from its signer as a duplicate. A message
 returned as unroutable (``mandatory=True``) fails its future: nothing is
 silently dropped.
@@ -42,6 +46,9 @@ NACK_RETRY_S = 0.2  # first pause before a nacked message goes out again (doubli
 # majority), and the caller hears so. Time, not a count: a leader election on a loaded
 # machine took ~30 s, and ten quick retries had all been spent inside it.
 NACK_GIVE_UP_S = 120.0
+# Nacked on one connection for this long: the next attempt goes out on a new connection
+# (another node first), not on the channel that keeps refusing.
+NACK_RECONNECT_S = 10.0
 TICK_S = 0.5
 
 log = get_logger("cipherpost.broker")
@@ -60,7 +67,8 @@ class _Pending:
     properties: pika.BasicProperties
     future: Future[None] = field(default_factory=Future)
     attempts: int = 0
-    first_nack: float = 0.0
+    first_nack: float = 0.0  # the first nack of all (gives up NACK_GIVE_UP_S later)
+    nacked_here: float = 0.0  # the first nack on the current connection
     sent_at: float = 0.0
     returned: bool = False
 
@@ -76,9 +84,12 @@ class ConfirmingPublisher:
         max_bytes: int = MAX_BYTES_IN_FLIGHT,
         confirm_timeout: float = CONFIRM_TIMEOUT_S,
         connect_timeout: float = 30.0,
+        nack_reconnect: float = NACK_RECONNECT_S,
     ) -> None:
         self._config = config
         self._confirm_timeout = confirm_timeout
+        self._nack_reconnect = nack_reconnect
+        self.connections_opened = 0  # channels opened so far (reconnects: this minus one)
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -276,6 +287,7 @@ class ConfirmingPublisher:
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(self._on_confirm)
         self._channel = channel
+        self.connections_opened += 1
         self._backoff.reset()
         if self._attempt > 1:
             log.info("broker_reconnected", login=self._config.login, node=self._connection_node())
@@ -285,6 +297,8 @@ class ConfirmingPublisher:
             # Everything unconfirmed goes out again on the new channel.
             unsent = [s for s in self._pending if s not in self._to_send]
             self._to_send.extendleft(sorted(unsent, reverse=True))
+            for p in self._pending.values():
+                p.nacked_here = 0.0
         self._ready.set()
         self._send_queued()
         self._schedule_tick()
@@ -349,6 +363,7 @@ class ConfirmingPublisher:
             tags = [t for t in self._tags if t <= tag] if method.multiple else [tag]
             settled: list[tuple[_Pending, BaseException | None]] = []
             retry: list[tuple[int, float]] = []
+            reconnect = False
             now = time.monotonic()
             for t in tags:
                 seq = self._tags.pop(t, None)
@@ -374,8 +389,11 @@ class ConfirmingPublisher:
                             BrokerError(f"broker refused the message for {NACK_GIVE_UP_S:.0f} s"),
                         )
                     )
+                elif pending.nacked_here and now - pending.nacked_here > self._nack_reconnect:
+                    reconnect = True  # goes out again on the new channel (_on_channel_open)
                 else:
                     pending.first_nack = pending.first_nack or now
+                    pending.nacked_here = pending.nacked_here or now
                     # A nack: the broker could not take it yet (a quorum queue electing a new
                     # leader after a node died nacks at once). Sent again after a growing
                     # pause, not at once: ten immediate retries would all land in the election.
@@ -390,6 +408,10 @@ class ConfirmingPublisher:
             else:
                 pending.future.set_exception(error)
         conn = self._connection
+        if reconnect and conn is not None and conn.is_open:
+            log.warning("broker_nacks_reconnect", node=self._connection_node())
+            conn.close()
+            return
         for seq, delay in retry:
             if conn is not None:
                 # On this connection's loop only: after a reconnect every unconfirmed message

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,20 +24,43 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return make_world(tmp_path_factory.mktemp("world"), agencies)
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    """One native 3-node TLS-only cluster for every ``cluster`` test of the session, rendered
-    from the shipped compose/rabbitmq configuration; always stopped and removed (also when
-    the interpreter exits without running the finaliser)."""
+@contextlib.contextmanager
+def running_cluster(folder: Path, keep_logs: Path):
+    """A native 3-node TLS-only cluster rendered from the shipped compose/rabbitmq
+    configuration; always stopped and removed (also when the interpreter exits without
+    running the finaliser). The nodes' logs are kept in ``keep_logs`` (pytest keeps the
+    last three runs' temporary folders): a failure is often read after the cluster is gone."""
     from compose.cluster import start
 
-    started = start(tmp_path_factory.mktemp("cluster"))
+    started = start(folder)
     atexit.register(started.destroy)
     try:
         yield started
     finally:
         atexit.unregister(started.destroy)
+        for node in started.nodes:
+            with contextlib.suppress(OSError):
+                shutil.copytree(node.folder / "log", keep_logs / f"{started.tag}-n{node.index}")
         started.destroy()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One cluster for every ``cluster`` test of the session that leaves it whole."""
+    logs = tmp_path_factory.getbasetemp() / "cluster-logs"
+    with running_cluster(tmp_path_factory.mktemp("cluster"), logs) as started:
+        yield started
+
+
+@pytest.fixture
+def own_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A cluster for one test alone: one that stops every node at once. After a
+    whole-cluster restart, RabbitMQ 3.10 sometimes fails to start a *new* virtual host's
+    queues on one node (``noproc``); tests isolate themselves in new virtual hosts, and
+    one such restart must not take every later cluster test with it."""
+    logs = tmp_path_factory.getbasetemp() / "cluster-logs"
+    with running_cluster(tmp_path_factory.mktemp("own-cluster"), logs) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

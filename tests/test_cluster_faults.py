@@ -15,6 +15,7 @@ are the faults' durations, not synchronisation.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 
@@ -34,8 +35,8 @@ SENDERS = [PROVINCE, A]
 RECEIVERS = [B, MAT_ONLY]
 
 
-@pytest.fixture
-def flow(cluster, tmp_path):
+@contextlib.contextmanager
+def flowing(cluster, tmp_path):
     world = cluster_world(cluster, tmp_path / "w")
     world.start_gateway("gw1")
     world.start_gateway("gw2")
@@ -46,6 +47,18 @@ def flow(cluster, tmp_path):
         f.close()
         cluster.restore()  # the next test gets the whole cluster back
         world.cleanup()
+
+
+@pytest.fixture
+def flow(cluster, tmp_path):
+    with flowing(cluster, tmp_path) as f:
+        yield f
+
+
+@pytest.fixture
+def own_flow(own_cluster, tmp_path):
+    with flowing(own_cluster, tmp_path) as f:
+        yield f
 
 
 def gateway_node(cluster, world):
@@ -87,7 +100,8 @@ def test_stop_app_of_the_node_a_gateway_is_connected_to(cluster, flow, capsys):
     flow.check(cluster, capsys)
 
 
-def test_whole_cluster_restart_with_messages_queued(cluster, flow, capsys):
+def test_whole_cluster_restart_with_messages_queued(own_cluster, own_flow, capsys):
+    cluster, flow = own_cluster, own_flow
     # Queued on every side: submissions no gateway has taken, deliveries no receiver has.
     flow.world.stop_gateways()
     flow.start_senders_only()
