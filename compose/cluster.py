@@ -44,6 +44,12 @@ TEMPLATES = HERE / "rabbitmq"
 RABBITMQ_SBIN = Path("/usr/lib/rabbitmq/bin")
 ADMIN_USER = "cp-admin"
 STATE_FILE = "cluster.json"
+# A node whose applications are stopped and not booting: how long before we start them
+# (pause_minority restarts a healed node's applications by itself within seconds).
+SELF_RESTART_S = 20
+# After a hung node: how long every node must run, with no partition reported, to count as
+# healed (the paused node restarted itself 7-8 s after its resume in the logs).
+STEADY_S = 20
 START_TIMEOUT_S = 300  # a restarted node waits for its peers' tables (up to 5 min)
 NOFILE = 65536
 HOST = "127.0.0.1"
@@ -113,6 +119,7 @@ class Cluster:
     admin_password: str
     tag: str
     stopped: list[str] = field(default_factory=list)
+    hung: list[str] = field(default_factory=list)  # SIGSTOPped since the last restore()
 
     # --- paths and names --------------------------------------------------------------------
 
@@ -406,6 +413,9 @@ class Cluster:
     def pause(self, node: Node) -> None:
         """SIGSTOP: a hung node (its sockets stay open, nothing answers)."""
         os.kill(self.pid(node), signal.SIGSTOP)
+        if node.name not in self.hung:
+            self.hung.append(node.name)
+            self.save()
 
     def resume(self, node: Node) -> None:
         os.kill(self.pid(node), signal.SIGCONT)
@@ -423,14 +433,63 @@ class Cluster:
 
     def restore(self) -> None:
         """Every node running its applications again, whatever a test did to it (killed,
-        stopped, paused)."""
+        stopped, paused), and, after a hung node, the partition it caused healed."""
         for n in self.nodes:
             if n.name in self.stopped:
                 self.start_node(n)
-                continue
-            self.resume(n)
-            if self.ctl(n, "eval", "rabbit:is_running().", check=False).strip() != "true":
-                self.start_app(n)
+            else:
+                self.resume(n)
+        for n in self.nodes:
+            self.until_running(n)
+        if self.hung:
+            self.until_steady(STEADY_S)
+            self.hung.clear()
+            self.save()
+
+    def until_steady(self, window: float, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until every node runs its applications and none reports a partition, for
+        ``window`` seconds in a row. A node resumed after a hang longer than the tick time
+        meets peers that wrote it off: Mnesia reports a partition, and ``pause_minority``
+        stops and restarts the node's applications some seconds *after* it answered again
+        (8 s here), so one look right after the resume says "running" too early."""
+        deadline = time.monotonic() + timeout
+        steady_since = time.monotonic()
+        while time.monotonic() - steady_since < window:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the cluster did not settle within {timeout:.0f} s")
+            for n in self.nodes:
+                running = self._answers(n, "rabbit:is_running().")
+                if not running or not self._answers(n, "rabbit_node_monitor:partitions() =:= []."):
+                    steady_since = time.monotonic()
+                    if not running:
+                        self.until_running(n, max(1.0, deadline - time.monotonic()))
+            time.sleep(1)  # a poll of the nodes' state, not a synchronisation
+
+    def until_running(self, node: Node, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until ``node`` runs its applications, starting them if nothing else will.
+
+        A node that was hung (SIGSTOP) finds itself in a minority when it resumes;
+        ``pause_minority`` stops its applications and starts them again once it sees the
+        others. ``start_app`` in the middle of that restart fails (Mnesia already runs) and
+        can leave the node half up, so the node gets time to come back by itself first."""
+        deadline = time.monotonic() + timeout
+        idle_since = time.monotonic()
+        while not self._answers(node, "rabbit:is_running()."):
+            if time.monotonic() > deadline:
+                log = node.folder / "log" / f"{node.name}.log"
+                raise ClusterError(
+                    f"{node.name} does not run its applications after {timeout:.0f} s;"
+                    f" its log ends: {_log_tail(log)}"
+                )
+            if self._answers(node, "lists:keymember(mnesia, 1, application:which_applications())."):
+                idle_since = time.monotonic()  # booting (or healing): not ours to start
+            elif time.monotonic() - idle_since > SELF_RESTART_S:
+                self.ctl(node, "start_app", timeout=180, check=False)
+                idle_since = time.monotonic()
+            time.sleep(1)  # a poll of the node's state, not a synchronisation
+
+    def _answers(self, node: Node, expression: str) -> bool:
+        return self.ctl(node, "eval", expression, check=False).strip() == "true"
 
     def leader(self, vhost: str, queue: str) -> Node:
         """The node that leads a quorum queue now."""
