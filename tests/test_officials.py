@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import io
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import envelopes
 from envelopes import _crypto
 from envelopes.errors import EnvelopeRefused, Reason
+from envelopes.payload import Metadata, PayloadSplitter
 from envelopes.signatures import CONTEXT, MAGIC, SIGNED_CAVEAT, sign_document
 from keys import ca
 from keys.codes import AgencyCode
@@ -498,3 +500,20 @@ def test_find_official_refuses_an_ambiguous_prefix(w: World) -> None:
         ca.find_official(w.authority, common)
     for kid in ids:  # one more character tells them apart
         assert ca.find_official(w.authority, kid[: len(common) + 1]) == kid
+
+
+def test_the_document_is_hashed_exactly_when_the_metadata_carries_signatures() -> None:
+    """The digest officials' signatures are checked against covers every document byte
+    from the first, in chunks of any size; an unsigned document is not hashed at all."""
+    document = bytes(range(256)) * 40
+    for signatures in ((), (b"s" * 64,)):
+        payload = Metadata(subject="x", signatures=signatures).encode() + document
+        for size in (1, 7, 4096, len(payload)):
+            out = io.BytesIO()
+            splitter = PayloadSplitter(out)
+            for k in range(0, len(payload), size):
+                splitter.feed(payload[k : k + size])
+            assert splitter.finish().signatures == signatures
+            assert out.getvalue() == document and splitter.document_bytes == len(document)
+            want = hashlib.sha256(document).digest() if signatures else b""
+            assert splitter.document_digest == want, (signatures, size)
