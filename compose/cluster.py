@@ -109,6 +109,14 @@ class Node:
     def folder(self) -> Path:
         return Path(self.base)
 
+    @property
+    def log_folder(self) -> Path:
+        return self.folder / "log"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_folder / f"{self.name}.log"
+
 
 @dataclass
 class Cluster:
@@ -225,7 +233,7 @@ class Cluster:
             RABBITMQ_NODE_PORT=str(node.amqp_port),
             RABBITMQ_DIST_PORT=str(node.dist_port),
             RABBITMQ_MNESIA_BASE=str(folder / "mnesia"),
-            RABBITMQ_LOG_BASE=str(folder / "log"),
+            RABBITMQ_LOG_BASE=str(node.log_folder),
             RABBITMQ_PID_FILE=str(folder / "node.pid"),
             RABBITMQ_CONFIG_FILE=str(folder / "rabbitmq.conf"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(folder / "enabled_plugins"),
@@ -322,7 +330,7 @@ class Cluster:
             # await_startup needs the node's Erlang VM up to ask it; -detached returns first.
             left = deadline - time.monotonic()
             if left <= 0:
-                log = node.folder / "log" / f"{node.name}.log"
+                log = node.log_file
                 raise ClusterError(
                     f"{node.name} did not start within {timeout:.0f} s (see {log});"
                     f" its log ends: {_log_tail(log)}"
@@ -476,7 +484,7 @@ class Cluster:
         idle_since = time.monotonic()
         while not self._answers(node, "rabbit:is_running()."):
             if time.monotonic() > deadline:
-                log = node.folder / "log" / f"{node.name}.log"
+                log = node.log_file
                 raise ClusterError(
                     f"{node.name} does not run its applications after {timeout:.0f} s;"
                     f" its log ends: {_log_tail(log)}"

@@ -40,7 +40,7 @@ def running_cluster(folder: Path, keep_logs: Path):
         atexit.unregister(started.destroy)
         for node in started.nodes:
             with contextlib.suppress(OSError):
-                shutil.copytree(node.folder / "log", keep_logs / f"{started.tag}-n{node.index}")
+                shutil.copytree(node.log_folder, keep_logs / f"{started.tag}-n{node.index}")
         started.destroy()
 
 
