@@ -50,6 +50,10 @@ SELF_RESTART_S = 20
 # After a hung node: how long every node must run, with no partition reported, to count as
 # healed (the paused node restarted itself 7-8 s after its resume in the logs).
 STEADY_S = 20
+# Every node runs but a partition is still reported: how long before the hung node's
+# applications are restarted (RabbitMQ forgets a partition only when a node of it goes down,
+# and a resumed node that reconnected before it noticed the others left never pauses).
+HEAL_AFTER_S = 30
 START_TIMEOUT_S = 300  # a restarted node waits for its peers' tables (up to 5 min)
 NOFILE = 65536
 HOST = "127.0.0.1"
@@ -456,22 +460,60 @@ class Cluster:
 
     def until_steady(self, window: float, timeout: float = START_TIMEOUT_S) -> None:
         """Wait until every node runs its applications and none reports a partition, for
-        ``window`` seconds in a row. A node resumed after a hang longer than the tick time
-        meets peers that wrote it off: Mnesia reports a partition, and ``pause_minority``
-        stops and restarts the node's applications some seconds *after* it answered again
-        (8 s here), so one look right after the resume says "running" too early."""
+        ``window`` seconds in a row, healing a partition that does not heal by itself.
+
+        A node resumed after a hang longer than the tick time meets peers that wrote it off.
+        Either it pauses (``pause_minority`` stops and restarts its applications some seconds
+        *after* it answered again: 8 s here, so one look right after the resume says
+        "running" too early), or, when its peers reconnected before it noticed they had left,
+        it never pauses and every node goes on reporting the partition: RabbitMQ's
+        documented recovery is to restart the applications on the side one trusts less,
+        here the hung nodes, after ``HEAL_AFTER_S``."""
         deadline = time.monotonic() + timeout
         steady_since = time.monotonic()
+        partitioned_since: float | None = None
         while time.monotonic() - steady_since < window:
             if time.monotonic() > deadline:
-                raise ClusterError(f"the cluster did not settle within {timeout:.0f} s")
+                raise ClusterError(
+                    f"the cluster did not settle within {timeout:.0f} s: {self._health()}"
+                )
+            running = {n.name: self._answers(n, "rabbit:is_running().") for n in self.nodes}
+            partitioned = [
+                n for n in self.nodes
+                if running[n.name] and not self._answers(n, _NO_PARTITION)
+            ]  # fmt: skip
+            if all(running.values()) and not partitioned:
+                partitioned_since = None
+            else:
+                steady_since = time.monotonic()
             for n in self.nodes:
-                running = self._answers(n, "rabbit:is_running().")
-                if not running or not self._answers(n, "rabbit_node_monitor:partitions() =:= []."):
-                    steady_since = time.monotonic()
-                    if not running:
-                        self.until_running(n, max(1.0, deadline - time.monotonic()))
+                if not running[n.name]:
+                    self.until_running(n, max(1.0, deadline - time.monotonic()))
+            if partitioned and all(running.values()):
+                partitioned_since = partitioned_since or time.monotonic()
+                if time.monotonic() - partitioned_since > HEAL_AFTER_S:
+                    print(
+                        f"compose.cluster: a partition outlived {HEAL_AFTER_S} s"
+                        f" ({self._health()});"
+                        f" restarting the applications of {', '.join(self.hung)}",
+                        file=sys.stderr,
+                    )  # fmt: skip
+                    for name in self.hung:
+                        self.stop_app(self.node(name))
+                        self.start_app(self.node(name))
+                    partitioned_since = None
             time.sleep(1)  # a poll of the nodes' state, not a synchronisation
+
+    def _health(self) -> str:
+        """Each node's applications and reported partitions, on one line (for errors)."""
+        return "; ".join(
+            f"{n.name}: "
+            + self.ctl(
+                n, "eval", "{rabbit:is_running(), rabbit_node_monitor:partitions()}.",
+                check=False,
+            ).strip()
+            for n in self.nodes
+        )  # fmt: skip
 
     def until_running(self, node: Node, timeout: float = START_TIMEOUT_S) -> None:
         """Wait until ``node`` runs its applications, starting them if nothing else will.
@@ -513,6 +555,9 @@ class Cluster:
                 if len(parts) == 2 and parts[0] == queue:
                     return self.node(parts[1])
         raise ClusterError(f"no leader found for {queue} in {vhost}")
+
+
+_NO_PARTITION = "rabbit_node_monitor:partitions() =:= []."
 
 
 def _log_tail(log: Path, lines: int = 6, chars: int = 1200) -> str:
