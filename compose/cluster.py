@@ -54,6 +54,8 @@ STEADY_S = 20
 # applications are restarted (RabbitMQ forgets a partition only when a node of it goes down,
 # and a resumed node that reconnected before it noticed the others left never pauses).
 HEAL_AFTER_S = 30
+# A node whose boot failed is started again this many times (see Cluster.await_node).
+BOOT_RETRIES = 2
 START_TIMEOUT_S = 300  # a restarted node waits for its peers' tables (up to 5 min)
 NOFILE = 65536
 HOST = "127.0.0.1"
@@ -308,7 +310,12 @@ class Cluster:
         shutil.copyfile(TEMPLATES / "enabled_plugins", folder / "enabled_plugins")
         (folder / "advanced.config").write_text("[].\n")
 
-    def _spawn(self, node: Node) -> None:
+    def _spawn(self, node: Node) -> int:
+        """Start the node's VM (detached); returns where its log stood, for :meth:`await_node`."""
+        try:
+            log_from = node.log_file.stat().st_size
+        except OSError:
+            log_from = 0
         # The node inherits the raised open-file limit: quorum queues keep many files open.
         with contextlib.suppress(ValueError, OSError):
             import resource
@@ -326,10 +333,20 @@ class Cluster:
         )
         if done.returncode != 0:
             raise ClusterError(f"{node.name} did not start: {done.stderr.strip()[:200]}")
+        return log_from
 
-    def await_node(self, node: Node, timeout: float = START_TIMEOUT_S) -> None:
-        """Wait until the node runs its applications (``rabbitmqctl await_startup``)."""
+    def await_node(
+        self, node: Node, log_from: int | None = None, timeout: float = START_TIMEOUT_S
+    ) -> None:
+        """Wait until the node runs its applications (``rabbitmqctl await_startup``).
+
+        A node whose boot failed (its log says so after ``log_from``) and whose VM has
+        exited is started again, at most :data:`BOOT_RETRIES` times: what the deployment's
+        supervisor does (``restart: unless-stopped``). RabbitMQ 3.10 fails a boot when the
+        nodes of a whole cluster start together and one asks a peer for its feature flags
+        before that peer has loaded them (``incompatible_feature_flags``, ``badmap``)."""
         deadline = time.monotonic() + timeout
+        retries = BOOT_RETRIES
         while True:
             # await_startup needs the node's Erlang VM up to ask it; -detached returns first.
             left = deadline - time.monotonic()
@@ -349,12 +366,31 @@ class Cluster:
             )  # fmt: skip
             if out.returncode == 0:
                 return
+            failure = None if log_from is None else self._boot_failure(node, log_from)
+            if failure and retries:
+                retries -= 1
+                print(
+                    f"compose.cluster: {node.name} failed to boot ({failure}); starting it again",
+                    file=sys.stderr,
+                )
+                log_from = self._spawn(node)
+                continue
             time.sleep(0.5)  # the VM is not up yet: ask again (a poll, not a synchronisation)
+
+    def _boot_failure(self, node: Node, log_from: int) -> str | None:
+        """Why the node's boot failed since ``log_from``, once its VM has exited."""
+        failure = boot_failure(node.log_file, log_from)
+        if failure is None:
+            return None
+        try:
+            self.pid(node)
+        except ClusterError:
+            return failure  # no process for its pid file: the VM is gone
+        return None  # still exiting: asked again on the next poll
 
     def start_node(self, node: Node) -> None:
         """Start one stopped (or killed) node and wait until it runs."""
-        self._spawn(node)
-        self.await_node(node)
+        self.await_node(node, self._spawn(node))
         if node.name in self.stopped:
             self.stopped.remove(node.name)
         self.save()
@@ -365,18 +401,16 @@ class Cluster:
         whole-cluster stop, all start together: each waits for the others' tables."""
         fresh = not (self.nodes[0].folder / "mnesia" / self.nodes[0].name).exists()
         if fresh:
-            self._spawn(self.nodes[0])
-            self.await_node(self.nodes[0])
+            self.await_node(self.nodes[0], self._spawn(self.nodes[0]))
             rest = self.nodes[1:]
         else:
             # The last node to stop knows the latest tables: it goes first (the others wait
             # for it anyway), then the rest, all before any is awaited.
             order = {name: i for i, name in enumerate(self.stopped)}
             rest = sorted(self.nodes, key=lambda n: -order.get(n.name, -1))
+        log_from = {n.name: self._spawn(n) for n in rest}
         for n in rest:
-            self._spawn(n)
-        for n in rest:
-            self.await_node(n)
+            self.await_node(n, log_from[n.name])
         self.stopped.clear()
         self.save()
 
@@ -558,6 +592,22 @@ class Cluster:
 
 
 _NO_PARTITION = "rabbit_node_monitor:partitions() =:= []."
+
+
+def boot_failure(log: Path, log_from: int) -> str | None:
+    """Why a node's boot failed, if its log reports a failed boot after byte ``log_from``:
+    the reason RabbitMQ gave for stopping, on one line (or ``None``: no failed boot)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(log_from)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    if "BOOT FAILED" not in text:
+        return None
+    marker = "Application rabbit exited"
+    reasons = [line[line.index(marker) :] for line in text.splitlines() if marker in line]
+    return (reasons[0] if reasons else "BOOT FAILED")[:300]
 
 
 def _log_tail(log: Path, lines: int = 6, chars: int = 1200) -> str:

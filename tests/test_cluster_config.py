@@ -70,3 +70,26 @@ def test_a_node_that_did_not_start_is_explained_by_the_end_of_its_log(tmp_path):
     assert _log_tail(log, lines=3) == "line 17 | line 18 | line 19"
     log.write_text("x" * 5000)
     assert _log_tail(log, chars=100) == "x" * 100
+
+
+def test_a_failed_boot_is_found_after_the_start_and_named_by_rabbitmqs_reason(tmp_path):
+    """What a fresh CI run met after a whole-cluster restart (RabbitMQ 3.10): one node asked a
+    peer for its feature flags before that peer had loaded them, and its boot failed."""
+    from compose.cluster import boot_failure
+
+    log = tmp_path / "node.log"
+    assert boot_failure(log, 0) is None  # no log yet: nothing failed
+    earlier = "2026-11-30 08:20:01.1+00:00 [error] <0.223.0> BOOT FAILED\n"
+    log.write_text(earlier + "2026-11-30 08:23:23.6+00:00 [info] <0.223.0> Starting RabbitMQ\n")
+    assert boot_failure(log, 0) == "BOOT FAILED"  # no reason line: the marker itself
+    assert boot_failure(log, len(earlier)) is None  # an earlier boot's failure is not this one
+    with log.open("a") as f:
+        f.write(
+            "2026-11-30 08:23:24.054606+00:00 [error] <0.223.0> BOOT FAILED\n"
+            "2026-11-30 08:23:25.058204+00:00 [notice] <0.44.0> Application rabbit exited with"
+            " reason: {{incompatible_feature_flags,{badrpc,{'EXIT',{{badmap,undefined}\n"
+        )
+    assert boot_failure(log, len(earlier)) == (
+        "Application rabbit exited with reason:"
+        " {{incompatible_feature_flags,{badrpc,{'EXIT',{{badmap,undefined}"
+    )
