@@ -650,7 +650,7 @@ def test_check_proof_refuses_a_proven_leaf_that_is_not_a_record_or_sits_elsewher
     folder = env.audit_dirs[GATEWAY]
     cert = load_audit_certificate(folder / "audit.crt", ca.load_ca_certificate(env.ca_cert))
     r = record(0)
-    leaves = [r.leaf_from(r.values(), 5), b"\x93\x01\x02\x03"]  # claims index 5 at 0; not a record
+    leaves = [r.leaf(5), b"\x93\x01\x02\x03"]  # claims index 5 at 0; not a record
     hashes = [merkle.leaf_hash(x) for x in leaves]
     note = sign_checkpoint(
         load_audit_key(folder, PASSPHRASE),

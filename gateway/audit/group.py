@@ -9,11 +9,11 @@ from typing import Protocol, TypeVar
 
 from gateway import merkle
 from gateway.audit.records import (
+    _RECIPIENTS_AT,
     ACCEPTED,
     NOTICE_EVENTS,
     PART,
     RECORD_COLUMNS,
-    RECORD_FIELDS,
     REFUSAL_EVENTS,
     REFUSED,
     SUBMISSION,
@@ -226,13 +226,13 @@ class _Group:
                 return Outcome(-1, ACCEPTED, record.rule_id, False)
             if claimed is not None:
                 record, conflict, part = self._need().part_conflict(record), "part", None
-        index = self._leaf(record)
+        index, recipients = self._leaf(record)
         if decides is not None:
             self.decided[decides] = Outcome(index, record.decision, record.rule_id, False)
             self.ids.add(decides[0])
             self.decision_rows.append(
                 (*decides, record.decision, record.rule_id, record.sender,
-                 json.dumps(list(record.recipients)), self.store.log_id, index)
+                 recipients, self.store.log_id, index)
             )  # fmt: skip
         if part is not None and record.decision == ACCEPTED:
             self.parts[part[:3]] = part[3]
@@ -246,17 +246,16 @@ class _Group:
             self.refusal_rows.append((key, self.store.log_id, index))
         return Outcome(index, record.decision, record.rule_id, True, conflict, record.reason)
 
-    def _leaf(self, record: Record) -> int:
+    def _leaf(self, record: Record) -> tuple[int, object]:
+        """Append ``record``'s leaf: its index, and its recipients as stored (JSON)."""
         index = self.tree.size
-        values = record.values()
-        leaf = record.leaf_from(values, index)
+        columns, leaf = record.stored(index)
         lh = merkle.leaf_hash(leaf)
         self.nodes += [
             (self.store.log_id, lvl, i, h) for lvl, i, h in self.tree.append(lh) if lvl > 0
         ]
-        values["recipients"] = json.dumps(values["recipients"])
-        self.rows.append((self.store.log_id, index, *(values[f] for f in RECORD_FIELDS), leaf, lh))
-        return index
+        self.rows.append((self.store.log_id, index, *columns, leaf, lh))
+        return index, columns[_RECIPIENTS_AT]
 
 
 def _chunks(items: Sequence[_T], size: int = 300) -> Iterator[Sequence[_T]]:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -61,13 +62,19 @@ class Record:
 
     def leaf(self, seq: int) -> bytes:
         """Canonical leaf bytes: fixed field order (:data:`LEAF_FIELDS`), integers and strings."""
-        return self.leaf_from(self.values(), seq)
+        return self.stored(seq)[1]
 
-    def leaf_from(self, values: dict[str, object], seq: int) -> bytes:
-        """:meth:`leaf` from :meth:`values` computed already (the store needs both)."""
-        fields = [values[f] for f in RECORD_FIELDS]
+    def stored(self, seq: int) -> tuple[tuple[object, ...], bytes]:
+        """The stored columns (:data:`RECORD_FIELDS` order, time ISO 8601, recipients a JSON
+        list) and the canonical leaf bytes, computed together (the store appends both)."""
+        fields: list[object] = [getattr(self, f) for f in RECORD_FIELDS]
+        recipients = list(self.recipients)
+        fields[_RECIPIENTS_AT] = recipients
         fields[_TIME_AT] = int(self.time.timestamp() * 1000)
-        return bytes(msgpack.packb([LEAF_VERSION, seq, *fields], use_bin_type=True))
+        leaf = bytes(msgpack.packb([LEAF_VERSION, seq, *fields], use_bin_type=True))
+        fields[_TIME_AT] = self.time.isoformat()
+        fields[_RECIPIENTS_AT] = json.dumps(recipients)
+        return tuple(fields), leaf
 
 
 # The one list of a record's fields, in leaf order. Everything else derives from it.
@@ -95,6 +102,7 @@ RECORD_FIELDS = (
 assert set(RECORD_FIELDS) == {f.name for f in fields(Record)}
 LEAF_FIELDS = ("version", "leaf_index", "time_ms", *RECORD_FIELDS[1:])
 _TIME_AT = RECORD_FIELDS.index("time")  # a leaf holds the time in milliseconds
+_RECIPIENTS_AT = RECORD_FIELDS.index("recipients")  # a list in a leaf, JSON in a column
 RECORD_COLUMNS = ("seq", "log_id", "leaf_index", *RECORD_FIELDS)
 _INTEGER = {"size", "count", "policy_version", "directory_version", "part"}
 # Version 1 leaves (before decisions were bound to headers): same order, fewer fields.

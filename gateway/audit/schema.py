@@ -46,17 +46,17 @@ CREATE TABLE IF NOT EXISTS decisions (
     log_id TEXT NOT NULL,
     leaf_index INTEGER NOT NULL,
     PRIMARY KEY (envelope_id, header_hash)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS relayed (
     relay_key TEXT PRIMARY KEY,
     log_id TEXT NOT NULL,
     leaf_index INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refused (
     digest TEXT PRIMARY KEY,
     log_id TEXT NOT NULL,
     leaf_index INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS forwarded (
     envelope_id TEXT NOT NULL,
     header_hash TEXT NOT NULL,
@@ -65,13 +65,13 @@ CREATE TABLE IF NOT EXISTS forwarded (
     log_id TEXT NOT NULL,
     leaf_index INTEGER NOT NULL,
     PRIMARY KEY (envelope_id, header_hash, part)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS confirmed (
     envelope_id TEXT NOT NULL,
     header_hash TEXT NOT NULL,
     part INTEGER NOT NULL,
     PRIMARY KEY (envelope_id, header_hash, part)
-);
+) WITHOUT ROWID;
 """
 APPEND_ONLY = ("records", "nodes", "checkpoints")
 TRIGGERS = "".join(
