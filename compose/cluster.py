@@ -511,19 +511,16 @@ class Cluster:
                 raise ClusterError(
                     f"the cluster did not settle within {timeout:.0f} s: {self._health()}"
                 )
-            running = {n.name: self._answers(n, "rabbit:is_running().") for n in self.nodes}
-            partitioned = [
-                n for n in self.nodes
-                if running[n.name] and not self._answers(n, _NO_PARTITION)
-            ]  # fmt: skip
-            if all(running.values()) and not partitioned:
-                partitioned_since = None
-            else:
+            states = {n.name: self._state(n) for n in self.nodes}
+            kinds = set(states.values())
+            if kinds != {"steady"}:
                 steady_since = time.monotonic()
+            else:
+                partitioned_since = None
             for n in self.nodes:
-                if not running[n.name]:
+                if states[n.name] == "down":
                     self.until_running(n, max(1.0, deadline - time.monotonic()))
-            if partitioned and all(running.values()):
+            if "partitioned" in kinds and "down" not in kinds:
                 partitioned_since = partitioned_since or time.monotonic()
                 if time.monotonic() - partitioned_since > HEAL_AFTER_S:
                     print(
@@ -537,6 +534,12 @@ class Cluster:
                         self.start_app(self.node(name))
                     partitioned_since = None
             time.sleep(1)  # a poll of the nodes' state, not a synchronisation
+
+    def _state(self, node: Node) -> str:
+        """``steady`` (running, no partition reported), ``partitioned`` (running, one
+        reported) or ``down`` (applications stopped, or no answer): one ``rabbitmqctl``."""
+        out = self.ctl(node, "eval", _STATE, check=False).strip()
+        return out if out in ("steady", "partitioned") else "down"
 
     def _health(self) -> str:
         """Each node's applications and reported partitions, on one line (for errors)."""
@@ -591,7 +594,10 @@ class Cluster:
         raise ClusterError(f"no leader found for {queue} in {vhost}")
 
 
-_NO_PARTITION = "rabbit_node_monitor:partitions() =:= []."
+_STATE = (
+    "case rabbit:is_running() of false -> down; true ->"
+    " case rabbit_node_monitor:partitions() of [] -> steady; _ -> partitioned end end."
+)
 
 
 def boot_failure(log: Path, log_from: int) -> str | None:
