@@ -35,6 +35,7 @@ from keys.certs import ROLE_WITNESS
 from keys.codes import AgencyCode
 from keys.directory import Directory, TrustState, build_directory
 from keys.errors import CipherpostError
+from keys.keystore import write_private_file
 from keys.levels import Level
 
 PASSPHRASE = b"throwaway-world-passphrase"
@@ -170,6 +171,20 @@ class World:
         )
 
 
+def _flood_section(world: World, on: bool) -> str:
+    """The gateway config's ``[flood]`` table: the world's admin suspends flooding logins."""
+    if not on:
+        return ""
+    secret = world.root / "admin.password"
+    if not secret.exists():
+        write_private_file(secret, world.mgmt.password.encode() + b"\n")
+    scheme, _, host = world.mgmt.base_url.partition("://")
+    return (
+        f'\n[flood]\nadmin_url = "{scheme}://{world.mgmt.username}@{host}"\n'
+        f'admin_password_file = "{secret.name}"\n'
+    )
+
+
 def build_world(
     root: Path,
     agencies: dict[str, tuple[str, Level]],
@@ -183,8 +198,13 @@ def build_world(
     now: dt.datetime | None = None,
     checkpoint_every: int = 1000,
     checkpoint_seconds: float = 2.0,
+    flood_guard: bool = False,
 ) -> World:
-    """Everything an operator would set up, in ``root``; nothing started yet."""
+    """Everything an operator would set up, in ``root``; nothing started yet.
+
+    ``flood_guard``: the gateways suspend a flooding login with the world's admin
+    (its password in ``root/admin.password``, mode 0600).
+    """
     now = now or dt.datetime.now(dt.UTC)
     tag = secrets.token_hex(4)
     world = World(
@@ -225,7 +245,8 @@ def build_world(
     if site is not None:
         for login in provisioned.new_credentials:
             site.issue_client(login, creds, now)
-    _audit_keys(world, authority, now, gateways, checkpoint_every, checkpoint_seconds)
+    flood = _flood_section(world, flood_guard)
+    _audit_keys(world, authority, now, gateways, checkpoint_every, checkpoint_seconds, flood)
     for code in agencies:
         base = root / "agents" / code
         (base / "agent.toml").write_text(
@@ -243,6 +264,7 @@ def _audit_keys(
     gateways: tuple[str, ...],
     checkpoint_every: int,
     checkpoint_seconds: float,
+    flood: str,
 ) -> None:
     """The witness's audit key, and each gateway instance's audit key and configuration."""
     root, certs = world.root, world.root / "certs"
@@ -265,5 +287,5 @@ def _audit_keys(
             f"[audit]\ncheckpoint_every = {checkpoint_every}\n"
             f"checkpoint_seconds = {checkpoint_seconds}\n\n[broker]\n"
             f'credentials = "broker-credentials/{world.prefix}{GATEWAY_LOGIN}.broker.json"\n'
-            f'login_prefix = "{world.prefix}"\n'
+            f'login_prefix = "{world.prefix}"\n' + flood
         )

@@ -156,6 +156,12 @@ def _user(
     if limits:
         held = mgmt.get(f"/api/user-limits/{mgmt.q(login)}") or []
         values = {k: v for item in held for k, v in item.get("value", {}).items()}
+        if values.get("max-connections") == 0:
+            # Suspended (a gateway found it flooding): provisioning never lifts that.
+            result.changes.append(
+                f"{login} is suspended and stays so (lift it: cipherpost broker reinstate)"
+            )
+            return
         for name, value in limits.items():
             if values.get(name) != value:
                 mgmt.put(f"/api/user-limits/{mgmt.q(login)}/{name}", {"value": value})
@@ -328,3 +334,34 @@ def rotate(
     # connection opened in the last few seconds.
     mgmt.delete(f"/api/connections/username/{mgmt.q(login)}")
     return config
+
+
+def user_limits(mgmt: Management, login: str) -> dict[str, int]:
+    """The broker's limits on ``login`` (empty: none set)."""
+    held = mgmt.get(f"/api/user-limits/{mgmt.q(login)}") or []
+    return {k: int(v) for item in held for k, v in item.get("value", {}).items()}
+
+
+def suspend(mgmt: Management, login: str) -> int:
+    """Stop ``login`` using the broker: no connection or channel may open, and the
+    connections it holds are closed. Returns how many it held.
+
+    The limits come first so that none opens between the listing and the closing;
+    the list is RabbitMQ's connection tracking (``/api/connections/username/``),
+    which knows a connection from its first frame, unlike the statistics listing.
+    """
+    for name in topology.USER_LIMITS:
+        mgmt.put(f"/api/user-limits/{mgmt.q(login)}/{name}", {"value": 0})
+    path = f"/api/connections/username/{mgmt.q(login)}"
+    held = len(mgmt.get(path) or [])
+    mgmt.delete(path)
+    return held
+
+
+def reinstate(mgmt: Management, login: str) -> bool:
+    """Lift a suspension (the provisioned limits again); False if ``login`` was not suspended."""
+    if user_limits(mgmt, login).get("max-connections") != 0:
+        return False
+    for name, value in topology.USER_LIMITS.items():
+        mgmt.put(f"/api/user-limits/{mgmt.q(login)}/{name}", {"value": value})
+    return True

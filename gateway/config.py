@@ -25,6 +25,7 @@ SCHEMA = {
     "audit": {"checkpoint_every": None, "checkpoint_seconds": None},
     "broker": {"credentials": None, "login_prefix": None, "prefetch": None},
     "metrics": {"listen": None},
+    "flood": {"admin_url": None, "admin_password_file": None, "suspend_after": None},
     "log": {"level": None, "format": None},
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -49,6 +50,9 @@ class GatewayConfig:
     metrics_listen: str | None = None  # "127.0.0.1:9464": /metrics, /healthz, /readyz
     log_level: str = "info"
     log_format: str = "json"
+    flood_admin_url: str | None = None  # management API user (administrator) of the flood guard
+    flood_admin_password_file: Path | None = None
+    suspend_after: int = 32  # junk messages from one login within a tally (<= 1 s)
 
     @property
     def audit_keys(self) -> Path:
@@ -71,6 +75,7 @@ class GatewayConfig:
         broker = doc.get("broker", {})
         audit = doc.get("audit", {})
         log = doc.get("log", {})
+        flood = doc.get("flood", {})
         try:
             config = cls(
                 gateway_id=str(doc["gateway_id"]),
@@ -89,6 +94,11 @@ class GatewayConfig:
                 metrics_listen=doc.get("metrics", {}).get("listen"),
                 log_level=str(log.get("level", "info")),
                 log_format=str(log.get("format", "json")),
+                flood_admin_url=flood.get("admin_url"),
+                flood_admin_password_file=(
+                    base / flood["admin_password_file"] if "admin_password_file" in flood else None
+                ),
+                suspend_after=int(flood.get("suspend_after", 32)),
             )
         except KeyError as e:
             raise CipherpostError(f"{path}: missing setting {e}") from e
@@ -98,6 +108,10 @@ class GatewayConfig:
             raise CipherpostError(f"{path}: [audit] checkpoint_every and _seconds must be > 0")
         if not 1 <= config.prefetch <= 10_000:
             raise CipherpostError(f"{path}: [broker] prefetch must be 1..10000")
+        if not 1 <= config.suspend_after <= config.prefetch:
+            # The gateway holds a flooding lane's junk until its tally is written: it never
+            # sees more than one prefetch window of it at once.
+            raise CipherpostError(f"{path}: [flood] suspend_after must be 1..[broker] prefetch")
         if config.log_level not in LOG_LEVELS or config.log_format not in LOG_FORMATS:
             raise CipherpostError(
                 f"{path}: [log] level is one of {', '.join(LOG_LEVELS)}, format one of "
@@ -140,4 +154,13 @@ listen = "127.0.0.1:9464"       # /metrics (Prometheus), /healthz, /readyz; remo
 [log]
 level = "info"                  # debug | info | warning | error
 format = "json"                 # json (one object per line) | console
+
+# The flood guard (docs/policy.md, "The flood guard"): a login whose junk (messages failing
+# before any signature is verified) fills suspend_after within a second is suspended on the
+# broker; `cipherpost broker reinstate LOGIN` lifts it. Needs a management user with the
+# administrator tag; without admin_url the guard is off.
+#[flood]
+#admin_url = "http://cp-warden@127.0.0.1:15672"
+#admin_password_file = "cp-warden.password"   # its password, mode 0600
+#suspend_after = 32             # 1..prefetch
 '''

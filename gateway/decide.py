@@ -64,6 +64,7 @@ from gateway.audit import (
     notice_reason,
     relay_key,
 )
+from gateway.junk import LANE_PUBLISHER
 from gateway.policy import Policy
 from keys.codes import AgencyCode
 from keys.directory import Directory
@@ -448,7 +449,7 @@ def _junk(message: Incoming, ctx: Context, reason: Reason) -> Junk:
     if not message.user_id and message.queue:
         # No user_id: the lane still names its owner (only it may publish there).
         publisher = lane_code(message.queue)
-        name = f"lane:{publisher.text}" if publisher else ""
+        name = f"{LANE_PUBLISHER}{publisher.text}" if publisher else ""
     known = publisher is not None and publisher.text in ctx.directory.entries
     return Junk(name, publisher if known else None, reason)
 

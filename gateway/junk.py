@@ -29,6 +29,7 @@ from gateway.audit import REFUSED, Record
 JUNK_EVERY = 1000
 JUNK_SECONDS = 1.0
 NO_PUBLISHER = "none"
+LANE_PUBLISHER = "lane:"  # a publisher named by its lane (no user_id): the lane's owner
 UNVERIFIED = "unverified"
 UNVERIFIED_RULE = "invariant:unverified"  # a tally of several pre-verification reasons
 
@@ -90,8 +91,9 @@ class JunkLedger(Generic[T]):
         self.seconds = seconds
         self._open: dict[str, Tally[T]] = {}
 
-    def add(self, publisher: str, reason: Reason, body: bytes, held: T, now: dt.datetime) -> None:
-        """Count one refused message (its bytes are hashed here and not kept)."""
+    def add(self, publisher: str, reason: Reason, body: bytes, held: T, now: dt.datetime) -> int:
+        """Count one refused message (its bytes are hashed here and not kept); returns how
+        many this publisher's open tally holds."""
         key = publisher or NO_PUBLISHER
         tally = self._open.get(key)
         if tally is None:
@@ -101,6 +103,7 @@ class JunkLedger(Generic[T]):
         tally.size += len(body)
         tally._chain.update(hashlib.sha256(body).digest())
         tally.held.append(held)
+        return tally.count
 
     def due(self, now: dt.datetime, *, everything: bool = False) -> list[Tally[T]]:
         """Take the tallies to write now: full, old enough, or all of them."""

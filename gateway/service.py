@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.connection import BrokerConfig
 from broker.consumer import Consumer
 from broker.directory_feed import DirectoryFeed
+from broker.management import Management
 from broker.publisher import ConfirmingPublisher
 from broker.topology import gateway_directory_queue, submit_queue
 from gateway import clock
@@ -34,6 +35,7 @@ from gateway.audit import AuditStore
 from gateway.auditlog import Checkpointer
 from gateway.config import GatewayConfig
 from gateway.decide import Incoming, decide
+from gateway.flood import FloodGuard
 from gateway.junk import JunkLedger
 from gateway.metrics import GatewayMetrics, HealthServer
 from gateway.notify import sd_notify
@@ -159,6 +161,14 @@ class Gateway(Settle):
         self._pending = []
         self._pending_lock = threading.Lock()
         self.junk = JunkLedger()
+        self.flood = FloodGuard(
+            Management.for_operator(config.flood_admin_url, config.flood_admin_password_file)
+            if config.flood_admin_url
+            else None,
+            config.suspend_after,
+            protected=frozenset({self.broker.login}),
+            on_suspended=self._suspended,
+        )
         self._returned_in_pause = 0
         self._paused_since = None
         self._paused_told = clock.now()
@@ -199,6 +209,7 @@ class Gateway(Settle):
             policy_version=self.policy.version,
             directory_version=self.directory.version,
             lanes=len(self.lanes()),
+            flood_guard=f"suspends at {self.flood.threshold} junk/s" if self.flood.on else "off",
         )
         try:
             self._consumer.run(until_idle=until_idle, drain=self._transport.flush)
@@ -234,6 +245,7 @@ class Gateway(Settle):
         """Write what is pending (junk tallies included), sign a last checkpoint, let go."""
         sd_notify("STOPPING=1")
         self.feed.stop()
+        self.flood.close()
         self.counters["directory_refused"] = self.feed.refused
         self.commit_batch(everything=True)
         self._checkpoint(force=True)  # the log as it stands at shutdown is signed too

@@ -28,7 +28,7 @@ from envelopes.header import Header
 from envelopes.notices import GATEWAY_REFUSED, KIND_REJECTION, Notice, sign_notice
 from envelopes.parts import Part
 from gateway import clock
-from gateway.audit import ACCEPTED, AuditStore, Decided, Entry, Outcome, Record
+from gateway.audit import ACCEPTED, REFUSED, AuditStore, Decided, Entry, Outcome, Record
 from gateway.decide import (
     RESOLVE,
     Decide,
@@ -38,7 +38,8 @@ from gateway.decide import (
     Refuse,
     Relay,
 )
-from gateway.junk import JunkLedger
+from gateway.flood import SUSPEND_RULE, SUSPENDED, FloodGuard
+from gateway.junk import LANE_PUBLISHER, JunkLedger
 from gateway.pause import Pause
 from gateway.proofs import Proofs
 from gateway.transport import Settleable
@@ -100,6 +101,7 @@ class Settle(Pause, Proofs):
 
     state: DecisionState
     junk: JunkLedger[tuple[Settleable, AgencyCode | None]]
+    flood: FloodGuard
     _pending: list[tuple[list[Settleable], Entry | None, Then]]
     _pending_lock: threading.Lock
     _store_ok: bool
@@ -107,8 +109,11 @@ class Settle(Pause, Proofs):
     def _settle(self, d: Settleable, verdict: object, now: dt.datetime) -> None:
         if isinstance(verdict, Junk):
             self.counters[f"junk_{verdict.reason.value}"] += 1
-            self.junk.add(verdict.publisher, verdict.reason, d.body, (d, verdict.notify), now)
+            count = self.junk.add(verdict.publisher, verdict.reason, d.body,
+                                  (d, verdict.notify), now)  # fmt: skip
             d.body = b""  # only its digest and size are kept
+            if verdict.notify is not None:  # a login of a directory agency
+                self.flood.junk(self._login(verdict.publisher), count)
         elif isinstance(verdict, Decide):
             entry = Entry(verdict.record, decides=verdict.key, part=verdict.claim)
             self._stage([d], entry, self._decided(d, verdict))
@@ -272,6 +277,39 @@ class Settle(Pause, Proofs):
                 self._notify(ds, notify, None, record.rule_id, record.reason)
 
             self._stage(ds, Entry(record), then)
+
+    def _login(self, publisher: str) -> str:
+        """The broker login behind a junk tally's publisher name (a ``lane:`` name is the
+        lane's owner: only that login may publish there)."""
+        if publisher.startswith(LANE_PUBLISHER):
+            return self.config.login_prefix + publisher[len(LANE_PUBLISHER) :]
+        return publisher
+
+    def _suspended(self, login: str, closed: int, junk: int) -> None:
+        """The flood guard suspended ``login`` (its thread): a leaf at the next batch end."""
+        self.counters["suspended"] += 1
+        now = clock.now()
+        record = Record(
+            time=now,
+            event=SUSPENDED,
+            envelope_id="",
+            sender="",
+            recipients=(),
+            level="",
+            urgency="",
+            size=0,
+            digest="",
+            decision=REFUSED,
+            rule_id=SUSPEND_RULE,
+            reason=f"{junk} messages refused before verification within a second: login"
+            f" suspended on the broker, {closed} connection(s) closed",
+            gateway_id=self.config.gateway_id,
+            publisher=login,
+            count=junk,
+            policy_version=self.context(now).versions[0],
+            directory_version=self.context(now).versions[1],
+        )
+        self._stage([], Entry(record), lambda _: None)
 
     # --- forwards and notices ---------------------------------------------------------------------
 

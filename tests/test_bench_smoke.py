@@ -29,6 +29,7 @@ def bench(*argv: str) -> dict[str, object]:
 def test_the_flood_bench_runs():
     out = bench("flood.py", "--junk", "300", "--docs", "5", "--rate", "20")
     assert out["gateway_kept_running"] is True
+    assert out["flood_guard"] == "on" and out["flooder_suspended"] is True
     assert {"p99_ratio", "audit_leaf_bytes_per_1000_junk", "gateway_peak_rss_mib"} <= set(out)
 
 

@@ -868,7 +868,8 @@ def test_errors_are_one_json_object_with_json(setup, tmp_path):
      ["ca", "revoke"], ["agency", "import"], ["agency", "join"], ["agency", "finish"],
      ["keys", "enroll"], ["directory", "build"], ["directory", "publish"], ["seal"], ["verify"],
      ["open"], ["send"], ["receive"], ["reply-status"], ["status"], ["outbox"], ["doctor"],
-     ["broker", "provision"], ["broker", "rotate"], ["policy", "sign"], ["gateway", "init"],
+     ["broker", "provision"], ["broker", "rotate"], ["broker", "suspend"],
+     ["broker", "reinstate"], ["policy", "sign"], ["gateway", "init"],
      ["gateway", "backup"], ["audit", "keygen"], ["audit", "witness"], ["audit", "verify"],
      ["audit", "end-log"], ["audit", "check-proof"], ["audit", "query"], ["audit", "export"]],
 )  # fmt: skip

@@ -145,7 +145,40 @@ def cmd_broker_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_args(sp: argparse.ArgumentParser) -> None:
+def cmd_broker_suspend(args: argparse.Namespace) -> int:
+    from broker.provision import suspend
+
+    held = suspend(_operator(args), args.login)
+    emit(
+        args,
+        {"login": args.login, "suspended": True, "connections_closed": held},
+        f"{args.login} is suspended: it can open no connection, and its {held} open"
+        " connection(s) were closed; lift it with `cipherpost broker reinstate`",
+    )
+    return 0
+
+
+def cmd_broker_reinstate(args: argparse.Namespace) -> int:
+    from broker.provision import reinstate
+
+    if not reinstate(_operator(args), args.login):
+        raise UsageError(f"{args.login} is not suspended (its connection limit is not 0)")
+    emit(
+        args,
+        {"login": args.login, "suspended": False},
+        f"{args.login} may connect again (its provisioned limits are back)",
+    )
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> Any:
+    from broker.management import Management
+
+    mgmt = Management.for_operator(args.admin_url, args.admin_password_file)
+    return mgmt.with_ca(args.tls_ca) if args.tls_ca is not None else mgmt
+
+
+def _management_args(sp: argparse.ArgumentParser, *, tls_ca: bool = True) -> None:
     sp.add_argument(
         "--admin-url",
         required=True,
@@ -154,6 +187,15 @@ def _admin_args(sp: argparse.ArgumentParser) -> None:
         " CIPHERPOST_ADMIN_PASSWORD or --admin-password-file, never the command line",
     )
     sp.add_argument("--admin-password-file", type=Path, metavar="FILE", help="mode 0600")
+    if tls_ca:
+        sp.add_argument(
+            "--tls-ca", type=Path, metavar="FILE",
+            help="for an https management API: the CA its certificate chains to",
+        )  # fmt: skip
+
+
+def _admin_args(sp: argparse.ArgumentParser) -> None:
+    _management_args(sp, tls_ca=False)  # its --tls-ca also goes to the clients
     sp.add_argument("--vhost", default="cipherpost", metavar="VHOST")
     sp.add_argument("--amqp-host", default="127.0.0.1", metavar="HOST")
     sp.add_argument("--amqp-port", type=int, default=5672, metavar="PORT")
@@ -188,7 +230,7 @@ def _admin_args(sp: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Subcommands) -> None:
-    """``cipherpost broker tls-request|provision|rotate``."""
+    """``cipherpost broker tls-request|provision|rotate|suspend|reinstate``."""
     br_sub = group(sub, "broker", "RabbitMQ provisioning and credentials")
     sp = add(
         br_sub,
@@ -232,3 +274,25 @@ def register(sub: Subcommands) -> None:
     )
     sp.add_argument("login", metavar="LOGIN")
     _admin_args(sp)
+    sp = add(
+        br_sub,
+        "suspend",
+        cmd_broker_suspend,
+        "stop one broker login using the broker (a flooding agency): no new connection,"
+        " its open ones closed; what it already queued stays and is decided as usual",
+    )
+    sp.add_argument(
+        "login", metavar="LOGIN", help="the broker login, as in its credentials file's name"
+    )
+    _management_args(sp)
+    sp = add(
+        br_sub,
+        "reinstate",
+        cmd_broker_reinstate,
+        "lift a suspension (by a gateway's flood guard or `broker suspend`): the login's"
+        " provisioned connection and channel limits again",
+    )
+    sp.add_argument(
+        "login", metavar="LOGIN", help="the broker login, as in its credentials file's name"
+    )
+    _management_args(sp)

@@ -1,0 +1,106 @@
+"""The flood guard: a login that floods its lane with junk is suspended on the broker.
+
+RabbitMQ 3.10 has no per-user publish rate. Lanes, length limits and junk
+tallies keep a flood from growing the log or starving the gateway, but every
+publish still costs the broker's CPU, which it shares with everyone's
+documents (``bench/flood.py``: a 50,000-message flood more than doubled
+another agency's p99 latency on two cores). An enrolled agency's own software
+never publishes junk (bytes that fail before any signature is verified), so
+a login whose junk fills :attr:`FloodGuard.threshold` within one tally
+(at most a second) is suspended: its connection and channel limits set to 0
+and its open connections closed through the management API
+(:func:`broker.provision.suspend`). What it queued before stays and is decided
+as usual. The suspension is a leaf of the audit log (event ``suspended``,
+rule ``flood``, naming only the broker-validated login) and a warning line;
+the operator lifts it with ``cipherpost broker reinstate LOGIN``.
+
+The guard needs a management user with the ``administrator`` tag (user limits
+and other users' connections need it); without one it is off and says so at
+start. See docs/policy.md ("Fair under flood") for the trade-off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from broker.management import Management
+from broker.provision import suspend, user_limits
+from keys.errors import clip
+from keys.logsetup import get_logger
+
+__all__ = ["RECHECK_S", "SUSPENDED", "SUSPEND_RULE", "FloodGuard"]
+
+log = get_logger("cipherpost.gateway")
+
+SUSPENDED = "suspended"  # the audit event
+SUSPEND_RULE = "flood"  # its rule id: an operational act, not a check on one message
+RECHECK_S = 30.0  # a suspended login still sending junk (its queued backlog) is looked at again
+
+
+class FloodGuard:
+    """Suspends flooding logins; ``on_suspended(login, connections_closed, junk)`` records it."""
+
+    def __init__(
+        self,
+        mgmt: Management | None,
+        threshold: int,
+        *,
+        protected: frozenset[str] = frozenset(),
+        on_suspended: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.threshold = threshold
+        self._mgmt = mgmt
+        self._protected = protected
+        self._on_suspended = on_suspended
+        self.recheck_s = RECHECK_S
+        self._seen: dict[str, float] = {}  # login -> when last acted on (monotonic)
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="flood-guard") if mgmt else None
+
+    @property
+    def on(self) -> bool:
+        return self._mgmt is not None
+
+    def junk(self, login: str, count: int) -> bool:
+        """``login`` has ``count`` junk messages in its open tally; True if that sets off a
+        suspension (done on the guard's own thread: the consumer never waits for HTTP)."""
+        if self._pool is None or count < self.threshold or not login or login in self._protected:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            last = self._seen.get(login)
+            if last is not None and now - last < self.recheck_s:
+                return False
+            self._seen[login] = now
+        self._pool.submit(self._suspend, login, count)
+        return True
+
+    def _suspend(self, login: str, count: int) -> None:
+        assert self._mgmt is not None
+        try:
+            if user_limits(self._mgmt, login).get("max-connections") == 0:
+                return  # still suspended: what arrives is what it queued before
+            held = suspend(self._mgmt, login)
+        except Exception as e:  # the gateway decides on; the operator is told
+            with self._lock:
+                self._seen.pop(login, None)  # the next junk tries again
+            log.error(
+                "gateway_suspend_failed", login=login, error=type(e).__name__, detail=clip(str(e))
+            )
+            return
+        log.warning(
+            "gateway_login_suspended",
+            login=login,
+            junk=count,
+            connections_closed=held,
+            lift=f"cipherpost broker reinstate {login}",
+        )
+        if self._on_suspended is not None:
+            self._on_suspended(login, held, count)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
