@@ -176,9 +176,13 @@ class Forward:
 
 @dataclass(frozen=True)
 class Duplicate:
-    """Already handled (a copy of a forwarded part, of a refusal, of a relayed notice)."""
+    """Already handled (a copy of a forwarded part, of a refusal, of a relayed notice).
+
+    ``publisher``: the verified publisher (every copy is found after the signature and
+    publisher checks), whose copies the flood guard counts."""
 
     what: str
+    publisher: AgencyCode | None = None
 
 
 @dataclass(frozen=True)
@@ -238,7 +242,7 @@ def _part(message: Incoming, state: State, ctx: Context) -> Verdict:
     sender = check_header_signature(h, part.header_signature, ctx.directory, ctx.now)
     # Verified from here: the sender signed these header bytes and published them itself.
     if state.refused(message.digest):
-        return Duplicate("a refused part again")
+        return Duplicate("a refused part again", publisher)
     eid, hh = h.envelope_id.hex(), h.hash.hex()
     standing = state.decision(eid, hh)
     record = _record(h, ctx, publisher, message, part.segment.index)
@@ -246,7 +250,7 @@ def _part(message: Incoming, state: State, ctx: Context) -> Verdict:
         return Decide(id_reuse(record), (eid, hh), part, message.digest, publisher)
     if standing is not None:
         if standing.decision != ACCEPTED:
-            return Duplicate("part of a refused envelope")
+            return Duplicate("part of a refused envelope", publisher)
         return _later_part(message, part, sender_checked(h, sender), state, ctx, publisher)
     try:
         _check_not_retired(h.sender, ctx, "sender")
@@ -292,7 +296,7 @@ def _later_part(
     eid, hh, index = h.envelope_id.hex(), h.hash.hex(), part.segment.index
     claimed = state.part(eid, hh, index)
     if claimed == message.digest and state.confirmed(eid, hh, index):
-        return Duplicate("a byte-identical copy of a forwarded part")
+        return Duplicate("a byte-identical copy of a forwarded part", publisher)
     record = _record(h, ctx, publisher, message, index, PART_REFUSED)
     if claimed is not None and claimed != message.digest:
         return Refuse(RESOLVE.part_conflict(record), publisher, h)
@@ -368,7 +372,7 @@ def _notice(message: Incoming, state: State, ctx: Context) -> Verdict:
     notice = verify_notice(message.body, ctx.directory, ctx.now)
     # Verified from here: the signer signed these bytes and published them itself.
     if state.refused(message.digest):
-        return Duplicate("a refused notice again")
+        return Duplicate("a refused notice again", publisher)
     record = Record(
         time=ctx.now,
         event=notice.kind,
@@ -403,7 +407,7 @@ def _notice(message: Incoming, state: State, ctx: Context) -> Verdict:
         record.envelope_id, record.sender, notice.kind, notice.status, notice.addressee.text
     )
     if state.relayed(key):
-        return Duplicate("this status along this edge was relayed already")
+        return Duplicate("this status along this edge was relayed already", publisher)
     return Relay(record, notice, key)
 
 

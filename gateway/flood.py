@@ -10,7 +10,13 @@ a login whose junk fills :attr:`FloodGuard.threshold` within one tally
 (at most a second) is suspended: its connection and channel limits set to 0
 and its open connections closed through the management API
 (:func:`broker.provision.suspend`). What it queued before stays and is decided
-as usual. The suspension is a leaf of the audit log (event ``suspended``,
+as usual. Copies of what was already handled (a byte-identical part, a refused
+part or notice again: :class:`gateway.decide.Duplicate`) cost the gateway
+nothing but cost the broker as much as junk, and a signer can replay its own
+1 MiB part for free: :data:`DUPLICATES_AFTER` of them from one login within
+:data:`DUPLICATE_WINDOW_S` suspend it too (an honest agent republishes at
+most its in-flight window, 512, after a reconnect). The suspension is a leaf
+of the audit log (event ``suspended``,
 rule ``flood``, naming only the broker-validated login) and a warning line;
 the operator lifts it with ``cipherpost broker reinstate LOGIN``.
 
@@ -31,17 +37,30 @@ from broker.provision import suspend, user_limits
 from keys.errors import clip
 from keys.logsetup import get_logger
 
-__all__ = ["RECHECK_S", "SUSPENDED", "SUSPEND_RULE", "FloodGuard"]
+__all__ = [
+    "COPIES",
+    "DUPLICATES_AFTER",
+    "JUNK",
+    "RECHECK_S",
+    "SUSPENDED",
+    "SUSPEND_RULE",
+    "FloodGuard",
+]
 
 log = get_logger("cipherpost.gateway")
 
 SUSPENDED = "suspended"  # the audit event
 SUSPEND_RULE = "flood"  # its rule id: an operational act, not a check on one message
 RECHECK_S = 30.0  # a suspended login still sending junk (its queued backlog) is looked at again
+DUPLICATES_AFTER = 4096  # copies from one login within DUPLICATE_WINDOW_S: 8 in-flight windows
+DUPLICATE_WINDOW_S = 10.0
+JUNK = "messages refused before verification within a second"
+COPIES = f"copies of messages already handled within {DUPLICATE_WINDOW_S:.0f} s"
 
 
 class FloodGuard:
-    """Suspends flooding logins; ``on_suspended(login, connections_closed, junk)`` records it."""
+    """Suspends flooding logins; ``on_suspended(login, connections_closed, count, what)``
+    records it (``what``: :data:`JUNK` or :data:`COPIES`)."""
 
     def __init__(
         self,
@@ -49,14 +68,16 @@ class FloodGuard:
         threshold: int,
         *,
         protected: frozenset[str] = frozenset(),
-        on_suspended: Callable[[str, int, int], None] | None = None,
+        on_suspended: Callable[[str, int, int, str], None] | None = None,
     ) -> None:
         self.threshold = threshold
         self._mgmt = mgmt
         self._protected = protected
         self._on_suspended = on_suspended
         self.recheck_s = RECHECK_S
+        self.duplicates_after = DUPLICATES_AFTER
         self._seen: dict[str, float] = {}  # login -> when last acted on (monotonic)
+        self._copies: dict[str, tuple[float, int]] = {}  # login -> (window start, copies)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="flood-guard") if mgmt else None
 
@@ -67,7 +88,28 @@ class FloodGuard:
     def junk(self, login: str, count: int) -> bool:
         """``login`` has ``count`` junk messages in its open tally; True if that sets off a
         suspension (done on the guard's own thread: the consumer never waits for HTTP)."""
-        if self._pool is None or count < self.threshold or not login or login in self._protected:
+        if count < self.threshold:
+            return False
+        return self._act(login, count, JUNK)
+
+    def duplicate(self, login: str) -> bool:
+        """One more copy of something already handled from ``login`` (verified publisher);
+        True if that sets off a suspension."""
+        if self._pool is None or not login:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            start, n = self._copies.get(login, (now, 0))
+            if now - start > DUPLICATE_WINDOW_S:
+                start, n = now, 0
+            self._copies[login] = (start, n + 1)
+            if n + 1 < self.duplicates_after:
+                return False
+            del self._copies[login]
+        return self._act(login, n + 1, COPIES)
+
+    def _act(self, login: str, count: int, what: str) -> bool:
+        if self._pool is None or not login or login in self._protected:
             return False
         now = time.monotonic()
         with self._lock:
@@ -75,10 +117,10 @@ class FloodGuard:
             if last is not None and now - last < self.recheck_s:
                 return False
             self._seen[login] = now
-        self._pool.submit(self._suspend, login, count)
+        self._pool.submit(self._suspend, login, count, what)
         return True
 
-    def _suspend(self, login: str, count: int) -> None:
+    def _suspend(self, login: str, count: int, what: str) -> None:
         assert self._mgmt is not None
         try:
             if user_limits(self._mgmt, login).get("max-connections") == 0:
@@ -94,12 +136,13 @@ class FloodGuard:
         log.warning(
             "gateway_login_suspended",
             login=login,
-            junk=count,
+            count=count,
+            what=what,
             connections_closed=held,
             lift=f"cipherpost broker reinstate {login}",
         )
         if self._on_suspended is not None:
-            self._on_suspended(login, held, count)
+            self._on_suspended(login, held, count, what)
 
     def close(self) -> None:
         if self._pool is not None:

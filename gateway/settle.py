@@ -129,6 +129,8 @@ class Settle(Pause, Proofs):
         elif isinstance(verdict, Duplicate):
             self.counters["duplicate"] += 1
             self.metrics.duplicates.inc()
+            if verdict.publisher is not None:  # verified: the signer published it itself
+                self.flood.duplicate(self.config.login_prefix + verdict.publisher.text)
             self._later(d, d.ack)
         elif isinstance(verdict, Relay):
             notice = verdict.notice
@@ -285,7 +287,7 @@ class Settle(Pause, Proofs):
             return self.config.login_prefix + publisher[len(LANE_PUBLISHER) :]
         return publisher
 
-    def _suspended(self, login: str, closed: int, junk: int) -> None:
+    def _suspended(self, login: str, closed: int, count: int, what: str) -> None:
         """The flood guard suspended ``login`` (its thread): a leaf at the next batch end."""
         self.counters["suspended"] += 1
         now = clock.now()
@@ -301,11 +303,10 @@ class Settle(Pause, Proofs):
             digest="",
             decision=REFUSED,
             rule_id=SUSPEND_RULE,
-            reason=f"{junk} messages refused before verification within a second: login"
-            f" suspended on the broker, {closed} connection(s) closed",
+            reason=f"{count} {what}: login suspended on the broker, {closed} connection(s) closed",
             gateway_id=self.config.gateway_id,
             publisher=login,
-            count=junk,
+            count=count,
             policy_version=self.context(now).versions[0],
             directory_version=self.context(now).versions[1],
         )

@@ -26,7 +26,7 @@ from broker.provision import provision, user_limits
 from broker.topology import SUBMIT_EXCHANGE, USER_LIMITS
 from envelopes.header import Header
 from gateway.config import GatewayConfig
-from gateway.flood import SUSPEND_RULE, SUSPENDED, FloodGuard
+from gateway.flood import COPIES, DUPLICATE_WINDOW_S, JUNK, SUSPEND_RULE, SUSPENDED, FloodGuard
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError
 from keys.levels import Level
@@ -68,7 +68,7 @@ class StubManagement:
 
 
 def guard(mgmt, threshold=4, **kw):
-    told: list[tuple[str, int, int]] = []
+    told: list[tuple[str, int, int, str]] = []
     g = FloodGuard(mgmt, threshold, on_suspended=lambda *a: told.append(a), **kw)
     return g, told
 
@@ -83,13 +83,31 @@ def test_the_guard_suspends_at_its_threshold_once_and_never_a_protected_login():
     g.close()
     assert mgmt.limits["a"] == {"max-connections": 0, "max-channels": 0}
     assert ("DELETE", "/api/connections/username/a") in mgmt.calls
-    assert told == [("a", 2, 4)]  # two connections were open and closed
+    assert told == [("a", 2, 4, JUNK)]  # two connections were open and closed
     assert "gateway" not in mgmt.limits
+
+
+def test_copies_of_handled_messages_suspend_at_their_own_threshold_within_a_window(monkeypatch):
+    mgmt = StubManagement()
+    g, told = guard(mgmt, protected=frozenset({"gateway"}))
+    g.duplicates_after = 5
+    clock = [100.0]
+    monkeypatch.setattr("gateway.flood.time.monotonic", lambda: clock[0])
+    assert [g.duplicate("a") for _ in range(4)] == [False] * 4
+    clock[0] += DUPLICATE_WINDOW_S + 1  # a new window: the count starts again
+    assert [g.duplicate("a") for _ in range(4)] == [False] * 4
+    assert g.duplicate("a") is True  # the fifth within one window
+    assert [g.duplicate("gateway") for _ in range(10)] == [False] * 10
+    assert [g.duplicate("b") for _ in range(4)] == [False] * 4  # counted per login
+    g.close()
+    assert told == [("a", 2, 5, COPIES)]
+    assert set(mgmt.limits) == {"a"}
 
 
 def test_the_guard_does_nothing_without_a_management_user():
     g, told = guard(None)
     assert g.on is False and g.junk("a", 1000) is False
+    assert not any(g.duplicate("a") for _ in range(5000))
     g.close()
     assert told == []
 
@@ -263,3 +281,42 @@ def test_a_reinstated_login_that_floods_again_without_user_id_is_suspended_again
     assert suspended(world, B)
     assert cipherpost("broker", "reinstate", world.login(B), "--admin-url", url).returncode == 0
     assert user_limits(world.mgmt, world.login(B)) == USER_LIMITS
+
+
+def test_an_agency_replaying_its_own_accepted_part_is_suspended_too(world):
+    """A1 needs no junk: copies of its own accepted part are duplicates (no leaf, acked),
+    yet each costs the broker as much as junk. They are counted too."""
+    gw = world.gateways[0][0]
+    gw.flood.duplicates_after = 300  # the default (4,096) takes longer on the same path
+    gw.flood.recheck_s = 0.0
+    connect_blocking(broker_config(world, B)).close()
+    assert not suspended(world, B)
+    doc = sealed(world, B, PROVINCE, b"an honest document, then replayed")
+    submit(world, B, doc)
+    eid = Header.parse(_frames(doc)[0][0]).envelope_id.hex()
+    with world.client(PROVINCE) as p:
+        receive_until(p, {eid})
+    conn = connect_blocking(broker_config(world, B))
+    props = pika.BasicProperties(type="part", user_id=world.login(B))
+    sent = 0
+    try:
+        ch = conn.channel()
+        for i in range(100_000):
+            ch.basic_publish(SUBMIT_EXCHANGE, B, doc, props)
+            sent += 1
+            if i % 100 == 0:
+                conn.process_data_events(0)
+    except pika.exceptions.AMQPError:
+        pass
+    finally:
+        if conn.is_open:
+            conn.close()
+    assert sent < 100_000 and suspended(world, B)
+    assert wait_for(lambda: any(COPIES in r["reason"] for r in leaves(world, SUSPENDED)), 30)
+    (leaf,) = [r for r in leaves(world, SUSPENDED) if r["publisher"] == world.login(B)]
+    assert leaf["count"] >= 300 and leaf["sender"] == ""
+    # The province got the document once: copies are never forwarded again.
+    with world.client(PROVINCE) as p:
+        again = receive_until(p, until=lambda: True)
+    assert eid not in {d.envelope_id for d in again}
+    assert gw.counters["internal_error"] == 0
