@@ -54,6 +54,7 @@ class Delivery(wire.Received):
     _thread: int = 0
     _settled: bool = False
     queue: str = ""
+    routing_key: str | None = ""  # as published: a topic permission lets only its owner use it
 
     def _settle(self, action: Callable[[], None]) -> None:
         if self._settled:
@@ -260,6 +261,7 @@ class Consumer:
                     ch,
                     threading.get_ident(),
                     queue=shown(by_tag.get(method.consumer_tag or "", "")),
+                    routing_key=method.routing_key or "",
                 )
             )
             self._in_batch += 1

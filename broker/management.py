@@ -16,7 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ class Management:
 
     base_url: str
     username: str
-    password: str
+    password: str = field(repr=False)
     cafile: Path | None = None  # for https: the CA that issued the nodes' certificates
 
     def with_ca(self, cafile: Path) -> Management:

@@ -352,9 +352,15 @@ def suspend(mgmt: Management, login: str) -> int:
     """
     for name in topology.USER_LIMITS:
         mgmt.put(f"/api/user-limits/{mgmt.q(login)}/{name}", {"value": 0})
+    return close_connections(mgmt, login)
+
+
+def close_connections(mgmt: Management, login: str) -> int:
+    """Close every connection ``login`` holds; returns how many it held."""
     path = f"/api/connections/username/{mgmt.q(login)}"
     held = len(mgmt.get(path) or [])
-    mgmt.delete(path)
+    if held:
+        mgmt.delete(path)
     return held
 
 

@@ -61,6 +61,7 @@ class Reason(enum.Enum):
     PUBLISHER = "publisher"
     ID_REUSE = "id-reuse"
     PART_CONFLICT = "part-conflict"
+    MISROUTED = "misrouted"
     # Notices (receipts, statuses, recalls, rejections).
     NOTICE_KIND = "notice-kind"
     NOTICE_EDGE = "notice-edge"
@@ -120,6 +121,7 @@ _TEXT = {
     Reason.PUBLISHER: "published by another login than the signer's",
     Reason.ID_REUSE: "envelope id already decided under another header",
     Reason.PART_CONFLICT: "another part already forwarded at this position",
+    Reason.MISROUTED: "delivered in another agency's lane than its routing key's (CC/BCC)",
     Reason.NOTICE_KIND: "only the gateway issues rejection notices",
     Reason.NOTICE_EDGE: "notice not along an accepted exchange",
     Reason.UNDELIVERABLE: "no queue for a recipient",
@@ -136,6 +138,7 @@ _UNVERIFIED = frozenset(
         Reason.SIGNATURE,
         Reason.PUBLISHER_MISSING,
         Reason.PUBLISHER,
+        Reason.MISROUTED,
     }
 )
 

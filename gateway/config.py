@@ -108,10 +108,13 @@ class GatewayConfig:
             raise CipherpostError(f"{path}: [audit] checkpoint_every and _seconds must be > 0")
         if not 1 <= config.prefetch <= 10_000:
             raise CipherpostError(f"{path}: [broker] prefetch must be 1..10000")
-        if not 1 <= config.suspend_after <= config.prefetch:
+        if not 1 <= config.suspend_after <= max(1, config.prefetch // 2):
             # The gateway holds a flooding lane's junk until its tally is written: it never
-            # sees more than one prefetch window of it at once.
-            raise CipherpostError(f"{path}: [flood] suspend_after must be 1..[broker] prefetch")
+            # sees more than one prefetch window of it at once, and junk with and without
+            # user_id is tallied apart (half a window each when a flooder alternates).
+            raise CipherpostError(
+                f"{path}: [flood] suspend_after must be 1..half the [broker] prefetch"
+            )
         if config.log_level not in LOG_LEVELS or config.log_format not in LOG_FORMATS:
             raise CipherpostError(
                 f"{path}: [log] level is one of {', '.join(LOG_LEVELS)}, format one of "
@@ -162,5 +165,5 @@ format = "json"                 # json (one object per line) | console
 #[flood]
 #admin_url = "http://cp-warden@127.0.0.1:15672"
 #admin_password_file = "cp-warden.password"   # its password, mode 0600
-#suspend_after = 32             # 1..prefetch
+#suspend_after = 32             # 1..prefetch/2
 '''

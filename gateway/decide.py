@@ -112,7 +112,11 @@ class Incoming:
     body: bytes
     kind: str | None
     user_id: str | None  # validated by RabbitMQ against the login, when set
-    queue: str = ""  # the submit lane it came through (a topic permission: its owner only)
+    queue: str = ""  # the submit lane it came through
+    # The routing key it was published with: RabbitMQ's topic permission lets only the
+    # lane's owner use its code. The lane alone proves nothing on RabbitMQ 3.10: CC and BCC
+    # headers route a copy into any lane and are not checked against topic permissions.
+    routing_key: str | None = None  # None where unknown (fast tests): the lane stands for it
 
     @property
     def digest(self) -> str:
@@ -200,11 +204,19 @@ Verdict = Junk | Decide | Refuse | Forward | Duplicate | Relay
 def decide(message: Incoming, state: State, ctx: Context) -> Verdict:
     """The verdict on one message. Never raises for anything a sender can put in it."""
     try:
+        if _misrouted(message):
+            raise EnvelopeRefused(Reason.MISROUTED, Reason.MISROUTED.text)
         if message.kind == MESSAGE_NOTICE:
             return _notice(message, state, ctx)
         return _part(message, state, ctx)
     except EnvelopeRefused as e:  # a check below failed before any signature verified
         return _junk(message, ctx, e.reason)
+
+
+def _misrouted(message: Incoming) -> bool:
+    """Published with one agency's routing key, delivered in another's lane (CC/BCC)."""
+    lane = lane_code(message.queue) if message.queue else None
+    return message.routing_key is not None and lane is not None and message.routing_key != lane.text
 
 
 class Resolve:
@@ -447,12 +459,22 @@ def _publisher_code(message: Incoming, ctx: Context) -> AgencyCode | None:
         return None
 
 
+def _key_owner(message: Incoming) -> AgencyCode | None:
+    if message.routing_key is None:  # not from the broker (the in-memory transport)
+        return lane_code(message.queue) if message.queue else None
+    try:
+        return AgencyCode.parse(message.routing_key)
+    except UsageError:
+        return None
+
+
 def _junk(message: Incoming, ctx: Context, reason: Reason) -> Junk:
     publisher = _publisher_code(message, ctx)
     name = message.user_id or ""
-    if not message.user_id and message.queue:
-        # No user_id: the lane still names its owner (only it may publish there).
-        publisher = lane_code(message.queue)
+    if not message.user_id:
+        # No user_id: the routing key names its owner, the only login its topic permission
+        # lets publish with it. Never the lane: CC/BCC put a copy in any lane (3.10).
+        publisher = _key_owner(message)
         name = f"{LANE_PUBLISHER}{publisher.text}" if publisher else ""
     known = publisher is not None and publisher.text in ctx.directory.entries
     return Junk(name, publisher if known else None, reason)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from broker.management import Management
-from broker.provision import suspend, user_limits
+from broker.provision import close_connections, suspend, user_limits
 from keys.errors import clip
 from keys.logsetup import get_logger
 
@@ -124,8 +124,13 @@ class FloodGuard:
         assert self._mgmt is not None
         try:
             if user_limits(self._mgmt, login).get("max-connections") == 0:
-                return  # still suspended: what arrives is what it queued before
-            held = suspend(self._mgmt, login)
+                # Still suspended: what arrives is what it queued before, unless an earlier
+                # suspension was cut short after its limits (a failed close): finish it.
+                held = close_connections(self._mgmt, login)
+                if not held:
+                    return
+            else:
+                held = suspend(self._mgmt, login)
         except Exception as e:  # the gateway decides on; the operator is told
             with self._lock:
                 self._seen.pop(login, None)  # the next junk tries again
@@ -144,6 +149,9 @@ class FloodGuard:
         if self._on_suspended is not None:
             self._on_suspended(login, held, count, what)
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = False) -> None:
+        """Let go; by default without waiting on the management API (a stuck one would
+        hold the gateway's last commit and checkpoint past its stop timeout): a suspension
+        still queued is dropped, one in progress finishes on its own."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=wait, cancel_futures=not wait)

@@ -29,7 +29,7 @@ from gateway.audit import REFUSED, Record
 JUNK_EVERY = 1000
 JUNK_SECONDS = 1.0
 NO_PUBLISHER = "none"
-LANE_PUBLISHER = "lane:"  # a publisher named by its lane (no user_id): the lane's owner
+LANE_PUBLISHER = "lane:"  # no user_id: the owner of the routing key (the lane it is for)
 UNVERIFIED = "unverified"
 UNVERIFIED_RULE = "invariant:unverified"  # a tally of several pre-verification reasons
 

@@ -299,7 +299,9 @@ class Gateway(Settle):
             return
         try:
             verdict = decide(
-                Incoming(d.body, d.kind, d.user_id, d.queue), self.state, self.context(now)
+                Incoming(d.body, d.kind, d.user_id, d.queue, d.routing_key),
+                self.state,
+                self.context(now),
             )
             self._settle(d, verdict, now)
         except Exception as e:  # our own failure, never a verdict: retry, then dead-letter

@@ -282,7 +282,7 @@ class Settle(Pause, Proofs):
 
     def _login(self, publisher: str) -> str:
         """The broker login behind a junk tally's publisher name (a ``lane:`` name is the
-        lane's owner: only that login may publish there)."""
+        routing key's owner: only that login may publish with it)."""
         if publisher.startswith(LANE_PUBLISHER):
             return self.config.login_prefix + publisher[len(LANE_PUBLISHER) :]
         return publisher

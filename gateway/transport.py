@@ -41,6 +41,7 @@ class Settleable(Protocol):
 
     body: bytes
     queue: str
+    routing_key: str | None  # None where unknown (the in-memory transport)
 
     @property
     def user_id(self) -> str | None: ...
@@ -112,6 +113,7 @@ class MemoryDelivery(wire.Received):
     properties: pika.BasicProperties
     queue: str = ""
     settled: str | None = None  # "ack", "requeue" or "reject"
+    routing_key: str | None = None
 
     def ack(self) -> None:
         self.settled = self.settled or "ack"

@@ -43,6 +43,7 @@ class StubManagement:
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[tuple[str, str]] = []
         self.limits: dict[str, dict[str, int]] = {}
+        self.closed: set[str] = set()  # logins whose connections were closed (2 each before)
         self.fail = fail
 
     @staticmethod
@@ -56,7 +57,8 @@ class StubManagement:
         if path.startswith("/api/user-limits/"):
             login = path.rsplit("/", 1)[1]
             return [{"value": self.limits.get(login, {})}]
-        return [{"name": "c1"}, {"name": "c2"}]
+        login = path.rsplit("/", 1)[1]
+        return [] if login in self.closed else [{"name": "c1"}, {"name": "c2"}]
 
     def put(self, path: str, body) -> None:
         self.calls.append(("PUT", path))
@@ -65,6 +67,7 @@ class StubManagement:
 
     def delete(self, path: str) -> None:
         self.calls.append(("DELETE", path))
+        self.closed.add(path.rsplit("/", 1)[1])
 
 
 def guard(mgmt, threshold=4, **kw):
@@ -80,7 +83,7 @@ def test_the_guard_suspends_at_its_threshold_once_and_never_a_protected_login():
     assert g.junk("a", 4) is True
     assert g.junk("a", 5) is False  # acted on already
     assert g.junk("gateway", 64) is False and g.junk("", 64) is False
-    g.close()
+    g.close(wait=True)
     assert mgmt.limits["a"] == {"max-connections": 0, "max-channels": 0}
     assert ("DELETE", "/api/connections/username/a") in mgmt.calls
     assert told == [("a", 2, 4, JUNK)]  # two connections were open and closed
@@ -99,7 +102,7 @@ def test_copies_of_handled_messages_suspend_at_their_own_threshold_within_a_wind
     assert g.duplicate("a") is True  # the fifth within one window
     assert [g.duplicate("gateway") for _ in range(10)] == [False] * 10
     assert [g.duplicate("b") for _ in range(4)] == [False] * 4  # counted per login
-    g.close()
+    g.close(wait=True)
     assert told == [("a", 2, 5, COPIES)]
     assert set(mgmt.limits) == {"a"}
 
@@ -108,7 +111,7 @@ def test_the_guard_does_nothing_without_a_management_user():
     g, told = guard(None)
     assert g.on is False and g.junk("a", 1000) is False
     assert not any(g.duplicate("a") for _ in range(5000))
-    g.close()
+    g.close(wait=True)
     assert told == []
 
 
@@ -117,13 +120,14 @@ def test_a_still_suspended_login_is_not_suspended_again_and_a_reinstated_one_is(
     g, told = guard(mgmt)
     g.recheck_s = 0.0
     assert g.junk("a", 4)
-    g.close()
+    g.close(wait=True)
     g2, told2 = guard(mgmt)
     g2.recheck_s = 0.0
     assert g2.junk("a", 4)  # looked at again: still suspended, so nothing more is done
     mgmt.limits["a"] = dict(USER_LIMITS)  # an operator reinstated it; it floods again
+    mgmt.closed.discard("a")
     assert g2.junk("a", 4)
-    g2.close()
+    g2.close(wait=True)
     assert len(told) == 1 and len(told2) == 1
     assert sum(1 for c in mgmt.calls if c[0] == "DELETE") == 2
 
@@ -135,23 +139,39 @@ def test_a_failed_suspension_is_logged_and_tried_again_at_the_next_junk(caplog):
     assert g._pool is not None
     g._pool.submit(lambda: None).result()  # one worker: the failed attempt is over
     assert g.junk("a", 5)  # not "acted on": it failed
-    g.close()
+    g.close(wait=True)
     assert told == []
     assert caplog.text.count("gateway_suspend_failed") == 2
 
 
-def test_suspend_after_must_fit_in_the_prefetch_window(tmp_path):
+def test_a_suspension_cut_short_after_its_limits_is_finished_the_next_time():
+    mgmt = StubManagement()
+    mgmt.limits["a"] = {"max-connections": 0, "max-channels": 0}  # the close had failed
+    g, told = guard(mgmt)
+    assert g.junk("a", 4)
+    g.close(wait=True)
+    assert ("DELETE", "/api/connections/username/a") in mgmt.calls
+    assert told == [("a", 2, 4, JUNK)]
+
+
+def test_the_management_password_never_shows_in_a_repr():
+    from broker.management import Management
+
+    assert "s3cret" not in repr(Management("http://127.0.0.1:15672", "warden", "s3cret"))
+
+
+def test_suspend_after_must_fit_in_half_the_prefetch_window(tmp_path):
     config = tmp_path / "GATEWAY.toml"
     base = (
         'gateway_id = "gw1"\nagency_dir = "k"\ndirectory = "d"\nca_cert = "c"\npolicy = "p"\n'
         'audit_db = "a"\n[broker]\ncredentials = "b"\nprefetch = 16\n[flood]\n'
     )
-    config.write_text(base + "suspend_after = 17\n")
-    with pytest.raises(CipherpostError, match="suspend_after must be 1..\\[broker\\] prefetch"):
+    config.write_text(base + "suspend_after = 9\n")
+    with pytest.raises(CipherpostError, match="suspend_after must be 1..half the"):
         GatewayConfig.load(config)
-    config.write_text(base + 'suspend_after = 16\nadmin_url = "http://w@127.0.0.1:15672"\n')
+    config.write_text(base + 'suspend_after = 8\nadmin_url = "http://w@127.0.0.1:15672"\n')
     loaded = GatewayConfig.load(config)
-    assert loaded.suspend_after == 16 and loaded.flood_admin_url == "http://w@127.0.0.1:15672"
+    assert loaded.suspend_after == 8 and loaded.flood_admin_url == "http://w@127.0.0.1:15672"
 
 
 # --- on the real broker ------------------------------------------------------------------------

@@ -322,7 +322,9 @@ def test_parts_of_a_refused_header_are_acked_without_a_second_record(kit):
     cpe = kit.seal(A, [B], b"y" * 1500)
     state = FakeState()
     state.accept(cpe, REFUSED)
-    assert verdict_of(kit, parts(cpe)[1], state=state) == Duplicate("part of a refused envelope")
+    assert verdict_of(kit, parts(cpe)[1], state=state) == Duplicate(
+        "part of a refused envelope", AgencyCode.parse(A)
+    )
 
 
 def test_later_parts_of_an_accepted_header_are_forwarded_once(kit):
@@ -606,7 +608,7 @@ def test_a_copy_of_a_forwarded_part_is_named_a_duplicate(kit):
     state.forwards[key] = hashlib.sha256(parts(cpe)[1]).hexdigest()
     state.confirmed_parts.add(key)
     v = verdict_of(kit, parts(cpe)[1], state=state)
-    assert v == Duplicate("a byte-identical copy of a forwarded part")
+    assert v == Duplicate("a byte-identical copy of a forwarded part", AgencyCode.parse(A))
 
 
 def test_a_part_decided_in_the_deciding_batch_is_recorded_as_a_part_of_that_decision(kit):
@@ -631,6 +633,25 @@ def test_junk_without_a_login_names_only_a_lane_that_is_an_agencys(kit):
     assert v == Junk(f"lane:{stranger}", None, Reason.FORMAT)
     v = decide(Incoming(body, "part", PREFIX + stranger, ""), FakeState(), kit.context())
     assert v == Junk(PREFIX + stranger, None, Reason.FORMAT)
+
+
+def test_a_copy_in_another_agencys_lane_is_junk_counted_against_its_routing_keys_owner(kit):
+    """RabbitMQ 3.10 routes CC/BCC copies into any lane unchecked: the lane names nobody."""
+    good = parts(kit.seal(A, [B]))[0]
+    for body, user_id in ((b"\x93junk", None), (good, PREFIX + A)):
+        v = decide(Incoming(body, "part", user_id, "cp.submit." + B, A), FakeState(), kit.context())
+        assert isinstance(v, Junk) and v.reason is Reason.MISROUTED
+        assert v.publisher == (user_id or f"lane:{A}") and v.notify == AgencyCode.parse(A)
+    # Published with its own key into its own lane: decided as usual.
+    v = decide(Incoming(good, "part", PREFIX + A, "cp.submit." + A, A), FakeState(), kit.context())
+    assert not isinstance(v, Junk)
+    # Junk without user_id is named after its routing key, not after the lane it came through.
+    v = decide(Incoming(b"\x93junk", "part", None, "cp.submit." + A, A), FakeState(), kit.context())
+    assert v == Junk(f"lane:{A}", AgencyCode.parse(A), Reason.FORMAT)
+    v = decide(
+        Incoming(b"\x93junk", "part", None, "cp.submit." + A, ""), FakeState(), kit.context()
+    )
+    assert v == Junk("", None, Reason.MISROUTED)  # an empty key names nobody
 
 
 # --- notices: what is recorded, and what is refused before any edge is looked at -----------
@@ -682,12 +703,14 @@ def test_a_refused_message_again_is_a_duplicate_not_a_second_record(kit):
     raw = raw_notice(kit, A)  # off every edge: refused once
     state.refusals.add(hashlib.sha256(raw).hexdigest())
     v = verdict_of(kit, raw, publisher=A, kind="notice", state=state)
-    assert v == Duplicate("a refused notice again")
+    assert v == Duplicate("a refused notice again", AgencyCode.parse(A))
     cpe = kit.seal(A, [B], b"y" * 1500)
     state.accept(cpe)
     second = parts(cpe)[1]
     state.refusals.add(hashlib.sha256(second).hexdigest())
-    assert verdict_of(kit, second, state=state) == Duplicate("a refused part again")
+    assert verdict_of(kit, second, state=state) == Duplicate(
+        "a refused part again", AgencyCode.parse(A)
+    )
 
 
 def test_a_notice_relayed_already_along_its_edge_is_named_a_duplicate(kit):
@@ -698,7 +721,9 @@ def test_a_notice_relayed_already_along_its_edge_is_named_a_duplicate(kit):
     assert isinstance(v, Relay)
     state.relays.add(v.key)
     again = verdict_of(kit, kit.notice(B, P, cpe), publisher=B, kind="notice", state=state)
-    assert again == Duplicate("this status along this edge was relayed already")
+    assert again == Duplicate(
+        "this status along this edge was relayed already", AgencyCode.parse(B)
+    )
 
 
 def test_a_retired_signer_is_told_who_it_is_now_and_a_retirement_to_come_is_not_yet(kit):

@@ -43,6 +43,7 @@ RULE_IDS = {
     Reason.PUBLISHER: "invariant:publisher",
     Reason.ID_REUSE: "invariant:id-reuse",
     Reason.PART_CONFLICT: "invariant:part-conflict",
+    Reason.MISROUTED: "invariant:misrouted",
     Reason.NOTICE_KIND: "invariant:notice-kind",
     Reason.NOTICE_EDGE: "invariant:notice-edge",
     Reason.UNDELIVERABLE: "undeliverable",
@@ -88,4 +89,5 @@ def test_only_checks_before_any_signature_are_unverified() -> None:
         Reason.SIGNATURE,
         Reason.PUBLISHER_MISSING,
         Reason.PUBLISHER,
+        Reason.MISROUTED,
     }
