@@ -37,11 +37,9 @@ recipients; each (envelope, signer, kind, status) once.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from broker.topology import lane_code
 from broker.wire import MESSAGE_NOTICE
 from envelopes.checking import (
     CheckedHeader,
@@ -64,11 +62,17 @@ from gateway.audit import (
     notice_reason,
     relay_key,
 )
+from gateway.incoming import (
+    Incoming,
+    key_owner,
+    misrouted,
+    publisher_code,
+    verified_publisher,
+)
 from gateway.junk import LANE_PUBLISHER
 from gateway.policy import Policy
 from keys.codes import AgencyCode
 from keys.directory import Directory
-from keys.errors import UsageError
 
 PART_REFUSED = "part-refused"
 NOTICE_REFUSED = "notice-refused"
@@ -103,24 +107,6 @@ class Context:
     @property
     def versions(self) -> tuple[int, int]:
         return self.policy.version, self.directory.version
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """One message as the broker vouches for it."""
-
-    body: bytes
-    kind: str | None
-    user_id: str | None  # validated by RabbitMQ against the login, when set
-    queue: str = ""  # the submit lane it came through
-    # The routing key it was published with: RabbitMQ's topic permission lets only the
-    # lane's owner use its code. The lane alone proves nothing on RabbitMQ 3.10: CC and BCC
-    # headers route a copy into any lane and are not checked against topic permissions.
-    routing_key: str | None = None  # None where unknown (fast tests): the lane stands for it
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.body).hexdigest()
 
 
 # --- verdicts ----------------------------------------------------------------------------------
@@ -204,19 +190,13 @@ Verdict = Junk | Decide | Refuse | Forward | Duplicate | Relay
 def decide(message: Incoming, state: State, ctx: Context) -> Verdict:
     """The verdict on one message. Never raises for anything a sender can put in it."""
     try:
-        if _misrouted(message):
+        if misrouted(message):
             raise EnvelopeRefused(Reason.MISROUTED, Reason.MISROUTED.text)
         if message.kind == MESSAGE_NOTICE:
             return _notice(message, state, ctx)
         return _part(message, state, ctx)
     except EnvelopeRefused as e:  # a check below failed before any signature verified
         return _junk(message, ctx, e.reason)
-
-
-def _misrouted(message: Incoming) -> bool:
-    """Published with one agency's routing key, delivered in another's lane (CC/BCC)."""
-    lane = lane_code(message.queue) if message.queue else None
-    return message.routing_key is not None and lane is not None and message.routing_key != lane.text
 
 
 class Resolve:
@@ -250,7 +230,7 @@ def id_reuse(record: Record) -> Record:
 def _part(message: Incoming, state: State, ctx: Context) -> Verdict:
     part = parse_part(message.body)
     h = part.header
-    publisher = _verified_publisher(message, h.sender, ctx)
+    publisher = verified_publisher(message, h.sender, ctx.login_prefix)
     sender = check_header_signature(h, part.header_signature, ctx.directory, ctx.now)
     # Verified from here: the sender signed these header bytes and published them itself.
     if state.refused(message.digest):
@@ -380,7 +360,7 @@ def _check_not_retired(code: AgencyCode, ctx: Context, role: str) -> None:
 
 def _notice(message: Incoming, state: State, ctx: Context) -> Verdict:
     claimed, _ = parse_notice(message.body)
-    publisher = _verified_publisher(message, claimed.signer, ctx)
+    publisher = verified_publisher(message, claimed.signer, ctx.login_prefix)
     notice = verify_notice(message.body, ctx.directory, ctx.now)
     # Verified from here: the signer signed these bytes and published them itself.
     if state.refused(message.digest):
@@ -438,43 +418,13 @@ def _along_an_accepted_edge(notice: Notice, state: State) -> bool:
 # --- shared ------------------------------------------------------------------------------------
 
 
-def _verified_publisher(message: Incoming, signer: AgencyCode, ctx: Context) -> AgencyCode:
-    """The agency RabbitMQ vouches published this, which must be the one that signed it."""
-    publisher = _publisher_code(message, ctx)
-    if publisher is None:
-        raise EnvelopeRefused(Reason.PUBLISHER_MISSING)
-    lane = lane_code(message.queue) if message.queue else publisher
-    if publisher != signer or lane != publisher:
-        raise EnvelopeRefused(Reason.PUBLISHER)
-    return publisher
-
-
-def _publisher_code(message: Incoming, ctx: Context) -> AgencyCode | None:
-    login = message.user_id
-    if not login or not login.startswith(ctx.login_prefix):
-        return None
-    try:
-        return AgencyCode.parse(login[len(ctx.login_prefix) :])
-    except UsageError:
-        return None
-
-
-def _key_owner(message: Incoming) -> AgencyCode | None:
-    if message.routing_key is None:  # not from the broker (the in-memory transport)
-        return lane_code(message.queue) if message.queue else None
-    try:
-        return AgencyCode.parse(message.routing_key)
-    except UsageError:
-        return None
-
-
 def _junk(message: Incoming, ctx: Context, reason: Reason) -> Junk:
-    publisher = _publisher_code(message, ctx)
+    publisher = publisher_code(message, ctx.login_prefix)
     name = message.user_id or ""
     if not message.user_id:
         # No user_id: the routing key names its owner, the only login its topic permission
         # lets publish with it. Never the lane: CC/BCC put a copy in any lane (3.10).
-        publisher = _key_owner(message)
+        publisher = key_owner(message)
         name = f"{LANE_PUBLISHER}{publisher.text}" if publisher else ""
     known = publisher is not None and publisher.text in ctx.directory.entries
     return Junk(name, publisher if known else None, reason)

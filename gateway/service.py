@@ -34,8 +34,9 @@ from gateway import clock
 from gateway.audit import AuditStore
 from gateway.auditlog import Checkpointer
 from gateway.config import GatewayConfig
-from gateway.decide import Incoming, decide
+from gateway.decide import decide
 from gateway.flood import FloodGuard
+from gateway.incoming import Incoming
 from gateway.junk import JunkLedger
 from gateway.metrics import GatewayMetrics, HealthServer
 from gateway.notify import sd_notify
