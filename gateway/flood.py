@@ -22,7 +22,8 @@ the operator lifts it with ``cipherpost broker reinstate LOGIN``.
 
 The guard needs a management user with the ``administrator`` tag (user limits
 and other users' connections need it); without one it is off and says so at
-start. See docs/policy.md ("Fair under flood") for the trade-off.
+start. See docs/policy.md ("The flood guard") for the trade-offs and what it does
+not yet defend.
 """
 
 from __future__ import annotations
@@ -117,7 +118,10 @@ class FloodGuard:
             if last is not None and now - last < self.recheck_s:
                 return False
             self._seen[login] = now
-        self._pool.submit(self._suspend, login, count, what)
+        try:
+            self._pool.submit(self._suspend, login, count, what)
+        except RuntimeError:  # closed: the gateway is stopping
+            return False
         return True
 
     def _suspend(self, login: str, count: int, what: str) -> None:

@@ -107,6 +107,13 @@ def test_copies_of_handled_messages_suspend_at_their_own_threshold_within_a_wind
     assert set(mgmt.limits) == {"a"}
 
 
+def test_a_closed_guard_acts_no_more():
+    mgmt = StubManagement()
+    g, told = guard(mgmt)
+    g.close(wait=True)
+    assert g.junk("a", 64) is False and mgmt.calls == [] and told == []
+
+
 def test_the_guard_does_nothing_without_a_management_user():
     g, told = guard(None)
     assert g.on is False and g.junk("a", 1000) is False
