@@ -291,6 +291,7 @@ class Settle(Pause, Proofs):
         """The flood guard suspended ``login`` (its thread): a leaf at the next batch end."""
         self.counters["suspended"] += 1
         now = clock.now()
+        versions = self.context(now).versions
         record = Record(
             time=now,
             event=SUSPENDED,
@@ -307,8 +308,8 @@ class Settle(Pause, Proofs):
             gateway_id=self.config.gateway_id,
             publisher=login,
             count=count,
-            policy_version=self.context(now).versions[0],
-            directory_version=self.context(now).versions[1],
+            policy_version=versions[0],
+            directory_version=versions[1],
         )
         self._stage([], Entry(record), lambda _: None)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pika
@@ -177,3 +178,40 @@ def publish_raw(world: World, data: bytes) -> None:
 def parts_of(cpe: bytes) -> list[bytes]:
     """The wire parts (one AMQP message each) of a sealed ``.cpe``."""
     return [body for _, _, body in iter_parts(io.BytesIO(cpe))]
+
+
+def blast(
+    world: World,
+    code: str,
+    bodies: Iterable[bytes],
+    *,
+    user_ids: tuple[bool, ...] = (True,),
+    kind: str = "part",
+    confirm: bool = False,
+) -> tuple[int, str]:
+    """Agency ``code`` publishes ``bodies`` to its lane as fast as it can on one connection
+    (the i-th with its user_id if ``user_ids[i % len(user_ids)]``); returns (published,
+    "completed" or how the broker cut it off)."""
+    conn = raw_connection(world, code)
+    with_uid = pika.BasicProperties(type=kind, user_id=world.login(code))
+    without = pika.BasicProperties(type=kind)
+    sent = 0
+    try:
+        ch = conn.channel()
+        if confirm:
+            ch.confirm_delivery()
+        for i, body in enumerate(bodies):
+            ch.basic_publish(
+                SUBMIT_EXCHANGE, code, body, with_uid if user_ids[i % len(user_ids)] else without
+            )
+            sent += 1
+            if i % 200 == 0:
+                conn.process_data_events(0)
+        conn.process_data_events(0.5)
+        return sent, "completed"
+    except pika.exceptions.AMQPError as e:
+        return sent, type(e).__name__
+    finally:
+        if conn.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                conn.close()

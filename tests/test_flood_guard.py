@@ -17,20 +17,29 @@ import sys
 import threading
 from pathlib import Path
 
-import pika
 import pytest
 
 import envelopes
 from broker.connection import BrokerError, connect_blocking
 from broker.provision import provision, user_limits
-from broker.topology import SUBMIT_EXCHANGE, USER_LIMITS
+from broker.topology import USER_LIMITS
 from envelopes.header import Header
 from gateway.config import GatewayConfig
 from gateway.flood import COPIES, DUPLICATE_WINDOW_S, JUNK, SUSPEND_RULE, SUSPENDED, FloodGuard
 from keys.codes import AgencyCode
 from keys.errors import CipherpostError
 from keys.levels import Level
-from tests.exchange import ADMIN_URL, BASIC, PROVINCE, A, B, broker_config, submit, wait_for
+from tests.exchange import (
+    ADMIN_URL,
+    BASIC,
+    PROVINCE,
+    A,
+    B,
+    blast,
+    broker_config,
+    submit,
+    wait_for,
+)
 from tests.sync import receive_until
 from tests.vectors.generate import _frames
 
@@ -196,23 +205,7 @@ def world(tmp_path_factory):
 
 def flood(world, count: int, *, user_id: bool) -> tuple[int, str]:
     """A publishes ``count`` 4-byte junk messages, no confirms; (published, how it ended)."""
-    conn = connect_blocking(broker_config(world, A))
-    props = pika.BasicProperties(type="part", user_id=world.login(A) if user_id else None)
-    sent = 0
-    try:
-        ch = conn.channel()
-        for i in range(count):
-            ch.basic_publish(SUBMIT_EXCHANGE, A, os.urandom(4), props)
-            sent += 1
-            if i % 200 == 0:
-                conn.process_data_events(0)
-        conn.process_data_events(0.5)
-        return sent, "completed"
-    except pika.exceptions.AMQPError as e:
-        return sent, type(e).__name__
-    finally:
-        if conn.is_open:
-            conn.close()
+    return blast(world, A, (os.urandom(4) for _ in range(count)), user_ids=(user_id,))
 
 
 def suspended(world, code: str) -> bool:
@@ -323,21 +316,7 @@ def test_an_agency_replaying_its_own_accepted_part_is_suspended_too(world):
     eid = Header.parse(_frames(doc)[0][0]).envelope_id.hex()
     with world.client(PROVINCE) as p:
         receive_until(p, {eid})
-    conn = connect_blocking(broker_config(world, B))
-    props = pika.BasicProperties(type="part", user_id=world.login(B))
-    sent = 0
-    try:
-        ch = conn.channel()
-        for i in range(100_000):
-            ch.basic_publish(SUBMIT_EXCHANGE, B, doc, props)
-            sent += 1
-            if i % 100 == 0:
-                conn.process_data_events(0)
-    except pika.exceptions.AMQPError:
-        pass
-    finally:
-        if conn.is_open:
-            conn.close()
+    sent, _ = blast(world, B, (doc for _ in range(100_000)))
     assert sent < 100_000 and suspended(world, B)
     assert wait_for(lambda: any(COPIES in r["reason"] for r in leaves(world, SUSPENDED)), 30)
     (leaf,) = [r for r in leaves(world, SUSPENDED) if r["publisher"] == world.login(B)]

@@ -39,6 +39,7 @@ from tests.exchange import (
     PROVINCE,
     A,
     B,
+    blast,
     broker_config,
     parts_of,
     submit,
@@ -105,33 +106,6 @@ def restore(world):
         g.flood._seen.clear()
 
 
-def blast(world, bodies, *, user_ids=(True,), kind: str = "part", confirm: bool = False):
-    """A publishes ``bodies`` as fast as it can on one connection; the i-th message carries
-    A's user_id if ``user_ids[i % len(user_ids)]``. Returns (published, how it ended)."""
-    conn = connect_blocking(broker_config(world, A))
-    with_uid = pika.BasicProperties(type=kind, user_id=world.login(A))
-    without = pika.BasicProperties(type=kind)
-    sent = 0
-    try:
-        ch = conn.channel()
-        if confirm:
-            ch.confirm_delivery()
-        for i, body in enumerate(bodies):
-            props = with_uid if user_ids[i % len(user_ids)] else without
-            ch.basic_publish(SUBMIT_EXCHANGE, A, body, props)
-            sent += 1
-            if i % 200 == 0:
-                conn.process_data_events(0)
-        conn.process_data_events(0.5)
-        return sent, "completed"
-    except pika.exceptions.AMQPError as e:
-        return sent, type(e).__name__
-    finally:
-        if conn.is_open:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-
 def sealed(world, sender: str, to: str, text: bytes) -> bytes:
     with world.client(sender) as c:
         out = io.BytesIO()
@@ -167,7 +141,7 @@ def test_a_cannot_publish_junk_in_bs_name_nor_into_bs_lane(world, restore):
     finally:
         if conn.is_open:
             conn.close()
-    blast(world, (os.urandom(4) for _ in range(50_000)), user_ids=(False,), kind="notice")
+    blast(world, A, (os.urandom(4) for _ in range(50_000)), user_ids=(False,), kind="notice")
     assert wait_for(lambda: suspended(world, A), 20)
     for code in (B, PROVINCE):
         assert user_limits(world.mgmt, world.login(code)) == USER_LIMITS
@@ -251,7 +225,7 @@ def test_replaying_ones_own_valid_part_is_a_flood_the_guard_must_stop(world, res
     g = gw(world)
     assert wait_for(lambda: g.counters["forwarded"] >= 1, 30)
     before = g.counters["duplicate"]
-    sent, ended = blast(world, (part for _ in range(20_000)))
+    sent, ended = blast(world, A, (part for _ in range(20_000)))
     wait_for(lambda: suspended(world, A), 10)
     dups = g.counters["duplicate"] - before
     assert suspended(world, A), (
@@ -264,7 +238,7 @@ def test_control_one_tally_at_threshold_prefetch_is_suspended(world, restore):
     """Control for the test above: the same threshold, junk all with user_id, is stopped."""
     g = gw(world)
     g.flood.threshold = g.config.prefetch
-    sent, ended = blast(world, (os.urandom(4) for _ in range(60_000)), user_ids=(True,))
+    sent, ended = blast(world, A, (os.urandom(4) for _ in range(60_000)), user_ids=(True,))
     assert wait_for(lambda: suspended(world, A), 10), (sent, ended)
 
 
