@@ -6,9 +6,11 @@ out every delivery it brought, after every quarter of the prefetch window,
 and at least every 0.2 s: a handler can defer
 durability to it and commit a batch at once (group commit).
 It may ack or reject at once, or later from any thread (for instance when the
-publisher confirms a forward): :meth:`Delivery.ack` hands the ack to the
-connection's own thread with ``add_callback_threadsafe``. An ack for a
-delivery of a connection that has since died is dropped: the broker
+publisher confirms a forward). Settlements are noted, not sent one by one: the
+connection's thread sends them at every batch end, and a group of them made
+on other threads costs one ``add_callback_threadsafe`` hand-off; a run of
+acks goes as one ``basic_ack(multiple=True)`` (:class:`Settler`). An ack for
+a delivery of a connection that has since died is dropped: the broker
 redelivers that message, and the consumer deduplicates it.
 
 In a cluster nothing stops it silently: a broker-initiated cancel (the queue's
@@ -41,6 +43,87 @@ REFRESH_S = 5.0  # a many-queue consumer looks for new (or re-created) queues th
 Queues = str | Sequence[str] | Callable[[], Sequence[str]]
 
 
+class Settler:
+    """The acks and rejects of one channel, sent together (no per-ack hand-off, no per-ack flush).
+
+    :meth:`Delivery.ack` and :meth:`Delivery.reject` only note the outcome;
+    :meth:`flush` (on the connection's thread: at every batch end, and once per
+    group of settlements made on other threads) sends them. Acks of a run of
+    deliveries with nothing unsettled before them go as one
+    ``basic_ack(multiple=True)``; an ack behind a delivery still being handled
+    goes alone (a multiple ack would cover the unsettled one too).
+    """
+
+    def __init__(
+        self,
+        connection: pika.BlockingConnection,
+        channel: pika.adapters.blocking_connection.BlockingChannel,
+    ) -> None:
+        self._connection = connection
+        self._channel = channel
+        self._thread = threading.get_ident()
+        self._lock = threading.Lock()
+        # Handed out and not yet settled on the wire, in delivery order: None while it is
+        # being handled, then "ack", "requeue" or "drop".
+        self._open: dict[int, str | None] = {}
+        self._scheduled = False
+
+    def delivered(self, tag: int) -> None:
+        with self._lock:
+            self._open[tag] = None
+
+    def settle(self, tag: int, outcome: str) -> None:
+        """Note ``outcome`` for ``tag``; from another thread, make sure a flush follows."""
+        with self._lock:
+            if tag not in self._open:
+                return
+            self._open[tag] = outcome
+            if threading.get_ident() == self._thread or self._scheduled:
+                return  # the connection's thread flushes at its batch end
+            self._scheduled = True
+        try:
+            self._connection.add_callback_threadsafe(self.flush)
+        except (pika.exceptions.ConnectionWrongStateError, AttributeError):
+            pass  # the connection is gone: the broker will redeliver
+
+    def flush(self) -> None:
+        """Send every noted outcome (on the connection's thread)."""
+        with self._lock:
+            self._scheduled = False
+            frames = self._frames()
+        if not frames or not self._channel.is_open:
+            return
+        try:
+            for outcome, tag, multiple in frames:
+                if outcome == "ack":
+                    self._channel.basic_ack(tag, multiple=multiple)
+                else:
+                    self._channel.basic_reject(tag, requeue=outcome == "requeue")
+        except (pika.exceptions.AMQPError, OSError) as e:
+            # The link died under us: the broker redelivers, and the consumer deduplicates.
+            log.info("settle_lost", deliveries=len(frames), error=type(e).__name__)
+
+    def _frames(self) -> list[tuple[str, int, bool]]:
+        frames: list[tuple[str, int, bool]] = []
+        run: list[int] = []  # acks with nothing unsettled before them
+        first = True  # nothing unsettled seen yet
+        for tag, outcome in list(self._open.items()):
+            if outcome is None:
+                first = False
+                continue
+            del self._open[tag]
+            if outcome == "ack" and first:
+                run.append(tag)
+                continue
+            if run:
+                frames.append(("ack", run[-1], len(run) > 1))
+                run = []
+            frames.append((outcome, tag, False))
+        if run:
+            frames.append(("ack", run[-1], len(run) > 1))
+        return frames
+
+
 @dataclass
 class Delivery(wire.Received):
     """One message as received, with ack/reject usable from any thread."""
@@ -49,43 +132,24 @@ class Delivery(wire.Received):
     properties: pika.BasicProperties
     redelivered: bool
     delivery_tag: int
-    _connection: pika.BlockingConnection
-    _channel: pika.adapters.blocking_connection.BlockingChannel
-    _thread: int = 0
+    _settler: Settler
     _settled: bool = False
     queue: str = ""
     routing_key: str | None = ""  # as published: a topic permission lets only its owner use it
 
-    def _settle(self, action: Callable[[], None]) -> None:
+    def _settle(self, outcome: str) -> None:
         if self._settled:
             return
         self._settled = True
-
-        def run() -> None:
-            if not self._channel.is_open:
-                return
-            try:
-                action()
-            except (pika.exceptions.AMQPError, OSError) as e:
-                # The link died under us: the broker redelivers, and the consumer
-                # deduplicates. Whatever the caller does after settling still happens.
-                log.info("settle_lost", delivery=self.delivery_tag, error=type(e).__name__)
-
-        if threading.get_ident() == self._thread:
-            run()  # on the connection's own thread: no hand-off needed
-            return
-        try:
-            self._connection.add_callback_threadsafe(run)
-        except (pika.exceptions.ConnectionWrongStateError, AttributeError):
-            pass  # the connection is gone: the broker will redeliver
+        self._settler.settle(self.delivery_tag, outcome)
 
     def ack(self) -> None:
         """Acknowledge (from any thread)."""
-        self._settle(lambda: self._channel.basic_ack(self.delivery_tag))
+        self._settle("ack")
 
     def reject(self, requeue: bool = False) -> None:
         """Reject; without requeue the message is dead-lettered (from any thread)."""
-        self._settle(lambda: self._channel.basic_reject(self.delivery_tag, requeue=requeue))
+        self._settle("requeue" if requeue else "drop")
 
 
 class Consumer:
@@ -121,6 +185,7 @@ class Consumer:
         self._paused = threading.Event()
         self._drain: Callable[[], None] | None = None
         self._last = time.monotonic()
+        self._settler: Settler | None = None
         self.connected = threading.Event()
 
     @staticmethod
@@ -232,6 +297,7 @@ class Consumer:
     ) -> bool:
         channel = connection.channel()
         channel.basic_qos(prefetch_count=self.prefetch)
+        settler = self._settler = Settler(connection, channel)
         by_tag: dict[str, str] = {}
         cancelled: list[str] = []
 
@@ -251,15 +317,14 @@ class Consumer:
             body: bytes,
         ) -> None:
             self._last = time.monotonic()
+            settler.delivered(method.delivery_tag)
             self.handler(
                 Delivery(
                     body,
                     properties,
                     bool(method.redelivered),
                     method.delivery_tag,
-                    connection,
-                    ch,
-                    threading.get_ident(),
+                    settler,
                     queue=shown(by_tag.get(method.consumer_tag or "", "")),
                     routing_key=method.routing_key or "",
                 )
@@ -287,6 +352,7 @@ class Consumer:
         refreshed = time.monotonic()
         while not self._stop.is_set():
             connection.process_data_events(time_limit=POLL_S)
+            _raise_if_closed(channel)
             self._batch_end()
             if self._paused.is_set() != paused_here:
                 paused_here = self._pause_or_resume(channel, by_tag, cancelled, consume_new)
@@ -303,6 +369,7 @@ class Consumer:
         if self._drain is not None:
             _serve_while(connection, self._drain)
         connection.process_data_events(time_limit=0)
+        settler.flush()
         return True
 
     def _pause_or_resume(
@@ -330,6 +397,8 @@ class Consumer:
         # make a whole batch durable at once (one commit, one fsync round) and settle it.
         if self.on_batch_end is not None:
             self.on_batch_end()
+        if self._settler is not None:
+            self._settler.flush()  # what was settled goes out together
 
 
 def _resume_cancelled(
@@ -344,6 +413,18 @@ def _resume_cancelled(
         node=_node(connection),
     )
     cancelled.clear()
+
+
+def _raise_if_closed(channel: pika.adapters.blocking_connection.BlockingChannel) -> None:
+    """A channel the broker closed (an ack it did not expect, a delivery held past its
+    ``consumer_timeout``) raises here: pika's poll does not, and the consumer would wait on
+    a dead channel while its connection looks well."""
+    if channel.is_open:
+        return
+    reason = getattr(channel, "_closing_reason", None)
+    if isinstance(reason, pika.exceptions.ChannelClosed):
+        raise reason
+    raise pika.exceptions.ChannelClosed(0, "channel closed")
 
 
 def _serve_while(connection: pika.BlockingConnection, work: Callable[[], None]) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pika
@@ -16,6 +17,7 @@ import envelopes
 from agents.world import World, build_world
 from broker.connection import BrokerConfig, connect_blocking
 from broker.directory_feed import publish_directory
+from broker.management import Management
 from broker.provision import PUBLISHER_LOGIN
 from broker.topology import SUBMIT_EXCHANGE
 from compose.cluster import Cluster
@@ -48,6 +50,23 @@ def env_cluster() -> Cluster | None:
     """The cluster named by ``CIPHERPOST_TEST_CLUSTER``, if any."""
     folder = os.environ.get(CLUSTER_ENV)
     return Cluster.load(Path(folder)) if folder else None
+
+
+@contextlib.contextmanager
+def scratch_vhost(name: str) -> Iterator[BrokerConfig]:
+    """A vhost of its own for a broker-level test (``cp-<name>-<random>``), guest allowed
+    everything in it; deleted afterwards with whatever the test left there."""
+    admin = Management.from_url(ADMIN_URL)
+    vhost = f"cp-{name}-{secrets.token_hex(4)}"
+    admin.put(f"/api/vhosts/{admin.q(vhost)}", {})
+    try:
+        admin.put(
+            f"/api/permissions/{admin.q(vhost)}/{admin.q(admin.username)}",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        yield BrokerConfig("guest", "guest", vhost=vhost)
+    finally:
+        admin.delete(f"/api/vhosts/{admin.q(vhost)}")
 
 
 def make_world(

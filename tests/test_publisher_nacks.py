@@ -10,16 +10,13 @@ refusals, keep the message, and deliver it exactly once when the queue has room 
 
 from __future__ import annotations
 
-import secrets
-
 import pika
 import pytest
 
 from broker.connection import BrokerConfig, BrokerError, connect_blocking
-from broker.management import Management
 from broker.publisher import ConfirmingPublisher
 from broker.topology import QUEUE_ARGUMENTS
-from tests.exchange import ADMIN_URL, wait_for
+from tests.exchange import scratch_vhost, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -28,23 +25,13 @@ QUEUE = "cp.test.full"
 
 @pytest.fixture
 def config():
-    admin = Management.from_url(ADMIN_URL)
-    vhost = f"cp-nacks-{secrets.token_hex(4)}"
-    admin.put(f"/api/vhosts/{admin.q(vhost)}", {})
-    admin.put(
-        f"/api/permissions/{admin.q(vhost)}/{admin.q(admin.username)}",
-        {"configure": ".*", "write": ".*", "read": ".*"},
-    )
-    config = BrokerConfig("guest", "guest", vhost=vhost)
-    conn = connect_blocking(config)
-    conn.channel().queue_declare(
-        QUEUE, durable=True, arguments={**QUEUE_ARGUMENTS, "x-max-length": 1}
-    )
-    conn.close()
-    try:
+    with scratch_vhost("nacks") as config:
+        conn = connect_blocking(config)
+        conn.channel().queue_declare(
+            QUEUE, durable=True, arguments={**QUEUE_ARGUMENTS, "x-max-length": 1}
+        )
+        conn.close()
         yield config
-    finally:
-        admin.delete(f"/api/vhosts/{admin.q(vhost)}")
 
 
 def fill(config: BrokerConfig) -> None:
