@@ -18,7 +18,7 @@ import pika
 from cryptography import x509
 
 from broker import wire
-from broker.connection import BrokerConfig, BrokerError, connect_blocking
+from broker.connection import Backoff, BrokerConfig, BrokerError, connect_blocking
 from broker.consumer import Consumer, Delivery
 from broker.publisher import ConfirmingPublisher
 from broker.topology import DIRECTORY_EXCHANGE, FEED_QUEUE_ARGUMENTS, shown
@@ -58,6 +58,7 @@ class DirectoryFeed:
         self._lock = threading.Lock()
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     def apply(self, data: bytes) -> Directory | None:
         """Verify one published version; the new directory if it replaced the current one."""
@@ -135,12 +136,34 @@ class DirectoryFeed:
         if self.declare:
             self._declare()
         self._consumer = Consumer(self.broker, self.queue, self._handle, prefetch=4)
-        self._thread = threading.Thread(
-            target=self._consumer.run, name="directory-feed", daemon=True
-        )
+        self._thread = threading.Thread(target=self._follow, name="directory-feed", daemon=True)
         self._thread.start()
 
+    def _follow(self) -> None:
+        """Consume until stopped. A queue that is gone (deleted, or lost with a node's state
+        in a partition's recovery) must not end the feed in silence: the holder would keep
+        an old directory and never hear of a revocation. A holder that declares its queue
+        declares it again; one that does not (an agent) waits for provision to restore it."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        backoff = Backoff()
+        while not consumer.stopping:
+            try:
+                consumer.run()
+                return
+            except BrokerError as e:
+                log.error("directory_feed_lost", queue=shown(self.queue), error=str(e))
+            if consumer.stopping or self._stopped.wait(backoff.next()):
+                return
+            if self.declare:
+                try:
+                    self._declare()
+                    log.info("directory_queue_declared_again", queue=shown(self.queue))
+                except BrokerError as e:
+                    log.error("directory_feed_lost", queue=shown(self.queue), error=str(e))
+
     def stop(self) -> None:
+        self._stopped.set()
         if self._consumer is not None:
             self._consumer.stop()
         if self._thread is not None:

@@ -8,6 +8,7 @@ import datetime as dt
 import threading
 from pathlib import Path
 
+import pika
 import pytest
 
 from agents.world import PASSPHRASE, World
@@ -17,7 +18,17 @@ from keys.codes import AgencyCode
 from keys.directory import build_directory
 from keys.errors import Refused
 from keys.levels import Level
-from tests.exchange import PROVINCE, A, B, make_world, publish_raw, sealed_by, submit, wait_for
+from tests.exchange import (
+    PROVINCE,
+    A,
+    B,
+    make_world,
+    publish_raw,
+    queue_state,
+    sealed_by,
+    submit,
+    wait_for,
+)
 from tests.helpers import cli
 
 pytestmark = pytest.mark.broker
@@ -109,3 +120,38 @@ def test_an_agent_command_picks_up_the_new_version(world, tmp_path):
         with pytest.raises(Refused, match=f"^recipient {B} is revoked$"):
             province.send(doc, to=[AgencyCode.parse(B)], level=Level.MAT, progress=False)
         assert province.directory.version == 2
+
+
+def _delete_queue(world: World, queue: str) -> None:
+    params = pika.ConnectionParameters(
+        "127.0.0.1", 5672, world.vhost, pika.PlainCredentials("guest", "guest")
+    )
+    conn = pika.BlockingConnection(params)
+    try:
+        conn.channel().queue_delete(queue)
+    finally:
+        conn.close()
+
+
+def _consumed(world: World, queue: str) -> bool:
+    try:
+        return queue_state(world, queue)[1] == 1
+    except pika.exceptions.ChannelClosedByBroker:  # 404: not there (yet)
+        return False
+
+
+def test_a_gateway_whose_directory_queue_is_lost_declares_it_again_and_takes_new_versions(
+    world, tmp_path
+):
+    """Seen after a hung node in a cluster: the gateway's directory queue was gone on
+    reconnect, the feed thread ended on the 404, and the gateway went on with its old
+    directory for good (a revocation would never have reached it)."""
+    gateway = world.start_gateway()
+    queue = gateway.feed.queue
+    assert wait_for(lambda: _consumed(world, queue), 30)
+    _delete_queue(world, queue)  # the broker cancels the consumer; its queue is gone
+    assert wait_for(lambda: _consumed(world, queue), 60), "the feed gave up on its queue"
+    authority = ca.open_ca(world.ca_dir, PASSPHRASE)
+    v2 = build_directory(authority, world.root / "certs", dt.datetime.now(dt.UTC), valid_days=7)
+    assert publish(world, v2, tmp_path, "v2.cpd") == 0
+    assert wait_for(lambda: gateway.directory.version == 2, 60)
