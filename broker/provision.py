@@ -365,9 +365,23 @@ def close_connections(mgmt: Management, login: str) -> int:
 
 
 def reinstate(mgmt: Management, login: str) -> bool:
-    """Lift a suspension (the provisioned limits again); False if ``login`` was not suspended."""
+    """Lift a suspension: the limits provisioning gives ``login`` again (an agency's; none
+    for the gateway, witness and cipher department logins, which provisioning leaves
+    unlimited). False if ``login`` was not suspended."""
     if user_limits(mgmt, login).get("max-connections") != 0:
         return False
+    agency = _is_agency(mgmt, login)
     for name, value in topology.USER_LIMITS.items():
-        mgmt.put(f"/api/user-limits/{mgmt.q(login)}/{name}", {"value": value})
+        path = f"/api/user-limits/{mgmt.q(login)}/{name}"
+        if agency:
+            mgmt.put(path, {"value": value})
+        else:
+            mgmt.delete(path)
     return True
+
+
+def _is_agency(mgmt: Management, login: str) -> bool:
+    """Whether provisioning made ``login`` an agency: only agencies hold a topic permission
+    on the submit exchange (their own routing key)."""
+    held = mgmt.get(f"/api/users/{mgmt.q(login)}/topic-permissions") or []
+    return any(t.get("exchange") == topology.SUBMIT_EXCHANGE for t in held)

@@ -21,7 +21,7 @@ import pytest
 
 import envelopes
 from broker.connection import BrokerError, connect_blocking
-from broker.provision import provision, user_limits
+from broker.provision import WITNESS_LOGIN, provision, user_limits
 from broker.topology import USER_LIMITS
 from envelopes.header import Header
 from gateway.config import GatewayConfig
@@ -301,6 +301,18 @@ def test_a_reinstated_login_that_floods_again_without_user_id_is_suspended_again
     assert suspended(world, B)
     assert cipherpost("broker", "reinstate", world.login(B), "--admin-url", url).returncode == 0
     assert user_limits(world.mgmt, world.login(B)) == USER_LIMITS
+
+
+def test_reinstating_a_login_that_is_no_agency_gives_it_back_no_limits(world):
+    """Provisioning leaves the witness (and gateway, cipher department) logins unlimited:
+    a reinstate must not hand them an agency's limits of 8 connections."""
+    url = "http://guest@127.0.0.1:15672"
+    witness = world.prefix + WITNESS_LOGIN
+    assert user_limits(world.mgmt, witness) == {}
+    assert cipherpost("broker", "suspend", witness, "--admin-url", url).returncode == 0
+    assert user_limits(world.mgmt, witness)["max-connections"] == 0
+    assert cipherpost("broker", "reinstate", witness, "--admin-url", url).returncode == 0
+    assert user_limits(world.mgmt, witness) == {}
 
 
 def test_an_agency_replaying_its_own_accepted_part_is_suspended_too(world):
