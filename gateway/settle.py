@@ -241,9 +241,14 @@ class Settle(Pause, Proofs):
             self._store_ok = False
             self.metrics.commit_failures.inc()
             log.error("gateway_audit_commit_failed", error=type(e).__name__, detail=clip(str(e)))
+            kept = [p for p in pending if not p[0] and p[1] is not None]
             for ds, _, _ in pending:
                 for d in ds:
-                    d.reject(requeue=True)
+                    d.reject(requeue=True)  # the broker brings it again
+            with self._pending_lock:
+                # A record with no delivery behind it (a suspension) has no redelivery to
+                # bring it back: it waits for the next commit instead of being lost.
+                self._pending[:0] = kept
             return
         self._store_ok = True
         if entries:

@@ -262,3 +262,23 @@ def test_the_gateway_says_ready_to_systemd_once_connected(gw, tmp_path, monkeypa
         gw._connected()  # what the consumer calls once it consumes
         assert server.recv(64) == b"READY=1"
         assert gw.ready.is_set()
+
+
+def test_a_suspension_leaf_outlives_a_failed_audit_commit(gw, monkeypatch):
+    """A suspension has no delivery behind it: a requeue cannot bring its record back, so a
+    failed commit must keep it for the next one (before, it was dropped)."""
+    gw._suspended("cp-x-000.00.00.A01", 2, 40, "junk messages within a second")
+    real = gw.audit.commit
+
+    def failing(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gw.audit, "commit", failing)
+    gw.commit_batch()
+    assert not any(r["event"] == "suspended" for r in leaves(gw))
+    monkeypatch.setattr(gw.audit, "commit", real)
+    gw.commit_batch()
+    suspended = [r for r in leaves(gw) if r["event"] == "suspended"]
+    assert len(suspended) == 1 and suspended[0]["publisher"] == "cp-x-000.00.00.A01"
+    gw.commit_batch()
+    assert len([r for r in leaves(gw) if r["event"] == "suspended"]) == 1  # written once
