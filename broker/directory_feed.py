@@ -135,6 +135,7 @@ class DirectoryFeed:
         """Follow the feed in a background thread (long-running gateway and agents)."""
         if self.declare:
             self._declare()
+        self._stopped.clear()  # a holder may follow, stop, and follow again
         self._consumer = Consumer(self.broker, self.queue, self._handle, prefetch=4)
         self._thread = threading.Thread(target=self._follow, name="directory-feed", daemon=True)
         self._thread.start()

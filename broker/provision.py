@@ -32,6 +32,7 @@ from keys.errors import CipherpostError
 GATEWAY_LOGIN = "cp-gateway"
 WITNESS_LOGIN = "cp-witness"
 PUBLISHER_LOGIN = "cp-cipher"  # the cipher department: publishes directory versions
+SERVICE_LOGINS = (GATEWAY_LOGIN, WITNESS_LOGIN, PUBLISHER_LOGIN)  # provisioned without limits
 
 
 @dataclass(frozen=True)
@@ -370,18 +371,11 @@ def reinstate(mgmt: Management, login: str) -> bool:
     unlimited). False if ``login`` was not suspended."""
     if user_limits(mgmt, login).get("max-connections") != 0:
         return False
-    agency = _is_agency(mgmt, login)
+    service = login.endswith(SERVICE_LOGINS)  # after a deployment's login prefix
     for name, value in topology.USER_LIMITS.items():
         path = f"/api/user-limits/{mgmt.q(login)}/{name}"
-        if agency:
-            mgmt.put(path, {"value": value})
-        else:
+        if service:
             mgmt.delete(path)
+        else:  # an agency, or a login of unknown kind: the limits are the safer default
+            mgmt.put(path, {"value": value})
     return True
-
-
-def _is_agency(mgmt: Management, login: str) -> bool:
-    """Whether provisioning made ``login`` an agency: only agencies hold a topic permission
-    on the submit exchange (their own routing key)."""
-    held = mgmt.get(f"/api/users/{mgmt.q(login)}/topic-permissions") or []
-    return any(t.get("exchange") == topology.SUBMIT_EXCHANGE for t in held)

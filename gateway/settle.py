@@ -15,6 +15,7 @@ record durable -> forwards confirmed -> ack):
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -217,6 +218,27 @@ class Settle(Pause, Proofs):
 
     # --- group commit -----------------------------------------------------------------------------
 
+    def _keep_unbacked(
+        self, pending: list[tuple[list[Settleable], Entry | None, Then]], error: Exception
+    ) -> None:
+        """After a failed commit: a record with no delivery behind it (a suspension) has no
+        redelivery to bring it back. When the store failed (disk full, I/O, locked) it waits
+        for the next commit; after any other error it might be the cause itself, and one that
+        fails every commit must not hold up the gateway's records: it is logged as lost."""
+        transient = isinstance(error, OSError | sqlite3.OperationalError)
+        kept = []
+        for item in pending:
+            ds, entry, _ = item
+            if ds or entry is None:
+                continue
+            if transient:
+                kept.append(item)
+            else:
+                log.error("gateway_record_lost", record_event=entry.record.event,
+                          publisher=entry.record.publisher, error=type(error).__name__)  # fmt: skip
+        with self._pending_lock:
+            self._pending[:0] = kept
+
     def _stage(self, ds: list[Settleable], entry: Entry | None, then: Then) -> None:
         """Audit ``entry`` at the batch end; ``then`` (forward, notify, ack) runs after it."""
         with self._pending_lock:
@@ -241,14 +263,10 @@ class Settle(Pause, Proofs):
             self._store_ok = False
             self.metrics.commit_failures.inc()
             log.error("gateway_audit_commit_failed", error=type(e).__name__, detail=clip(str(e)))
-            kept = [p for p in pending if not p[0] and p[1] is not None]
             for ds, _, _ in pending:
                 for d in ds:
                     d.reject(requeue=True)  # the broker brings it again
-            with self._pending_lock:
-                # A record with no delivery behind it (a suspension) has no redelivery to
-                # bring it back: it waits for the next commit instead of being lost.
-                self._pending[:0] = kept
+            self._keep_unbacked(pending, e)
             return
         self._store_ok = True
         if entries:

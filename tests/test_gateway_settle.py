@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 
 import pytest
 
@@ -271,7 +272,7 @@ def test_a_suspension_leaf_outlives_a_failed_audit_commit(gw, monkeypatch):
     real = gw.audit.commit
 
     def failing(*args, **kwargs):
-        raise OSError("disk full")
+        raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(gw.audit, "commit", failing)
     gw.commit_batch()
@@ -282,3 +283,20 @@ def test_a_suspension_leaf_outlives_a_failed_audit_commit(gw, monkeypatch):
     assert len(suspended) == 1 and suspended[0]["publisher"] == "cp-x-000.00.00.A01"
     gw.commit_batch()
     assert len([r for r in leaves(gw) if r["event"] == "suspended"]) == 1  # written once
+
+
+def test_a_suspension_leaf_that_may_itself_break_commits_is_not_kept(gw, monkeypatch, caplog):
+    """Only a failing store (OSError, SQLite's operational errors) keeps it: after any other
+    error the record might be the cause, and kept it would fail every commit after."""
+    gw._suspended("cp-x-000.00.00.A02", 0, 40, "junk messages within a second")
+    real = gw.audit.commit
+
+    def failing(*args, **kwargs):
+        raise ValueError("a record the store cannot take")
+
+    monkeypatch.setattr(gw.audit, "commit", failing)
+    gw.commit_batch()
+    monkeypatch.setattr(gw.audit, "commit", real)
+    gw.commit_batch()
+    assert not any(r["event"] == "suspended" for r in leaves(gw))
+    assert "gateway_record_lost" in caplog.text

@@ -149,6 +149,9 @@ def test_a_gateway_whose_directory_queue_is_lost_declares_it_again_and_takes_new
     gateway = world.start_gateway()
     queue = gateway.feed.queue
     assert wait_for(lambda: _consumed(world, queue), 30)
+    gateway.feed.stop()  # a holder that stopped following and follows again (an agent's
+    gateway.feed.start()  # receive --follow, twice) must still recover
+    assert wait_for(lambda: _consumed(world, queue), 30)
     _delete_queue(world, queue)  # the broker cancels the consumer; its queue is gone
     assert wait_for(lambda: _consumed(world, queue), 60), "the feed gave up on its queue"
     authority = ca.open_ca(world.ca_dir, PASSPHRASE)
