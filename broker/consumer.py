@@ -75,8 +75,8 @@ class Settler:
     def settle(self, tag: int, outcome: str) -> None:
         """Note ``outcome`` for ``tag``; from another thread, make sure a flush follows."""
         with self._lock:
-            if tag not in self._open:
-                return
+            if self._open.get(tag, "gone") is not None:
+                return  # settled already (the first settlement holds), or never delivered here
             self._open[tag] = outcome
             if threading.get_ident() == self._thread or self._scheduled:
                 return  # the connection's thread flushes at its batch end
@@ -133,23 +133,16 @@ class Delivery(wire.Received):
     redelivered: bool
     delivery_tag: int
     _settler: Settler
-    _settled: bool = False
     queue: str = ""
     routing_key: str | None = ""  # as published: a topic permission lets only its owner use it
 
-    def _settle(self, outcome: str) -> None:
-        if self._settled:
-            return
-        self._settled = True
-        self._settler.settle(self.delivery_tag, outcome)
-
     def ack(self) -> None:
-        """Acknowledge (from any thread)."""
-        self._settle("ack")
+        """Acknowledge (from any thread; a delivery settles once)."""
+        self._settler.settle(self.delivery_tag, "ack")
 
     def reject(self, requeue: bool = False) -> None:
         """Reject; without requeue the message is dead-lettered (from any thread)."""
-        self._settle("requeue" if requeue else "drop")
+        self._settler.settle(self.delivery_tag, "requeue" if requeue else "drop")
 
 
 class Consumer:
